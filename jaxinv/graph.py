@@ -1,0 +1,231 @@
+"""Periodic neighbor graphs over *all* images within a cutoff.
+
+jax-md's neighbor lists use the minimum-image convention, which misses edges
+whenever the cutoff exceeds half a cell width, as it does in most small crystal
+cells (cubic BaTiO3, a = 4 Å, cutoff 3 Å: 60 directed edges, of which the
+minimum image finds 18). Here every periodic image that can hold a neighbor is
+searched, so small and strongly skewed cells are handled exactly.
+
+An edge ``e`` of structure ``b`` points from ``senders[b, e]`` (the neighbor j)
+to ``receivers[b, e]`` (the center i); its vector is
+
+    r_ij = (frac[j] - frac[i] + shifts[e]) @ lattice,
+
+with integer image ``shifts`` relative to the crystal's *unwrapped* fractional
+coordinates, so the graph stays valid while atoms move continuously. This matches
+pymatgen's ``get_neighbor_list`` (center, neighbor, image) triplets.
+
+Shapes are static for ``jit``: each structure has ``capacity`` edge slots and a
+mask. The number of images searched per axis is static too. When a structure
+needs more edges or images than a graph has room for, ``overflow`` is set; the
+host-side :func:`neighbor_graph` then grows the capacity and rebuilds, outside jit.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+from flax import struct
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.crystal import Crystal
+
+__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "capacity_bucket"]
+
+
+@struct.dataclass
+class Graph:
+    """Padded directed edge lists for a :class:`~jaxinv.crystal.Crystal` batch."""
+
+    senders: jax.Array  # (B, E) int32, neighbor atom j
+    receivers: jax.Array  # (B, E) int32, center atom i
+    shifts: jax.Array  # (B, E, 3) integer-valued image offsets (float)
+    mask: jax.Array  # (B, E) bool
+    n_edges: jax.Array  # (B,) edges found, may exceed capacity
+    image_overflow: jax.Array  # (B,) more periodic images needed than searched
+    cutoff: float = struct.field(pytree_node=False)
+    images: tuple = struct.field(pytree_node=False)  # images searched per axis (+-)
+
+    @property
+    def capacity(self) -> int:
+        return self.senders.shape[-1]
+
+    @property
+    def overflow(self):
+        """Per structure: the graph is incomplete and must be rebuilt larger."""
+        return (self.n_edges > self.capacity) | self.image_overflow
+
+
+MAX_IMAGES = 48  # per axis; a cell thinner than cutoff/48 is treated as broken
+
+
+def capacity_bucket(n: int, minimum: int = 16) -> int:
+    """Edge capacity rounded up to a multiple of 2^k/4, so capacities repeat often."""
+    n = max(int(n), minimum)
+    step = 2 ** max(math.floor(math.log2(n)) - 2, 0)
+    return int(math.ceil(n / step) * step)
+
+
+def images_needed(lattice, cutoff: float):
+    """Images per axis (+-) that can hold a neighbor within ``cutoff``, (B, 3).
+
+    With wrapped coordinates the fractional separation along axis a lies in
+    (-1, 1), and the distance to the plane of image n is at least |n - 1| d_a,
+    where d_a = 1/|b_a| is the spacing of lattice planes; so n_a = floor(rc/d_a) + 1.
+    """
+    xp = np if isinstance(lattice, np.ndarray) else jnp
+    inv = xp.linalg.inv(lattice)
+    recip_norm = xp.linalg.norm(inv, axis=-2)  # columns of inv(L) are reciprocal vectors
+    # a collapsed or non-finite cell asks for "infinitely many" images
+    n = xp.nan_to_num(xp.floor(cutoff * recip_norm), nan=1e6, posinf=1e6)
+    return xp.minimum(n, 1e6).astype(np.int32) + 1
+
+
+def _image_grid(images: tuple) -> np.ndarray:
+    ranges = [range(-n, n + 1) for n in images]
+    return np.array(list(itertools.product(*ranges)), np.float32)
+
+
+def _candidates_one(lattice, frac, mask, cutoff, images):
+    """Which (receiver i, sender j, image k) triplets are edges, (N, N, K) bool."""
+    grid = jnp.asarray(_image_grid(images), frac.dtype)  # (K, 3)
+    zero_image = grid.shape[0] // 2  # the (0, 0, 0) image sits in the middle
+    n, k = frac.shape[0], grid.shape[0]
+    offset = jnp.floor(frac)
+    # Cartesian positions of wrapped atoms and of image offsets; separating the
+    # two products is ~30x faster on CPU than one einsum over (N, N, K, 3).
+    cart = (frac - offset) @ lattice
+    vec = cart[None, :, None, :] - cart[:, None, None, :] + (grid @ lattice)[None, None]
+    d2 = jnp.sum(vec * vec, axis=-1)
+    same = (jnp.arange(n)[:, None] == jnp.arange(n)[None, :])[:, :, None] & (jnp.arange(k) == zero_image)
+    ok = (d2 <= cutoff * cutoff) & mask[:, None, None] & mask[None, :, None] & ~same
+    need = images_needed(lattice, cutoff)
+    image_overflow = jnp.any(need > jnp.asarray(images)) & mask.any()
+    # a structure that needs more images than searched gets no edges at all (and
+    # its flag set): a partial graph would silently give wrong energies
+    return ok & ~image_overflow, offset, image_overflow
+
+
+def _triplets(idx, n, k):
+    return idx // (n * k), (idx // k) % n, idx % k  # receiver, sender, image
+
+
+def _edges_one(lattice, frac, mask, cutoff, images, capacity):
+    """Edges of one structure, compacted inside jit."""
+    ok, offset, image_overflow = _candidates_one(lattice, frac, mask, cutoff, images)
+    n, _, k = ok.shape
+    flat = ok.reshape(-1)
+    (idx,) = jnp.nonzero(flat, size=capacity, fill_value=0)
+    valid = jnp.arange(capacity) < flat.sum()
+    receivers, senders, image = _triplets(idx, n, k)
+    grid = jnp.asarray(_image_grid(images), frac.dtype)
+    shifts = grid[image] - offset[senders] + offset[receivers]
+    receivers = jnp.where(valid, receivers, 0).astype(jnp.int32)
+    senders = jnp.where(valid, senders, 0).astype(jnp.int32)
+    shifts = jnp.where(valid[:, None], shifts, 0.0)
+    return senders, receivers, shifts, valid, flat.sum().astype(jnp.int32), image_overflow
+
+
+@functools.partial(jax.jit, static_argnames=("cutoff", "images", "capacity"))
+def build_graph(crystal: Crystal, cutoff: float, images: tuple, capacity: int) -> Graph:
+    """Jittable graph construction with static image range and edge capacity.
+
+    Use this inside jitted loops (relaxation, search); check ``graph.overflow``
+    and rebuild with :func:`neighbor_graph` outside jit when it is set.
+    """
+    fn = functools.partial(_edges_one, cutoff=cutoff, images=tuple(int(i) for i in images), capacity=capacity)
+    s, r, sh, m, n, io = jax.vmap(fn)(crystal.lattice, crystal.frac, crystal.mask)
+    return Graph(s, r, sh, m, n, io, cutoff=float(cutoff), images=tuple(int(i) for i in images))
+
+
+@functools.partial(jax.jit, static_argnames=("cutoff", "images"))
+def _candidates(crystal: Crystal, cutoff: float, images: tuple):
+    fn = functools.partial(_candidates_one, cutoff=cutoff, images=images)
+    return jax.vmap(fn)(crystal.lattice, crystal.frac, crystal.mask)
+
+
+def _compact_on_host(c: Crystal, cutoff: float, images: tuple, capacity: int | None):
+    """Candidates on the device, compaction with NumPy (much faster than a jitted
+    scatter on CPU); returns padded edge arrays of one chunk."""
+    ok, offset, image_overflow = (np.asarray(x) for x in _candidates(c, float(cutoff), images))
+    b, n, _, k = ok.shape
+    rows, idx = np.nonzero(ok.reshape(b, -1))
+    counts = np.bincount(rows, minlength=b)
+    cap = max(capacity or 0, capacity_bucket(int(counts.max(initial=0))))
+    slot = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows]
+    receivers, senders, image = _triplets(idx, n, k)
+    grid = _image_grid(images)
+    senders_out = np.zeros((b, cap), np.int32)
+    receivers_out = np.zeros((b, cap), np.int32)
+    shifts_out = np.zeros((b, cap, 3), np.float32)
+    mask_out = np.zeros((b, cap), bool)
+    senders_out[rows, slot] = senders
+    receivers_out[rows, slot] = receivers
+    shifts_out[rows, slot] = grid[image] - offset[rows, senders] + offset[rows, receivers]
+    mask_out[rows, slot] = True
+    return senders_out, receivers_out, shifts_out, mask_out, counts.astype(np.int32), image_overflow
+
+
+def _estimate_capacity(c: Crystal, cutoff: float) -> int:
+    """Expected edges of the densest structure, with 25% headroom."""
+    ok = np.isfinite(c.lattice).all((1, 2)) & (images_needed(c.lattice, cutoff) <= MAX_IMAGES).all(-1)
+    n = c.n_atoms[ok].astype(np.float64)
+    per_atom = 4.0 / 3.0 * np.pi * cutoff**3 * n / c.volume[ok]
+    return capacity_bucket(int(1.25 * np.max(n * per_atom, initial=16)) + 8)
+
+
+def neighbor_graph(crystal: Crystal, cutoff: float, capacity: int | None = None, images: tuple | None = None,
+                   max_pairs: int = 2**24) -> Graph:
+    """All-image neighbor graph of a batch, sized so that nothing overflows (host side).
+
+    ``capacity`` (edge slots per structure) and ``images`` (periodic images
+    searched per axis) are minimums; both grow to what the batch needs. A
+    structure that would need more than ``MAX_IMAGES`` images per axis (a
+    collapsed or absurdly thin cell) gets no edges and ``image_overflow`` set.
+    The batch is processed in chunks of at most ``max_pairs`` (atom pairs times
+    images) to bound memory. Use ``capacity`` with headroom when the graph will
+    be rebuilt inside jit while atoms move (relaxation).
+    """
+    c = crystal.to_host()
+    need = images_needed(c.lattice[c.present], cutoff)
+    need = need[(need <= MAX_IMAGES).all(-1)]
+    need_max = tuple(int(x) for x in need.max(0)) if len(need) else (1, 1, 1)
+    images = tuple(min(max(int(a), b), MAX_IMAGES) for a, b in zip(images or (0, 0, 0), need_max))
+    n_images = int(np.prod([2 * i + 1 for i in images]))
+    chunk = max(1, max_pairs // max(1, c.n_max * c.n_max * n_images))
+    parts = [_compact_on_host(c[start:start + chunk], cutoff, images, capacity)
+             for start in range(0, c.batch_size, chunk)]
+    cap = max(p[0].shape[1] for p in parts)
+    padded = []
+    for s, r, sh, m, n, io in parts:
+        extra = cap - s.shape[1]
+        pad2 = lambda x: np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+        padded.append((pad2(s), pad2(r), pad2(sh), pad2(m), n, io))
+    cat = [np.concatenate(xs) for xs in zip(*padded)]
+    return Graph(*(jnp.asarray(x) for x in cat), cutoff=float(cutoff), images=images)
+
+
+def pad_graph(g: Graph, capacity: int) -> Graph:
+    """Pad edge slots up to ``capacity`` (padded edges are masked self-loops on atom 0)."""
+    extra = capacity - g.capacity
+    if extra <= 0:
+        return g
+    padw = lambda x, v: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2), constant_values=v)
+    return g.replace(senders=padw(g.senders, 0), receivers=padw(g.receivers, 0), shifts=padw(g.shifts, 0.0),
+                     mask=padw(g.mask, False))
+
+
+def edge_vectors(crystal: Crystal, graph: Graph):
+    """Edge vectors r_ij = x_j + shift @ L - x_i, (B, E, 3); zero on padded edges.
+
+    Differentiable in the crystal's lattice and coordinates, which is what gives
+    forces and stress by autodiff.
+    """
+    take = jax.vmap(lambda f, idx: f[idx])
+    dfrac = take(crystal.frac, graph.senders) - take(crystal.frac, graph.receivers) + graph.shifts
+    vec = jnp.einsum("bea,bac->bec", dfrac, crystal.lattice)
+    return jnp.where(graph.mask[..., None], vec, 0.0)

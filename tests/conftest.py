@@ -1,0 +1,34 @@
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def perov():
+    from jaxinv.data import load_dataset
+
+    return load_dataset("perov_5")
+
+
+@pytest.fixture(scope="session")
+def carbon():
+    from jaxinv.data import load_dataset
+
+    return load_dataset("carbon_24")
+
+
+@pytest.fixture(scope="session")
+def batio3():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

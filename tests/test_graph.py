@@ -1,0 +1,111 @@
+import jax
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from jaxinv.crystal import Crystal
+from jaxinv.graph import build_graph, edge_vectors, images_needed, neighbor_graph
+
+
+def edge_multiset(g, b):
+    m = np.asarray(g.mask[b])
+    shifts = np.rint(np.asarray(g.shifts[b])[m]).astype(int)
+    return sorted(zip(np.asarray(g.receivers[b])[m].tolist(), np.asarray(g.senders[b])[m].tolist(),
+                      map(tuple, shifts.tolist())))
+
+
+def pymatgen_multiset(s, cutoff):
+    i, j, images, _ = s.get_neighbor_list(cutoff)
+    return sorted(zip(i.tolist(), j.tolist(), map(tuple, np.rint(images).astype(int).tolist())))
+
+
+def test_batio3_has_60_edges_at_3A(batio3):
+    g = neighbor_graph(Crystal.from_structures([batio3]), 3.0)
+    assert int(g.n_edges[0]) == 60  # jax-md's minimum image finds 18
+    assert edge_multiset(g, 0) == pymatgen_multiset(batio3, 3.0)
+
+
+@pytest.mark.parametrize("cutoff", [3.0, 5.0, 6.0])
+def test_matches_pymatgen_on_real_structures(perov, carbon, cutoff):
+    rng = np.random.default_rng(int(cutoff))
+    structures = perov.structures(rng.choice(len(perov), 120, replace=False)) + \
+        carbon.structures(rng.choice(len(carbon), 120, replace=False))
+    c = Crystal.from_structures(structures, bucket=True)
+    g = neighbor_graph(c, cutoff)
+    assert not np.asarray(g.overflow).any()
+    for b, s in enumerate(structures):
+        assert edge_multiset(g, b) == pymatgen_multiset(s, cutoff), f"structure {b} ({s.formula})"
+    # distances agree too
+    d = np.linalg.norm(np.asarray(edge_vectors(c, g)), axis=-1)
+    m = np.asarray(g.mask)
+    assert d[m].max() <= cutoff + 1e-5 and d[m].min() > 0.5
+
+
+def _skewed(rng):
+    """Cells far from reduced: unimodular transforms of compact cells, and flat triclinic cells."""
+    base = Structure(Lattice.cubic(3.0), ["Si", "C"], [[0, 0, 0], [0.25, 0.3, 0.2]])
+    out = []
+    for t in ([[1, 3, 0], [0, 1, 0], [2, 0, 1]], [[1, 0, 0], [5, 1, 0], [0, -4, 1]], [[1, 2, 3], [0, 1, 4], [0, 0, 1]]):
+        s = base.copy()
+        s.make_supercell(t)  # same crystal, unimodular (det 1) but very skewed basis
+        out.append(s)
+    out.append(Structure(Lattice.from_parameters(2.1, 9.0, 3.3, 35, 110, 80), ["C", "C", "O"],
+                         rng.random((3, 3))))
+    out.append(Structure(Lattice([[6, 0, 0], [5.7, 0.6, 0], [0.3, 0.2, 0.9]]), ["Na", "Cl"], rng.random((2, 3))))
+    return out, base
+
+
+@pytest.mark.parametrize("cutoff", [3.0, 5.0, 6.0])
+def test_skewed_cells(cutoff, rng):
+    structures, base = _skewed(rng)
+    c = Crystal.from_structures(structures)
+    g = neighbor_graph(c, cutoff)
+    for b, s in enumerate(structures):
+        assert edge_multiset(g, b) == pymatgen_multiset(s, cutoff)
+    # a change of basis does not change the crystal: same number of neighbors
+    g0 = neighbor_graph(Crystal.from_structures([base]), cutoff)
+    for b in range(3):
+        assert int(g.n_edges[b]) == int(g0.n_edges[0])
+
+
+def test_overflow_is_flagged_inside_jit_and_grown_outside(carbon):
+    c = carbon.crystal(np.arange(16))
+    small = build_graph(c, 5.0, (2, 2, 2), 8)
+    assert np.asarray(small.overflow).all()
+    # too few images searched is flagged too
+    tiny = build_graph(c, 5.0, (0, 0, 0), 4096)
+    need = images_needed(c.lattice, 5.0)
+    np.testing.assert_array_equal(np.asarray(tiny.image_overflow), (need > 0).any(-1))
+    g = neighbor_graph(c, 5.0, capacity=8)
+    assert not np.asarray(g.overflow).any() and g.capacity >= int(np.max(g.n_edges))
+
+
+def test_graph_is_jittable_and_padding_is_inert(perov):
+    c = perov.crystal(np.arange(4)).pad(n_max=8, batch_size=6)
+    g = neighbor_graph(c, 4.0)
+    assert int(g.n_edges[4]) == 0 and int(g.n_edges[5]) == 0
+    # padded atoms (mask False) never appear in edges
+    for b in range(4):
+        m = np.asarray(g.mask[b])
+        assert np.asarray(g.senders[b])[m].max() < 5 and np.asarray(g.receivers[b])[m].max() < 5
+    vec = jax.jit(edge_vectors)(c, g)
+    assert np.all(np.asarray(vec)[~np.asarray(g.mask)] == 0)
+
+
+def test_broken_cell_is_flagged_not_fatal(perov):
+    c = perov.crystal(np.arange(3))
+    lattice = np.array(c.lattice)
+    lattice[1] = np.nan
+    lattice[2, 2] *= 1e-4  # a collapsed cell
+    g = neighbor_graph(c.replace(lattice=lattice), 5.0)
+    np.testing.assert_array_equal(np.asarray(g.overflow), [False, True, True])
+    assert edge_multiset(g, 0) == pymatgen_multiset(perov.structures([0])[0], 5.0)
+
+
+def test_jitted_and_host_builders_agree(carbon):
+    c = carbon.crystal(np.arange(30))
+    host = neighbor_graph(c, 5.0)
+    jitted = build_graph(c, 5.0, host.images, host.capacity)
+    for b in range(30):
+        assert edge_multiset(host, b) == edge_multiset(jitted, b)
+    np.testing.assert_array_equal(np.asarray(host.n_edges), np.asarray(jitted.n_edges))
