@@ -32,3 +32,12 @@ def batio3():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def float64():
+    """Run a test in float64 without leaking x64 mode into other tests."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield
