@@ -34,7 +34,8 @@ import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
 
-__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "capacity_bucket"]
+__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "capacity_bucket", "trim_graph",
+           "MAX_IMAGES"]
 
 
 @struct.dataclass
@@ -161,7 +162,7 @@ def _compact_on_host(c: Crystal, cutoff: float, images: tuple, capacity: int | N
     grid = _image_grid(images)
     senders_out = np.zeros((b, cap), np.int32)
     receivers_out = np.zeros((b, cap), np.int32)
-    shifts_out = np.zeros((b, cap, 3), np.float32)
+    shifts_out = np.zeros((b, cap, 3))
     mask_out = np.zeros((b, cap), bool)
     senders_out[rows, slot] = senders
     receivers_out[rows, slot] = receivers
@@ -229,3 +230,13 @@ def edge_vectors(crystal: Crystal, graph: Graph):
     dfrac = take(crystal.frac, graph.senders) - take(crystal.frac, graph.receivers) + graph.shifts
     vec = jnp.einsum("bea,bac->bec", dfrac, crystal.lattice)
     return jnp.where(graph.mask[..., None], vec, 0.0)
+
+
+def trim_graph(crystal: Crystal, graph: Graph, cutoff: float) -> Graph:
+    """Mask out edges longer than ``cutoff``, e.g. of a graph built with a skin.
+
+    Shapes are unchanged; the mask carries no gradient.
+    """
+    vec = edge_vectors(crystal, graph)
+    within = graph.mask & (jnp.sum(vec * vec, -1) < cutoff * cutoff)
+    return graph.replace(mask=jax.lax.stop_gradient(within))

@@ -7,21 +7,11 @@ from pymatgen.core import Lattice, Structure
 
 from jaxinv.crystal import Crystal
 from jaxinv.graph import neighbor_graph
-from jaxinv.potentials import Potential, UnsupportedElementError, pair_energy_sum
+from jaxinv.potentials import UnsupportedElementError
+from toy_potentials import LJ
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # finite differences need float64 (scoped, see conftest)
-
-
-def _lj(params, crystal, graph):
-    def pair(r, zi, zj):
-        sr6 = (params["sigma"] / r) ** 6
-        cut = (params["sigma"] / graph.cutoff) ** 6
-        return 4 * params["eps"] * ((sr6 * sr6 - sr6) - (cut * cut - cut))
-    return pair_energy_sum(pair, crystal, graph)
-
-
-LJ = Potential("toy-lj", _lj, {"sigma": 2.0, "eps": 0.1}, cutoff=5.0, species=(14, 6))
 
 
 @pytest.fixture

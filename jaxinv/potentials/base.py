@@ -19,6 +19,10 @@ Contract for ``energy_fn`` implementations:
   contribute nothing, and gradients through them are finite (use
   :func:`safe_norm`; padded edge vectors are zero);
 * an atom without neighbors gets a finite energy (its isolated-atom term);
+* the graph may have been built with a larger cutoff than the potential's
+  (relaxation adds a skin) but is then trimmed with
+  :func:`jaxinv.graph.trim_graph`: use your own cutoff, not ``graph.cutoff``,
+  for energy shifts;
 * the function is batch-polymorphic: it works on any (B, N) and under
   ``jit``/``vmap``/``scan``.
 """

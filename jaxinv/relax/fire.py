@@ -1,0 +1,295 @@
+"""Batched FIRE relaxation of positions and cell, as a pure ``init``/``step`` pair.
+
+    init_fn, step_fn = fire_relaxer(potential.energy_fn, potential.cutoff, FireConfig(fmax=0.05))
+    state = init_fn(params, crystal, graph)      # graph built at cutoff + skin
+    state = jax.lax.fori_loop(0, 100, lambda i, s: step_fn(params, s), state)
+
+Every structure of the batch runs its own FIRE (Bitzek et al., PRL 97, 170201
+(2006)) with ASE's update rule and defaults, on the generalized coordinates of
+:mod:`jaxinv.relax.cell` (ASE ``FrechetCellFilter`` semantics). Structures are
+independent: each has its own time step, mixing, convergence test and status,
+and a structure that converges, fails or hits the step limit freezes while the
+others continue. Padded atoms never move (their forces and velocities are 0).
+
+Convergence: max atomic force below ``fmax`` (eV/Å) **and**, unless the cell
+is fixed, every component of ``stress + pressure`` below ``stress_tol``
+(eV/Å^3; default 0.005 ≈ 0.8 GPa). Failures are flagged, never raised:
+
+* ``FAILED_NAN``: energy, forces or stress became NaN/inf (the last finite
+  configuration is kept);
+* ``FAILED_CELL``: the volume left [min_volume_ratio, max_volume_ratio] times
+  its initial value (a collapsed or exploded cell);
+* ``FAILED_GRAPH``: the cell became so thin that no neighbor search could cover it;
+* ``MAX_STEPS``: not converged within ``max_steps``.
+
+The neighbor graph is built with a skin (``cutoff + skin``) and rebuilt inside
+the step only when it may have become stale: the edge set can only change once
+``s_min(D) (rc + skin) - 2 d_max < rc``, where ``D`` is the deformation of the
+cell since the last build and ``d_max`` the largest atomic displacement.
+When a rebuilt graph overflows its static capacity or image range, the
+affected structures pause (``needs_graph``) until the host grows the graph
+(see ``queue.py``); only a cell too thin for any search fails (``FAILED_GRAPH``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from flax import struct
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.crystal import Crystal
+from jaxinv.graph import Graph, build_graph, trim_graph
+from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
+
+__all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
+           "FAILED_CELL", "FAILED_GRAPH", "STATUS_NAMES", "GPA"]
+
+RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH = range(6)
+STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
+                FAILED_CELL: "failed_cell", FAILED_GRAPH: "failed_graph"}
+GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å^3
+
+
+@dataclass(frozen=True)
+class FireConfig:
+    """Convergence criteria, cell mode and FIRE constants (ASE's defaults)."""
+
+    fmax: float = 0.05  # eV/Å
+    stress_tol: float = 0.005  # eV/Å^3, on |stress + pressure| componentwise
+    max_steps: int = 500
+    pressure: float = 0.0  # eV/Å^3 (use GPA * p_in_gpa)
+    cell: str = "frechet"  # frechet | fixed | volume | shape
+    skin: float = 0.25  # Å added to the potential's cutoff when building graphs
+    min_volume_ratio: float = 0.25
+    max_volume_ratio: float = 4.0
+    # FIRE constants, as ase.optimize.FIRE
+    dt_start: float = 0.1
+    dt_max: float = 1.0
+    max_step: float = 0.2
+    n_min: int = 5
+    f_inc: float = 1.1
+    f_dec: float = 0.5
+    alpha_start: float = 0.1
+    f_alpha: float = 0.99
+
+    def __post_init__(self):
+        if self.cell not in CELL_MODES:
+            raise ValueError(f"cell={self.cell!r}; choose one of {CELL_MODES}")
+        for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@struct.dataclass
+class RelaxState:
+    crystal: Crystal  # current structures
+    reference_lattice: jax.Array  # (B, 3, 3) L0
+    q: jax.Array  # (B, N, 3) positions in the reference cell
+    lam: jax.Array  # (B, 3, 3) log-deformation
+    factor: jax.Array  # (B,) exp_cell_factor (number of atoms)
+    v_atoms: jax.Array  # (B, N, 3)
+    v_cell: jax.Array  # (B, 3, 3)
+    dt: jax.Array  # (B,)
+    alpha: jax.Array  # (B,)
+    n_pos: jax.Array  # (B,) steps since the power last turned negative
+    started: jax.Array  # (B,) bool, the first FIRE step has been taken
+    energy: jax.Array  # (B,) eV
+    forces: jax.Array  # (B, N, 3) physical forces, eV/Å
+    stress: jax.Array  # (B, 3, 3) eV/Å^3 (ASE sign)
+    f_q: jax.Array  # (B, N, 3) generalized forces
+    f_cell: jax.Array  # (B, 3, 3)
+    steps: jax.Array  # (B,) int32
+    status: jax.Array  # (B,) int32
+    needs_graph: jax.Array  # (B,) bool: paused until the host grows the graph
+    volume0: jax.Array  # (B,)
+    criteria: "Criteria"  # per-structure targets (traced, so changing them never recompiles)
+    graph: Graph
+    graph_frac: jax.Array  # (B, N, 3) frac at the last graph build
+    graph_lattice: jax.Array  # (B, 3, 3) lattice at the last graph build
+
+
+@struct.dataclass
+class Criteria:
+    """Per-structure convergence targets and pressure, (B,) each."""
+
+    fmax: jax.Array
+    stress_tol: jax.Array
+    pressure: jax.Array
+    max_steps: jax.Array
+
+    @classmethod
+    def from_config(cls, config: "FireConfig", batch: int, dtype=jnp.float32) -> "Criteria":
+        full = lambda v, dt=dtype: jnp.full((batch,), v, dt)
+        return cls(full(config.fmax), full(config.stress_tol), full(config.pressure),
+                   full(config.max_steps, jnp.int32))
+
+
+def _bcast(mask, x):
+    return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+
+
+def tree_select(mask, a, b):
+    """Per-structure choice between two pytrees whose leaves lead with the batch axis."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(_bcast(mask, x), x, y), a, b)
+
+
+def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireConfig()):
+    """``(init_fn, step_fn)`` for batched FIRE with ``energy_fn(params, crystal, graph) -> (B,)``."""
+    cfg = config
+    graph_cutoff = float(cutoff) + cfg.skin
+
+    def evaluate(params, crystal, graph, reference_lattice, q, lam, factor, pressure):
+        """Energy, physical forces and stress, and generalized forces, in one reverse pass."""
+        frac = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
+        lattice_now, _, f = current_cell(reference_lattice, q, lam, factor)
+        # the graph carries a skin; the potential sees only edges within its cutoff
+        trimmed = trim_graph(crystal.replace(lattice=lattice_now, frac=frac), graph, cutoff)
+
+        def enthalpy(q, lam, eps):
+            lattice, _, _ = current_cell(reference_lattice, q, lam, factor)
+            sym = 0.5 * (eps + jnp.swapaxes(eps, -1, -2))
+            lattice = lattice + jnp.einsum("bij,bjk->bik", lattice, sym)
+            frac_q = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
+            e = energy_fn(params, crystal.replace(lattice=lattice, frac=frac_q), trimmed)
+            volume = jnp.abs(jnp.linalg.det(lattice))
+            return jnp.sum(e + pressure * volume), (e, volume)
+
+        zeros = jnp.zeros_like(lam)
+        (_, (e, volume)), (dq, dlam, deps) = jax.value_and_grad(enthalpy, argnums=(0, 1, 2), has_aux=True)(
+            q, lam, zeros)
+        mask = crystal.mask[..., None]
+        f_q = jnp.where(mask, -dq, 0.0)
+        # x = q F^T, so dE/dq = dE/dx F and the physical force is f_q F^-1
+        forces = jnp.einsum("bnj,bjk->bnk", f_q, jnp.linalg.inv(f))
+        eye = jnp.eye(3, dtype=deps.dtype)
+        stress = deps / volume[:, None, None] - pressure[:, None, None] * eye  # d(PV)/d(eps) = P V 1
+        f_cell = project_cell_force(-dlam, cfg.cell)
+        return e, forces, stress, f_q, f_cell, volume
+
+    def converged(forces, stress, mask, crit: Criteria):
+        fmax = jnp.sqrt(jnp.max(jnp.where(mask, jnp.sum(forces**2, -1), 0.0), axis=-1))
+        ok = fmax < crit.fmax
+        if cfg.cell != "fixed":
+            residual = stress + crit.pressure[:, None, None] * jnp.eye(3, dtype=stress.dtype)
+            residual = project_cell_force(residual, cfg.cell)  # only stress the cell can relieve
+            ok &= jnp.max(jnp.abs(residual), axis=(-1, -2)) < crit.stress_tol
+        return ok
+
+    def finite(*xs):
+        out = None
+        for x in xs:
+            f = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)
+            out = f if out is None else out & f
+        return out
+
+    def init_fn(params, crystal: Crystal, graph: Graph, criteria: Criteria | None = None) -> RelaxState:
+        """Start a relaxation; ``graph`` should be built at ``cutoff + config.skin``.
+
+        ``criteria`` (per-structure fmax, stress_tol, pressure, max_steps)
+        defaults to the config's values for every structure.
+        """
+        dtype = crystal.frac.dtype if jnp.issubdtype(crystal.frac.dtype, jnp.floating) else jnp.float32
+        lattice = jnp.asarray(crystal.lattice, dtype)
+        b, n = crystal.numbers.shape
+        crit = criteria if criteria is not None else Criteria.from_config(cfg, b, dtype)
+        q = jnp.einsum("bni,bij->bnj", crystal.frac, lattice)
+        lam = jnp.zeros((b, 3, 3), dtype)
+        factor = jnp.maximum(crystal.mask.sum(-1), 1).astype(dtype)
+        e, forces, stress, f_q, f_cell, volume = evaluate(params, crystal, graph, lattice, q, lam, factor,
+                                                          crit.pressure)
+        geometry = jnp.where(crystal.mask[..., None], crystal.frac, 0.0)
+        ok = finite(e, forces, stress, geometry, lattice)  # a NaN coordinate would silently lose its edges
+        present = crystal.mask.any(-1)
+        done = converged(forces, stress, crystal.mask, crit)
+        status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
+        status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
+        status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
+        return RelaxState(
+            crystal=crystal.replace(lattice=lattice), reference_lattice=lattice, q=q, lam=lam, factor=factor,
+            v_atoms=jnp.zeros_like(q), v_cell=jnp.zeros_like(lam),
+            dt=jnp.full((b,), cfg.dt_start, dtype), alpha=jnp.full((b,), cfg.alpha_start, dtype),
+            n_pos=jnp.zeros((b,), jnp.int32), started=jnp.zeros((b,), bool),
+            energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
+            steps=jnp.zeros((b,), jnp.int32), status=status,
+            needs_graph=graph.n_edges > graph.capacity, volume0=volume, criteria=crit,
+            graph=graph, graph_frac=crystal.frac, graph_lattice=lattice)
+
+    def fire_update(s: RelaxState):
+        """One ASE FIRE move of (q, lam) from the stored generalized forces."""
+        def dot(a_atoms, a_cell, b_atoms, b_cell):
+            return jnp.sum(a_atoms * b_atoms, axis=(1, 2)) + jnp.sum(a_cell * b_cell, axis=(1, 2))
+
+        f_atoms, f_cell = s.f_q, s.f_cell
+        vf = dot(s.v_atoms, s.v_cell, f_atoms, f_cell)
+        f_norm = jnp.sqrt(dot(f_atoms, f_cell, f_atoms, f_cell))
+        v_norm = jnp.sqrt(dot(s.v_atoms, s.v_cell, s.v_atoms, s.v_cell))
+        uphill = s.started & (vf <= 0.0)
+        downhill = s.started & (vf > 0.0)
+        scale = jnp.where(f_norm > 0, v_norm / jnp.where(f_norm > 0, f_norm, 1.0), 0.0)
+        mix = lambda v, f: (1.0 - _bcast(s.alpha, v)) * v + _bcast(s.alpha * scale, f) * f
+        v_atoms = jnp.where(_bcast(downhill, s.v_atoms), mix(s.v_atoms, f_atoms), s.v_atoms)
+        v_cell = jnp.where(_bcast(downhill, s.v_cell), mix(s.v_cell, f_cell), s.v_cell)
+        grow = downhill & (s.n_pos > cfg.n_min)
+        dt = jnp.where(grow, jnp.minimum(s.dt * cfg.f_inc, cfg.dt_max), s.dt)
+        alpha = jnp.where(grow, s.alpha * cfg.f_alpha, s.alpha)
+        n_pos = jnp.where(downhill, s.n_pos + 1, s.n_pos)
+        v_atoms = jnp.where(_bcast(uphill, v_atoms), 0.0, v_atoms)
+        v_cell = jnp.where(_bcast(uphill, v_cell), 0.0, v_cell)
+        alpha = jnp.where(uphill, cfg.alpha_start, alpha)
+        dt = jnp.where(uphill, dt * cfg.f_dec, dt)
+        n_pos = jnp.where(uphill, 0, n_pos)
+        v_atoms = v_atoms + _bcast(dt, f_atoms) * f_atoms
+        v_cell = v_cell + _bcast(dt, f_cell) * f_cell
+        dr_atoms, dr_cell = _bcast(dt, v_atoms) * v_atoms, _bcast(dt, v_cell) * v_cell
+        dr_norm = jnp.sqrt(dot(dr_atoms, dr_cell, dr_atoms, dr_cell))
+        shrink = jnp.where(dr_norm > cfg.max_step, cfg.max_step / jnp.where(dr_norm > 0, dr_norm, 1.0), 1.0)
+        q = s.q + _bcast(shrink, dr_atoms) * dr_atoms
+        lam = s.lam + _bcast(shrink, dr_cell) * dr_cell
+        return s.replace(q=q, lam=lam, v_atoms=v_atoms, v_cell=v_cell, dt=dt, alpha=alpha, n_pos=n_pos,
+                         started=jnp.ones_like(s.started))
+
+    def graph_is_stale(s: RelaxState, lattice, frac):
+        """Whether an edge could have entered the cutoff since the last build."""
+        d = jnp.einsum("bij,bjk->bik", jnp.linalg.inv(s.graph_lattice), lattice)
+        s_min = jnp.sqrt(jnp.maximum(jnp.min(jnp.linalg.eigvalsh(jnp.einsum("bij,bkj->bik", d, d)), -1), 0.0))
+        moved = jnp.einsum("bni,bij->bnj", frac - s.graph_frac, lattice)
+        d_max = jnp.sqrt(jnp.max(jnp.where(s.crystal.mask, jnp.sum(moved**2, -1), 0.0), -1))
+        return s_min * graph_cutoff - 2.0 * d_max < cutoff
+
+    def step_fn(params, s: RelaxState) -> RelaxState:
+        active = (s.status == RUNNING) & ~s.needs_graph
+        moved = fire_update(s)
+        lattice, _, _ = current_cell(moved.reference_lattice, moved.q, moved.lam, moved.factor)
+        frac = jnp.einsum("bnj,bji->bni", moved.q, jnp.linalg.inv(moved.reference_lattice))
+        frac = jnp.where(_bcast(active, frac), frac, s.crystal.frac)
+        lattice = jnp.where(_bcast(active, lattice), lattice, s.crystal.lattice)
+        crystal = s.crystal.replace(lattice=lattice, frac=frac)
+        stale = graph_is_stale(s, lattice, frac) & active
+        graph, graph_frac, graph_lattice = jax.lax.cond(
+            jnp.any(stale),
+            lambda: (build_graph(crystal, graph_cutoff, s.graph.images, s.graph.capacity), frac, lattice),
+            lambda: (s.graph, s.graph_frac, s.graph_lattice))
+        e, forces, stress, f_q, f_cell, volume = evaluate(
+            params, crystal, graph, moved.reference_lattice, moved.q, moved.lam, moved.factor, s.criteria.pressure)
+        overflow = graph.overflow & active  # too many edges or images for the static graph: pause
+        ok = finite(e, forces, stress)
+        accept = active & ok & ~overflow
+        new = moved.replace(crystal=crystal, energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
+                            steps=s.steps + 1)
+        out = tree_select(accept, new, s)
+        ratio = volume / s.volume0
+        status = out.status
+        status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
+        bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
+        status = jnp.where(accept & bad_cell, FAILED_CELL, status)
+        done = converged(forces, stress, s.crystal.mask, s.criteria)
+        status = jnp.where(accept & ~bad_cell & done, CONVERGED, status)
+        status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
+        return out.replace(status=status.astype(jnp.int32), needs_graph=s.needs_graph | overflow,
+                           graph=graph, graph_frac=graph_frac, graph_lattice=graph_lattice)
+
+    return init_fn, step_fn
