@@ -12,23 +12,17 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import numpy as np
 
-from jaxinv.config import DataConfig, RunConfig
+from jaxinv.config import DataConfig, PotentialConfig, RunConfig
 from jaxinv.data import load_from_config
 from jaxinv.io import read_structures, write_cifs, write_extxyz
 from jaxinv.potentials.registry import load_potential
 from jaxinv.relax import relax
 
 log = logging.getLogger("jaxinv.relax")
-
-
-@dataclass
-class PotentialConfig:
-    name: str = "sevennet0"
-    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
