@@ -170,16 +170,21 @@ def test_interface_contract(name):
 # ------------------------------------------------------------ cutoff treatments
 def test_truncations_vanish_at_the_cutoff_as_documented():
     lj = lambda r, sigma=1.0, epsilon=1.0: 4 * epsilon * ((sigma / r) ** 12 - (sigma / r) ** 6)
-    rc, below = 2.5, jnp.array([2.5 - 1e-7])
-    value = {m: float(truncate(lj, rc, m, 2.0)(below)[0]) for m in ("none", "shift", "force_shift", "switch")}
-    slope = {m: float(jax.grad(lambda r: truncate(lj, rc, m, 2.0)(r)[0])(below)[0])
-             for m in ("shift", "force_shift", "switch")}
-    assert abs(value["none"] - float(lj(rc))) < 1e-6  # plain truncation jumps by V(rc)
-    assert all(abs(value[m]) < 1e-6 for m in ("shift", "force_shift", "switch"))
-    assert abs(slope["shift"] - float(jax.grad(lj)(rc))) < 1e-6  # the force jumps
-    assert abs(slope["force_shift"]) < 1e-6 and abs(slope["switch"]) < 1e-6
+    dlj = lambda r: 4 * (-12 * r**-13 + 6 * r**-7)
+    rc, onset, modes = 2.5, 2.0, ("none", "shift", "force_shift", "switch")
+
+    @jax.jit
+    def probe(r):  # value and slope of every truncation at r
+        return {m: jax.vmap(jax.value_and_grad(lambda x: truncate(lj, rc, m, onset)(x[None])[0]))(r) for m in modes}
+
+    out = {m: (np.asarray(v), np.asarray(g)) for m, (v, g) in probe(jnp.array([rc - 1e-7, 1.9])).items()}
+    assert out["none"][0][0] == pytest.approx(lj(rc), abs=1e-6)  # plain truncation jumps by V(rc)
+    assert all(abs(out[m][0][0]) < 1e-6 for m in ("shift", "force_shift", "switch"))
+    assert out["shift"][1][0] == pytest.approx(dlj(rc), abs=1e-6)  # its force jumps
+    assert abs(out["force_shift"][1][0]) < 1e-6 and abs(out["switch"][1][0]) < 1e-6
     # switching leaves the potential untouched below the onset
-    assert float(truncate(lj, rc, "switch", 2.0)(jnp.array([1.9]))[0]) == pytest.approx(float(lj(1.9)), rel=1e-12)
+    assert out["switch"][0][1] == pytest.approx(lj(1.9), rel=1e-12)
+    assert out["switch"][1][1] == pytest.approx(dlj(1.9), rel=1e-12)
     assert float(smoothstep(jnp.array(2.25), 2.0, 2.5)) == pytest.approx(0.5)
 
 
@@ -294,11 +299,9 @@ def test_ewald_matches_pymatgen_and_madelung_and_dsf_converges_to_it():
     np.testing.assert_allclose(ewald, reference, rtol=1e-7)
     # Madelung constant of rocksalt, 1.747565, per Na-Cl distance
     assert ewald[0] / 4 == pytest.approx(-K_E * 1.747565 / 2.82, rel=1e-6)
-    # DSF (default alpha) on one graph, truncated at growing cutoffs
-    dsf = point_charges(charges, "dsf")
-    c = Crystal.from_structures(structures)
-    g = neighbor_graph(c, 14.0)
-    errors = np.array([np.abs(_energy(dsf, structures, g.replace(cutoff=rc)) - ewald) / np.abs(ewald)
+    # DSF (default alpha) at growing cutoffs, on one graph (edges beyond a potential's cutoff are ignored)
+    g = neighbor_graph(Crystal.from_structures(structures), 14.0)
+    errors = np.array([np.abs(_energy(point_charges(charges, "dsf", cutoff=rc), structures, g) - ewald) / np.abs(ewald)
                        for rc in (8.0, 10.0, 12.0, 14.0)])
     assert np.all(np.diff(errors, axis=0) < 0), errors
     assert np.all(errors[2] < 1e-4) and np.all(errors[3] < 1e-5), errors  # the default 12 Å, and beyond
@@ -329,6 +332,9 @@ def test_oxides_dsf_ewald_and_independent_reference():
     pymatgen's Ewald energy."""
     from pymatgen.analysis.ewald import EwaldSummation
 
+    # a graph wider than the potential's cutoff changes nothing
+    wide = neighbor_graph(Crystal.from_structures([_quartz()]), 13.0)
+    assert _energy(_bks(), [_quartz()], wide)[0] == pytest.approx(_energy(_bks(), [_quartz()])[0], rel=1e-12)
     for dsf, charges, s in [(_bks(), BKS_CHARGES, _quartz()), (_ma(), MA_CHARGES, _rutile())]:
         ewald = bks_sio2(coulomb="ewald") if dsf is _bks() else matsui_akaogi_tio2(coulomb="ewald")
         out = dsf(Crystal.from_structures([s]))
@@ -402,13 +408,13 @@ def test_neighbor_table_overflow_gives_nan_and_edge_order_does_not_matter():
     assert bool(neighbor_overflow(g, c.n_max, 3)[0]) and not bool(neighbor_overflow(g, c.n_max, 4)[0])
     assert np.isnan(_energy(stillinger_weber(max_neighbors=3), [_diamond(5.431)], g)[0])
     # the neighbor table is built by sorting, so any edge order gives the same energy
-    s = _distort(_sic_with_antisites(), np.random.default_rng(8), rattle=0.1)
-    c = Crystal.from_structures([s])
-    g = neighbor_graph(c, _sic_tersoff().cutoff)
-    perm = np.random.default_rng(9).permutation(g.capacity)
-    shuffled = g.replace(senders=g.senders[:, perm], receivers=g.receivers[:, perm],
-                         shifts=g.shifts[:, perm], mask=g.mask[:, perm])
-    for pot in (_sw(), _sic_tersoff()):
+    rng = np.random.default_rng(8)
+    for pot, s in [(_sw(), _distort(_diamond(5.431), rng, rattle=0.15)),
+                   (_sic_tersoff(), _distort(_sic_with_antisites(), rng, rattle=0.1))]:
+        g = neighbor_graph(Crystal.from_structures([s]), pot.cutoff)
+        perm = rng.permutation(g.capacity)
+        shuffled = g.replace(senders=g.senders[:, perm], receivers=g.receivers[:, perm],
+                             shifts=g.shifts[:, perm], mask=g.mask[:, perm])
         e = [_energy(pot, [s], graph)[0] for graph in (g, shuffled)]
         assert np.isfinite(e[0]) and e[1] == pytest.approx(e[0], rel=1e-12)
 

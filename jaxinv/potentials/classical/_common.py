@@ -124,12 +124,6 @@ def tabulated_pair_energy(pair_fn: Callable, lookup: np.ndarray, tables: dict, c
     return pair_energy_sum(per_edge, crystal, graph)
 
 
-def per_atom(values, lookup: np.ndarray, crystal) -> jax.Array:
-    """A per-species vector gathered to atoms, (B, N), zero on padded atoms."""
-    v = jnp.asarray(values)[jnp.asarray(lookup)[crystal.numbers]]
-    return jnp.where(crystal.mask, v, 0.0)
-
-
 def as_float_tree(tree):
     """Parameters stored as float64 NumPy arrays (cast to JAX's float type inside jit)."""
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)

@@ -51,15 +51,17 @@ def _charge_sums(charges, lookup, crystal):
     return q, jnp.sum(q * q, -1), jnp.sum(q, -1)
 
 
-def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA) -> jax.Array:
-    """Damped shifted force Coulomb energy, (B,) eV, with cutoff ``graph.cutoff``.
+def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA, cutoff: float | None = None) -> jax.Array:
+    """Damped shifted force Coulomb energy, (B,) eV, truncated at ``cutoff`` (default ``graph.cutoff``).
 
     V(r) = k q_i q_j [erfc(a r)/r - erfc(a Rc)/Rc + (erfc(a Rc)/Rc^2 + 2a/sqrt(pi)
     exp(-a^2 Rc^2)/Rc)(r - Rc)] for r < Rc, plus the self energy
     -k (erfc(a Rc)/(2 Rc) + a/sqrt(pi)) sum_i q_i^2. ``charges`` is per species,
     ``lookup`` maps atomic numbers to species rows.
     """
-    rc = graph.cutoff
+    rc = graph.cutoff if cutoff is None else float(cutoff)
+    if rc > graph.cutoff:
+        raise ValueError(f"the DSF cutoff {rc} exceeds the graph's {graph.cutoff}")
     erfc_rc = math.erfc(alpha * rc)
     slope = erfc_rc / rc**2 + 2.0 * alpha / math.sqrt(math.pi) * math.exp(-(alpha * rc) ** 2) / rc
     qq = _edge_charge_products(charges, lookup)
@@ -73,14 +75,15 @@ def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA) -> jax
     return pair_energy_sum(pair, crystal, graph) + self_energy
 
 
-def ewald_parameters(cutoff: float, tol: float = 1e-8) -> tuple[float, float]:
+def ewald_parameters(cutoff: float, tol: float = 1e-8, alpha: float | None = None) -> tuple[float, float]:
     """Splitting ``alpha`` (1/Å) and reciprocal cutoff ``k_cut`` (1/Å) for a real-space cutoff.
 
     Both Gaussian tails are cut where they reach ``tol``: erfc(alpha rc) ~
-    exp(-(alpha rc)^2) = tol and exp(-k^2 / (4 alpha^2)) = tol.
+    exp(-(alpha rc)^2) = tol and exp(-k^2 / (4 alpha^2)) = tol. A given ``alpha``
+    is kept (then only k_cut follows from ``tol``).
     """
     s = math.sqrt(-math.log(tol))
-    alpha = s / cutoff
+    alpha = s / cutoff if alpha is None else float(alpha)
     return alpha, 2.0 * alpha * s
 
 
@@ -150,14 +153,12 @@ def point_charges(charges: Mapping, method: str = "dsf", cutoff: float | None = 
         alpha = DSF_ALPHA if alpha is None else float(alpha)
 
         def energy_fn(params, crystal, graph):
-            return dsf_energy(params["charges"], lookup, crystal, graph, alpha)
+            return dsf_energy(params["charges"], lookup, crystal, graph, alpha, cutoff)
 
         meta = {"method": "dsf", "alpha": alpha}
     elif method == "ewald":
         cutoff = 10.0 if cutoff is None else float(cutoff)
-        a, k_cut = ewald_parameters(cutoff, tol)
-        alpha = a if alpha is None else float(alpha)
-        k_cut = 2.0 * alpha * math.sqrt(-math.log(tol))
+        alpha, k_cut = ewald_parameters(cutoff, tol, alpha)
 
         def energy_fn(params, crystal, graph):
             return ewald_energy(params["charges"], lookup, crystal, graph, alpha, k_cut, kmax)

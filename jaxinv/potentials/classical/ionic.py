@@ -3,8 +3,9 @@
 V_ij(r) = A exp(-r/rho) - C/r^6 + 4 eps [(sigma/r)^30 - (sigma/r)^6]  +  k q_i q_j / r,
 
 where the optional 30-6 term is a repulsive core that stops the -C/r^6 and
-Coulomb attractions from fusing cations and anions at short range (BKS has a
-maximum of only a few eV near r = 1.2 Å for Si-O, then dives to minus infinity).
+Coulomb attractions from fusing cations and anions at short range (the bare BKS
+Si-O pair energy has a barrier of less than 1 eV near r = 1.2 Å, below which it
+dives to minus infinity).
 The Coulomb part is the damped shifted force sum by default or Ewald on request
 (see :mod:`~jaxinv.potentials.classical.coulomb`).
 
@@ -87,13 +88,11 @@ def buckingham_coulomb(charges: Mapping, buckingham: Mapping, core: Mapping | No
         alpha = DSF_ALPHA if alpha is None else float(alpha)
 
         def coulomb_fn(q, crystal, graph):
-            return dsf_energy(q, lookup, crystal, graph, alpha)
+            return dsf_energy(q, lookup, crystal, graph, alpha, cutoff)
 
         meta = {"coulomb": "dsf", "alpha": alpha}
     elif coulomb == "ewald":
-        alpha_default, _ = ewald_parameters(cutoff, ewald_tol)
-        alpha = alpha_default if alpha is None else float(alpha)
-        k_cut = 2.0 * alpha * np.sqrt(-np.log(ewald_tol))
+        alpha, k_cut = ewald_parameters(cutoff, ewald_tol, alpha)
 
         def coulomb_fn(q, crystal, graph):
             return ewald_energy(q, lookup, crystal, graph, alpha, k_cut, ewald_kmax)
@@ -147,8 +146,9 @@ MA_BUCKINGHAM = {  # (A eV, rho Å, C eV Å^6)
 def matsui_akaogi_tio2(**kwargs) -> Potential:
     """Matsui-Akaogi TiO2 (1991), q_Ti = 2.196, q_O = -1.098, no core term.
 
-    Its Ti-O pair energy stays repulsive down to ~0.4 Å (a barrier of ~10^3 eV),
-    so no core fix is needed for sensible starting structures. Keyword arguments
+    Its Ti-O pair energy (with Coulomb) rises to a barrier of ~450 eV near 0.55 Å
+    and only turns over below ~0.45 Å, so no core fix is needed for starting
+    structures without nearly coincident atoms. Keyword arguments
     go to :func:`buckingham_coulomb` (cutoff 12 Å, DSF).
     """
     return buckingham_coulomb(MA_CHARGES, MA_BUCKINGHAM, None, name="matsui-akaogi-tio2", **kwargs)
