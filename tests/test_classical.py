@@ -299,6 +299,8 @@ def test_ewald_matches_pymatgen_and_madelung_and_dsf_converges_to_it():
     np.testing.assert_allclose(ewald, reference, rtol=1e-7)
     # Madelung constant of rocksalt, 1.747565, per Na-Cl distance
     assert ewald[0] / 4 == pytest.approx(-K_E * 1.747565 / 2.82, rel=1e-6)
+    # too small a k box is reported as NaN, not as a truncated sum
+    assert np.isnan(_energy(point_charges(charges, "ewald", kmax=2), structures)).all()
     # DSF (default alpha) at growing cutoffs, on one graph (edges beyond a potential's cutoff are ignored)
     g = neighbor_graph(Crystal.from_structures(structures), 14.0)
     errors = np.array([np.abs(_energy(point_charges(charges, "dsf", cutoff=rc), structures, g) - ewald) / np.abs(ewald)

@@ -132,7 +132,7 @@ def ewald_energy(charges, lookup, crystal, graph, alpha: float, k_cut: float, km
     recip, volume, overflow = jax.vmap(reciprocal)(crystal.lattice, crystal.frac, q)
     e = real + COULOMB_EV_A * (recip - alpha / math.sqrt(math.pi) * q2
                                - jnp.pi * qsum**2 / (2.0 * volume * alpha**2))
-    return jnp.where(overflow, jnp.nan, e)
+    return jnp.where(overflow & crystal.present, jnp.nan, e)
 
 
 def point_charges(charges: Mapping, method: str = "dsf", cutoff: float | None = None,

@@ -123,5 +123,5 @@ def tersoff(elements: Sequence[str] = ("Si",), params: dict | None = None, max_n
         e = jax.vmap(one)(crystal.numbers, vec, neighbor, valid)
         return jnp.where(overflow, jnp.nan, e)
 
-    return Potential("tersoff", energy_fn, p0, cutoff, species,
+    return Potential("tersoff-" + "".join(elements), energy_fn, p0, cutoff, species,
                      {"elements": elements, "max_neighbors": max_neighbors})
