@@ -78,6 +78,21 @@ def _label(structures, key) -> np.ndarray:
     return np.array([float((s.properties or {}).get(key, np.nan)) for s in structures])
 
 
+def _sample_energies(cfg, samples) -> np.ndarray:
+    """Per-sample ``energy_key`` values. ASE moves ``energy`` (and ``free_energy``)
+    of an extxyz file from ``info`` into a calculator, which read_structures drops,
+    so for extxyz files the calculator results are read too."""
+    values = _label(samples, cfg.energy_key)
+    path = Path(cfg.samples)
+    if np.isnan(values).all() and path.is_file() and path.suffix.lower() in (".extxyz", ".xyz"):
+        from ase.io import read
+
+        atoms = read(str(path), index=":")[: len(samples)]
+        values = np.array([float((a.calc.results if a.calc is not None else {}).get(
+            cfg.energy_key, a.info.get(cfg.energy_key, np.nan))) for a in atoms])
+    return values
+
+
 def _load_entries(path: str) -> list:
     import json
 
@@ -155,7 +170,7 @@ def main(cfg, run):
         per_sample.update(ps)
 
     if cfg.hull_entries and cfg.energy_key:
-        energies = _label(samples, cfg.energy_key)
+        energies = _sample_energies(cfg, samples)
         true = _label(samples, cfg.e_hull_true_key) if cfg.e_hull_true_key else None
         m, res = score_stability(samples, energies, _load_entries(cfg.hull_entries), per_atom=cfg.energy_per_atom,
                                  e_hull_true=true)
