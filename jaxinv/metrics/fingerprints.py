@@ -125,12 +125,16 @@ def _crystalnn():
     return _CNN
 
 
-def _featurize(args) -> np.ndarray | None:
-    """Mean CrystalNN fingerprint of one structure; None when CrystalNN fails
-    (CDVAE then drops the sample from coverage and counts it invalid)."""
+def _featurize(args) -> tuple[np.ndarray | None, float]:
+    """Mean CrystalNN fingerprint of one structure (None when CrystalNN fails: CDVAE
+    then drops the sample from coverage and counts it invalid), and the CPU seconds
+    it took (to tell slow code from a busy machine)."""
+    import time
+
     lattice, numbers, frac = args
     from pymatgen.core import Lattice, Structure
 
+    t0 = time.process_time()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -138,9 +142,10 @@ def _featurize(args) -> np.ndarray | None:
             fp = _crystalnn()
             site_fps = [fp.featurize(s, i) for i in range(len(s))]
         v = np.array(site_fps, np.float64).mean(axis=0)
-        return v if v.shape == (N_STRUCT_FEATURES,) else None
+        v = v if v.shape == (N_STRUCT_FEATURES,) else None
     except Exception:
-        return None
+        v = None
+    return v, time.process_time() - t0
 
 
 def _worker_init():
@@ -199,14 +204,15 @@ def default_cache_path() -> Path:
 
 def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.PathLike = True,
                            progress: bool = True, skip: np.ndarray | None = None, desc: str = "CrystalNN",
-                           min_parallel: int = 64) -> np.ndarray:
+                           min_parallel: int = 64, stats: dict | None = None) -> np.ndarray:
     """Mean CrystalNN fingerprints (n, 61); rows of NaN where CrystalNN failed.
 
     ``skip`` marks structures not to fingerprint (NaN rows), e.g. degenerate cells.
     ``cache``: True for the default file (``$JAXINV_CACHE/metrics/fingerprints.sqlite``),
     a path, or False. Identical structures are fingerprinted once. Worker
     processes start only for at least ``min_parallel`` structures (each costs a few
-    seconds of imports).
+    seconds of imports). ``stats``, if given, is updated with the numbers of
+    structures computed and read from the cache and the CPU seconds CrystalNN took.
     """
     from jaxinv.metrics._parallel import parallel_map
     from jaxinv.metrics.structure import as_arrays
@@ -230,6 +236,9 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
     n_cached = sum(1 for key, s in zip(keys, skip) if not s and key in known)
     log.info("CrystalNN fingerprints: %d structures, %d cached, %d distinct to compute (%d jobs)",
              n, n_cached, len(todo), n_jobs)
+    if stats is not None:
+        stats["computed"] = stats.get("computed", 0) + len(todo)
+        stats["cached"] = stats.get("cached", 0) + n_cached
     if todo:
         items = list(todo.items())
         args = [v for _, v in items]
@@ -243,9 +252,14 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
                 db.put_many(pending)
                 pending.clear()
 
-        for (key, _), vec in zip(items, parallel_map(_featurize, args, n_jobs, initializer=_worker_init,
-                                                     progress=progress, desc=desc, min_tasks=min_parallel)):
+        cpu = 0.0
+        for (key, _), (vec, seconds) in zip(items, parallel_map(_featurize, args, n_jobs, initializer=_worker_init,
+                                                                progress=progress, desc=desc,
+                                                                min_tasks=min_parallel)):
             collect(key, vec)
+            cpu += seconds
+        if stats is not None:
+            stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu
         if db is not None and pending:
             db.put_many(pending)
         known.update(results)

@@ -122,9 +122,15 @@ def _reduce(matcher, s):
 
     s = Structure.from_sites(s)
     try:
-        return matcher._get_reduced_structure(s, matcher._primitive_cell, niggli=True)
-    except AttributeError:  # a pymatgen without these internals: fit() reduces itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return matcher._get_reduced_structure(s, matcher._primitive_cell, niggli=True)
+    except Exception:  # a broken cell (fit() fails on it too), or a pymatgen without these internals
         return None
+
+
+def _reduce_task(structures):
+    return [_reduce(_MATCHER, s) for s in structures]
 
 
 def _fit(matcher, a, b, ra, rb) -> bool:
@@ -139,12 +145,11 @@ def _fit(matcher, a, b, ra, rb) -> bool:
 
 
 def _bucket_task(task):
-    """Greedy grouping inside one formula bucket (as ``group_structures``: each
-    ungrouped structure becomes a representative and absorbs every later match),
-    then novelty of each structure against the training structures of the bucket."""
-    gen, train, want_unique = task
+    """Greedy grouping inside one bucket (as ``group_structures``: each ungrouped
+    structure becomes a representative and absorbs every later match), then
+    novelty of each structure against the training structures of the bucket."""
+    gen, rg, train, rt, want_unique = task
     m = _MATCHER
-    rg = [_reduce(m, s) for s in gen]
     group = list(range(len(gen)))
     if want_unique:
         unassigned = list(range(len(gen)))
@@ -158,11 +163,16 @@ def _bucket_task(task):
                     rest.append(j)
             unassigned = rest
     novel = [True] * len(gen)
-    if train is not None and len(train):
-        rt = [_reduce(m, s) for s in train]
-        for i in range(len(gen)):
-            novel[i] = not any(_fit(m, gen[i], t, rg[i], r) for t, r in zip(train, rt))
+    if train:
+        novel = [not any(_fit(m, g, t, r, q) for t, q in zip(train, rt)) for g, r in zip(gen, rg)]
     return group, novel
+
+
+def _bucket_key(structure, reduced) -> tuple:
+    """(reduced formula, sites in the reduced cell). Both are exact invariants:
+    ``fit`` rejects different formulas (SpeciesComparator hash) and, without
+    supercells or subsets, reduced cells with different numbers of sites."""
+    return formula_key(structure), -1 if reduced is None else len(reduced)
 
 
 def uniqueness_novelty(structures: Sequence, train: Sequence | None = None, include=None, n_jobs: int = 1,
@@ -175,25 +185,38 @@ def uniqueness_novelty(structures: Sequence, train: Sequence | None = None, incl
     get False in both arrays. Returns boolean arrays ``unique``, ``novel``,
     ``unique_novel``, group representatives ``group`` (index of the first member,
     -1 if excluded) and the fractions over the included structures.
+    Structures are bucketed by reduced formula and number of sites of the reduced
+    cell (both exact: ``fit`` never matches across them). A structure whose
+    reduction fails matches nothing (``fit`` would fail on it the same way).
     """
     n = len(structures)
     include = np.ones(n, bool) if include is None else np.asarray(include, bool)
-    buckets: dict[str, list[int]] = defaultdict(list)
-    for i in np.flatnonzero(include):
-        buckets[formula_key(structures[i])].append(int(i))
-    train_buckets: dict[str, list] = defaultdict(list)
-    if train is not None:
-        for t in train:
-            if formula_key(t) in buckets:
-                train_buckets[formula_key(t)].append(t)
+    inc = np.flatnonzero(include)
+    formulas = {formula_key(structures[i]) for i in inc}
+    train_in = [t for t in (train or []) if formula_key(t) in formulas]
+    # reduce every structure once (in parallel: Niggli + primitive cost ms each)
+    todo = [structures[i] for i in inc] + train_in
+    chunks = [todo[k:k + 64] for k in range(0, len(todo), 64)]
+    reduced = [r for part in _map(_reduce_task, chunks, matcher_kwargs, n_jobs, progress, "reducing cells",
+                                  max(2, min_parallel // 64)) for r in part]
+    red_gen, red_train = reduced[:len(inc)], reduced[len(inc):]
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for pos, i in enumerate(inc):
+        buckets[_bucket_key(structures[i], red_gen[pos])].append(pos)
+    train_buckets: dict[tuple, list[int]] = defaultdict(list)
+    for pos, t in enumerate(train_in):
+        key = _bucket_key(t, red_train[pos])
+        if key in buckets:
+            train_buckets[key].append(pos)
     keys = sorted(buckets, key=lambda k: -len(buckets[k]))  # big buckets first balances the pool
-    tasks = [([structures[i] for i in buckets[k]], train_buckets.get(k, []) if train is not None else None, unique)
-             for k in keys]
+    tasks = [([structures[inc[p]] for p in buckets[k]], [red_gen[p] for p in buckets[k]],
+              [train_in[p] for p in train_buckets.get(k, [])], [red_train[p] for p in train_buckets.get(k, [])],
+              unique) for k in keys]
     results = _map(_bucket_task, tasks, matcher_kwargs, n_jobs, progress, "uniqueness/novelty", min_parallel)
     group = np.full(n, -1, np.int64)
     novel = np.zeros(n, bool)
     for k, (g, nv) in zip(keys, results):
-        idx = np.array(buckets[k])
+        idx = inc[np.array(buckets[k])]
         group[idx] = idx[np.asarray(g)]
         novel[idx] = nv
     is_unique = include & (group == np.arange(n))

@@ -41,7 +41,7 @@ def validity(structures: Sequence, oxidation_states: str = "smact14") -> dict:
                                            "valid": rate(valid)}}
 
 
-def _fingerprints(structures, n_jobs, cache, progress, desc):
+def _fingerprints(structures, n_jobs, cache, progress, desc, stats=None):
     """Structure and (standardized) composition fingerprints of structures; cells
     that are non-finite or under 0.1 Å^3 are not fingerprinted (they count as failed)."""
     from jaxinv.metrics.structure import as_arrays
@@ -49,7 +49,8 @@ def _fingerprints(structures, n_jobs, cache, progress, desc):
     lattices, fracs, numbers = as_arrays(structures)
     bad = np.array([not (np.all(np.isfinite(l)) and np.all(np.isfinite(f))) or abs(np.linalg.det(l)) < MIN_VOLUME
                     or len(z) == 0 for l, f, z in zip(lattices, fracs, numbers)], bool)
-    struct_fp = structure_fingerprints(structures, n_jobs=n_jobs, cache=cache, progress=progress, skip=bad, desc=desc)
+    struct_fp = structure_fingerprints(structures, n_jobs=n_jobs, cache=cache, progress=progress, skip=bad, desc=desc,
+                                       stats=stats)
     comp_fp = composition_fingerprints(structures)
     return struct_fp, comp_fp
 
@@ -105,9 +106,14 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
             comp_cutoff = cc if comp_cutoff is None else comp_cutoff
         scaler = load_magpie_scaler(scaler_path)
         t0 = time.perf_counter()
-        g_s, g_c = _fingerprints(samples, n_jobs, fingerprint_cache, progress, "CrystalNN samples")
-        r_s, r_c = _fingerprints(list(reference), n_jobs, fingerprint_cache, progress, "CrystalNN reference")
+        fp_stats: dict = {}
+        g_s, g_c = _fingerprints(samples, n_jobs, fingerprint_cache, progress, "CrystalNN samples", fp_stats)
+        r_s, r_c = _fingerprints(list(reference), n_jobs, fingerprint_cache, progress, "CrystalNN reference",
+                                 fp_stats)
         timings["fingerprints"] = time.perf_counter() - t0
+        timings["fingerprints_cpu"] = fp_stats.get("cpu_s", 0.0)  # summed over workers
+        out["fingerprints"] = {"computed": fp_stats.get("computed", 0), "from_cache": fp_stats.get("cached", 0),
+                               "n_jobs": n_jobs}
         t0 = time.perf_counter()
         cov = coverage(g_s, scale_composition(g_c, scaler), r_s, scale_composition(r_c, scaler),
                        struct_cutoff, comp_cutoff, n_generated=len(samples))
