@@ -41,6 +41,30 @@ def test_coverage_hand_computed():
     assert (r.n_generated, r.n_generated_used, r.n_reference) == (4, 3, 3)
 
 
+def _cdvae_compute_cov(gen_s, gen_c, ref_s, ref_c, sc, cc):
+    """CDVAE's compute_cov transcribed with scipy's cdist (failed rows are None there, NaN here)."""
+    n_gen = len(gen_s)
+    keep = [i for i in range(n_gen) if not (np.isnan(gen_s[i]).any() or np.isnan(gen_c[i]).any())]
+    s_pd, c_pd = cdist(gen_s[keep], ref_s), cdist(gen_c[keep], ref_c)
+    s_rec, s_prec, c_rec, c_prec = s_pd.min(0), s_pd.min(1), c_pd.min(0), c_pd.min(1)
+    return {"cov_recall": np.mean((s_rec <= sc) & (c_rec <= cc)),
+            "cov_precision": np.sum((s_prec <= sc) & (c_prec <= cc)) / n_gen,
+            "amsd_recall": s_rec.mean(), "amsd_precision": s_prec.mean(),
+            "amcd_recall": c_rec.mean(), "amcd_precision": c_prec.mean()}
+
+
+def test_coverage_equals_a_transcription_of_cdvae(rng):
+    ref_s, ref_c = rng.uniform(size=(150, 61)), rng.normal(size=(150, 132))
+    gen_s = np.vstack([ref_s[:60] + rng.normal(scale=0.05, size=(60, 61)), rng.uniform(size=(240, 61))])
+    gen_c = np.vstack([ref_c[:60] + rng.normal(scale=0.3, size=(60, 132)), rng.normal(size=(240, 132))])
+    gen_s[[3, 100]] = np.nan  # failed fingerprints
+    ours = coverage(gen_s, gen_c, ref_s, ref_c, struct_cutoff=0.4, comp_cutoff=4.5).as_dict()
+    theirs = _cdvae_compute_cov(gen_s, gen_c, ref_s, ref_c, 0.4, 4.5)
+    for k, v in theirs.items():
+        assert ours[k] == pytest.approx(v, rel=1e-12, abs=1e-12), k
+    assert 0 < ours["cov_recall"] < 1 and 0 < ours["cov_precision"] < 1
+
+
 def test_struct_and_comp_neighbours_are_independent_as_in_cdvae():
     # the reference's structural twin has the wrong composition and vice versa: CDVAE still counts it covered
     ref_s, ref_c = np.array([[0.0]]), np.array([[0.0]])

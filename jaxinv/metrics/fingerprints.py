@@ -242,22 +242,15 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
     if todo:
         items = list(todo.items())
         args = [v for _, v in items]
-        results = {}
-        pending = {}
-
-        def collect(key, vec):
-            results[key] = vec
-            pending[key] = vec
-            if db is not None and len(pending) >= 256:  # keep finished work if interrupted
-                db.put_many(pending)
-                pending.clear()
-
-        cpu = 0.0
+        results, pending, cpu = {}, {}, 0.0
         for (key, _), (vec, seconds) in zip(items, parallel_map(_featurize, args, n_jobs, initializer=_worker_init,
                                                                 progress=progress, desc=desc,
                                                                 min_tasks=min_parallel)):
-            collect(key, vec)
+            results[key] = pending[key] = vec
             cpu += seconds
+            if db is not None and len(pending) >= 256:  # keep finished work if interrupted
+                db.put_many(pending)
+                pending.clear()
         if stats is not None:
             stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu
         if db is not None and pending:
