@@ -119,10 +119,28 @@ def _cell(x):
     return x
 
 
+def _check(cfg) -> None:
+    """Config values the schema cannot check, named before any work starts."""
+    from jaxinv.config import ConfigError
+    from jaxinv.metrics.composition import RULE_SETS, get_rules
+    from jaxinv.metrics.suite import GENERATION_METRICS
+
+    unknown = sorted(set(cfg.metrics) - set(GENERATION_METRICS))
+    if unknown:
+        raise ConfigError("metrics", f"unknown {unknown}; choose from {list(GENERATION_METRICS)}")
+    try:
+        get_rules(cfg.oxidation_states)
+    except ValueError:
+        raise ConfigError("oxidation_states", f"unknown set {cfg.oxidation_states!r}; known: {', '.join(RULE_SETS)}")
+    if cfg.csp_k < 1 or cfg.n_jobs < 1:
+        raise ConfigError("csp_k" if cfg.csp_k < 1 else "n_jobs", "must be at least 1")
+
+
 def main(cfg, run):
     from jaxinv.metrics import format_report, score_csp, score_generation, score_stability
     from jaxinv.metrics.coverage import cov_cutoffs
 
+    _check(cfg)
     t0 = time.perf_counter()
     samples = load_structures(cfg.samples, cfg.limit)
     log.info("read %d samples from %s", len(samples), cfg.samples)

@@ -71,3 +71,7 @@ def test_config_errors_name_the_field(perov, tmp_path, capsys):
     rc = main(["evaluate", f"samples={tmp_path / 'ref.json'}", f"reference={tmp_path / 'ref.json'}",
                "metrics=[coverage]", f"out_dir={tmp_path / 'y'}", "progress=false"])
     assert rc == 2 and "dataset" in capsys.readouterr().err
+    rc = main(["evaluate", f"samples={tmp_path / 'ref.json'}", "metrics=[validity,novel]", f"out_dir={tmp_path / 'z'}"])
+    assert rc == 2 and "'metrics'" in capsys.readouterr().err
+    rc = main(["evaluate", f"samples={tmp_path / 'ref.json'}", "oxidation_states=smact2", f"out_dir={tmp_path / 'w'}"])
+    assert rc == 2 and "'oxidation_states'" in capsys.readouterr().err
