@@ -12,11 +12,12 @@ target is the smallest over its matching candidates. Match rate = matched target
 / all targets; RMSE = mean over matched targets.
 
 Uniqueness and novelty are bucketed: ``StructureMatcher.fit`` returns False for
-structures whose reduced formulas differ (its SpeciesComparator hash), so
-structures are grouped by reduced formula first and only compared within a group,
-which is exact and turns 10^8 comparisons into a few thousand. Each structure is
-Niggli- and primitive-reduced once (what ``fit`` would redo for every pair) and
-compared with ``fit(..., skip_structure_reduction=True)``, as pymatgen's own
+structures whose reduced formulas differ (its SpeciesComparator hash) or, without
+supercells, whose Niggli+primitive reduced cells have different numbers of sites.
+Structures are grouped by both first and only compared within a group, which is
+exact and turns 10^8 comparisons into a few thousand. Each structure is reduced
+once (what ``fit`` would redo for every pair) and compared with
+``fit(..., skip_structure_reduction=True)``, as pymatgen's own
 ``group_structures`` does.
 """
 from __future__ import annotations
