@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["MAGPIE_PROPERTIES", "MAGPIE_STATS", "magpie_table", "magpie_feature_names", "magpie_features",
-           "site_features", "featurize", "N_MAGPIE"]
+           "site_features", "ionic_features", "featurize", "FEATURE_KINDS", "N_MAGPIE"]
 
 MAGPIE_PROPERTIES = ("Number", "MendeleevNumber", "AtomicWeight", "MeltingT", "Column", "Row", "CovalentRadius",
                      "Electronegativity", "NsValence", "NpValence", "NdValence", "NfValence", "NValence",
@@ -130,22 +130,70 @@ def site_features(crystal, graph, tolerance: float = 1.2):
     return jnp.concatenate([weighted, cn_mean[:, None], cn_std[:, None]], axis=-1)
 
 
+def _closed_shell(z: int, q: int, nvalence) -> bool:
+    """Whether ion Z^q has a closed shell: cations left with 0 (d0, noble gas),
+    10 (d10) or 12 (d10 s2 lone pair) valence electrons, anions with an octet."""
+    left = nvalence[z] - q
+    return left in (0, 10, 12) if q > 0 else (left == 8 if q < 0 else False)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _ionic_flags(composition: tuple) -> tuple[float, float]:
+    import itertools
+
+    from pymatgen.core import Element
+
+    nvalence = magpie_table()[:, MAGPIE_PROPERTIES.index("NValence")]
+    zs, ns = zip(*composition)
+    states = [[q for q in Element.from_Z(z).oxidation_states if q != 0] for z in zs]
+    closed = [[q for q in st if _closed_shell(z, q, nvalence)] for z, st in zip(zs, states)]
+
+    def balanced(options):
+        if not all(options):
+            return 0.0
+        return float(any(sum(q * n for q, n in zip(combo, ns)) == 0 for combo in itertools.product(*options)))
+
+    return balanced(states), balanced(closed)
+
+
+def ionic_features(numbers, mask) -> np.ndarray:
+    """(B, 2) host-side flags: the composition can be charge balanced with
+    pymatgen's oxidation states; it can be balanced with every ion closed-shell.
+
+    The second is what separates insulators from metals among Castelli's
+    perovskites (every candidate of their screen has d0/d10 cations): on perov_5,
+    286 of 3,787 compositions pass and they hold 26 of the 43 water-splitting hits.
+    Magpie's own "ionic compound" features (matminer ``IonProperty``) include the first."""
+    numbers, mask = np.asarray(numbers), np.asarray(mask)
+    out = np.zeros((len(numbers), 2), np.float32)
+    for b, (z, m) in enumerate(zip(numbers, mask)):
+        u, n = np.unique(z[m], return_counts=True)
+        out[b] = _ionic_flags(tuple(zip(u.tolist(), n.tolist())))
+    return out
+
+
+FEATURE_KINDS = ("magpie", "magpie_site", "magpie_ionic", "magpie_site_ionic")
+
+
 def featurize(crystal, kind: str = "magpie", cutoff: float = 5.0, batch_size: int = 4096) -> np.ndarray:
     """Host-side features of a whole Crystal batch, computed in chunks.
 
-    ``kind``: ``'magpie'`` (composition only, 132 columns) or ``'magpie_site'``
-    (132 + 24 coordination-weighted columns; needs geometry)."""
+    ``kind``: ``'magpie'`` (composition only, 132 columns), ``'magpie_site'``
+    (+ 24 coordination-weighted columns; needs geometry), and either with
+    ``'_ionic'`` (+ 2 charge-balance flags, :func:`ionic_features`)."""
     from jaxinv.graph import neighbor_graph
 
-    if kind not in ("magpie", "magpie_site"):
-        raise ValueError(f"unknown feature kind {kind!r}; use 'magpie' or 'magpie_site'")
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; use one of {FEATURE_KINDS}")
     c = crystal.to_host()
     out = []
     for start in range(0, c.batch_size, batch_size):
         part = c[start:start + batch_size]
         f = np.asarray(magpie_features(part.numbers, part.mask))
-        if kind == "magpie_site":
+        if "site" in kind:
             g = neighbor_graph(part, cutoff)
             f = np.concatenate([f, np.asarray(site_features(part, g))], axis=-1)
+        if kind.endswith("ionic"):
+            f = np.concatenate([f, ionic_features(part.numbers, part.mask)], axis=-1)
         out.append(f)
     return np.concatenate(out).astype(np.float32)

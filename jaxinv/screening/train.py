@@ -51,6 +51,7 @@ class TrainConfig:
     warmup: float = 0.3  # fraction of epochs with the MSE mean loss
     chunk_epochs: int = 50  # epochs per jitted call (and between checkpoints)
     seed: int = 0
+    min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
 
 
 def capacity_for(n: int) -> int:
@@ -140,7 +141,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 
     n = int(np.asarray(y).shape[0])
-    cap = capacity_for(n)
+    cap = capacity_for(max(n, cfg.min_capacity))
     xp, yp = _pad_rows(x, cap), _pad_rows(np.asarray(y, np.float32), cap)
     yp[n:] = np.nan
     if val is not None:
