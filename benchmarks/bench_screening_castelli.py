@@ -61,13 +61,23 @@ def main() -> None:
     t_feat = time.perf_counter() - t0
     cfg = ActiveConfig(train=TrainConfig(n_members=args.members, epochs=args.epochs, batch_size=128,
                                          min_capacity=1024), model_kwargs={"hidden": (64, 32)})
-    res = replay(x, ds.labels, seeds=range(args.seeds), strategies=tuple(args.strategies.split(",")), gap=args.gap,
-                 config=cfg)
-    res["features"] = args.features
-    res["feature_seconds"] = t_feat
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    plot(res, out.with_suffix(".png"))
+    res = None
+    # one seed at a time, saved as it goes: a long run killed early still leaves its seeds
+    for seed in range(args.seeds):
+        one = replay(x, ds.labels, seeds=[seed], strategies=tuple(args.strategies.split(",")), gap=args.gap,
+                     config=cfg)
+        if res is None:
+            res = one
+        else:
+            for k in res["curves"]:
+                res["curves"][k] += one["curves"][k]
+                res["seconds"][k] += one["seconds"][k]
+        res["features"] = args.features
+        res["feature_seconds"] = t_feat
+        res["seeds_done"] = seed + 1
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        plot(res, out.with_suffix(".png"))
     f = np.asarray(res["fractions"])
     cols = [k for k in (2, 5, 10, 15, 20) if np.isclose(f * 100, k).any()]
     print("| strategy | " + " | ".join(f"recall @ {k}%" for k in cols) + " | seconds |")
