@@ -47,12 +47,14 @@ class Decision:
 
     ``keep`` (N,) bool; ``reason`` (N,) str, read only where ``keep`` is False (a
     single string applies to all); ``columns`` name -> (N,) arrays added to the
-    table; ``crystal`` replaces the geometry (same N and order) when not None."""
+    table; ``crystal`` replaces the geometry (same N and order) when not None;
+    ``order`` (a permutation of N) reorders the survivors (ranking)."""
 
     keep: np.ndarray
     reason: Any = "dropped"
     columns: dict = field(default_factory=dict)
     crystal: Crystal | None = None
+    order: np.ndarray | None = None
 
 
 class Stage(NamedTuple):

@@ -93,8 +93,17 @@ def _val_nll(module, params, x, y):
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1)
 
 
+def _optimizer(lr: float, weight_decay: float, total_steps: int):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, total_steps // 10 + 1), total_steps, lr * 0.02)
+    return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=weight_decay))
+
+
 @functools.lru_cache(maxsize=16)
-def _chunk_fn(module, tx, steps: int, batch_size: int, n_epochs: int, has_val: bool):
+def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool, lr: float, weight_decay: float,
+              total_steps: int):
+    """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
+    program, so repeated fits (active learning rounds, seeds) reuse one compilation."""
+    tx = _optimizer(lr, weight_decay, total_steps)
     loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module)), in_axes=(0, 0, 0, None))
 
     def one_epoch(carry, _):
@@ -127,7 +136,7 @@ def _chunk_fn(module, tx, steps: int, batch_size: int, n_epochs: int, has_val: b
     def run(carry):
         return jax.lax.scan(one_epoch, carry, None, length=n_epochs)
 
-    return run
+    return run, tx
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
@@ -152,9 +161,9 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         xv, yv = jax.tree_util.tree_map(lambda a: a[:1], xp), np.full((1,) + yp.shape[1:], np.nan, np.float32)
     steps = max(1, cap // cfg.batch_size)
     total_steps = steps * cfg.epochs
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(100, total_steps // 10 + 1), total_steps,
-                                                  cfg.lr * 0.02)
-    tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
+    run, tx = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
+                        float(cfg.weight_decay), total_steps)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
     example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
@@ -169,17 +178,15 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((x, y))]
         fp = fingerprint_arrays(*leaves, np.frombuffer(repr((cfg, module)).encode(), np.uint8))
         ckpt = Checkpointer(checkpoint, fp, every_seconds=0.0)
-        restored = ckpt.restore()
-        if restored is not None:
-            start, state = restored
-            like = carry[:6]
-            state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
-                                                 jax.tree_util.tree_leaves(state))
-            carry = tuple(state) + carry[6:]
+        if ckpt.latest_step is not None:
+            # restore onto the live structure (optax states are namedtuples, which a
+            # target-less restore would return as plain containers)
+            start = int(ckpt.latest_step)
+            like = jax.tree_util.tree_map(np.asarray, carry[:6])
+            state = ckpt._manager.restore(start, args=ckpt._ocp.args.StandardRestore(like))
+            carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
             log.info("training resumed at epoch %d", start)
     history = []
-    chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
-    run = _chunk_fn(module, tx, steps, cfg.batch_size, chunk, val is not None)
     epoch = start
     while epoch < cfg.epochs:
         carry, losses = run(carry)
@@ -222,7 +229,8 @@ class PropertyModel:
 
     @property
     def module(self):
-        return _module(self.kind, len(self.targets), tuple(sorted(self.module_kwargs.items())))
+        kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in self.module_kwargs.items()}
+        return _module(self.kind, len(self.targets), tuple(sorted(kw.items())))
 
     # -------------------------------------------------------------- inputs
     def raw_inputs(self, crystal):
