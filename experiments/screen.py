@@ -3,7 +3,7 @@
     jaxinv run screen                                   # perov_5 prototypes, default stages
     jaxinv run screen out_dir=runs/s1                   # kill it, run the same line again: it resumes
     jaxinv run screen model=outputs/train_property/<run>/model candidates.threshold=1e-4
-    jaxinv run screen candidates.prototypes=my_cifs/ potential=jaxinv.potentials.sevennet:load_sevennet \\
+    jaxinv run screen candidates.prototypes=my_cifs/ potential=sevennet0 \\
         'stages=[{type: composition}, {type: relax}, {type: rank, by: energy_per_atom, ascending: true}]'
 
 Candidates: elemental substitutions of the prototypes (a dataset name or a folder
@@ -12,7 +12,7 @@ volume-scaled (see :mod:`jaxinv.screening.substitution`). Stages: the list
 ``stages`` (types composition, property, relax, stability, rank; see
 :func:`jaxinv.screening.stages.build_stage`). The property stage uses ``model``
 (a saved PropertyModel) or, when null, trains a quick composition ensemble on
-the prototypes' dataset first. Relax needs ``potential`` ('module:loader');
+the prototypes' dataset first. Relax needs ``potential`` (a registry name or 'module:factory');
 stability also needs ``reference`` (a folder of CIFs of competing phases,
 relaxed and evaluated with the same potential).
 
@@ -95,7 +95,7 @@ def main(cfg, run):
     from jaxinv.screening.candidates import Candidates
     from jaxinv.screening.funnel import chain
     from jaxinv.screening.report import write_outputs
-    from jaxinv.screening.stages import build_stage, resolve_callable
+    from jaxinv.screening.stages import build_stage, load_potential_spec
     from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes
 
     work = run.out_dir / "funnel"
@@ -133,9 +133,9 @@ def main(cfg, run):
             context["model"] = _quick_model(cfg, run, targets)
     if "relax" in kinds or "stability" in kinds:
         if not cfg.potential:
-            raise ValueError("relax/stability stages need potential='module:loader' (e.g. "
-                             "jaxinv.potentials.sevennet:load_sevennet)")
-        context["potential"] = resolve_callable(cfg.potential)()
+            raise ValueError("relax/stability stages need potential=<registry name, e.g. sevennet0> "
+                             "or 'module:factory'")
+        context["potential"] = load_potential_spec(cfg.potential)
     if "stability" in kinds:
         from jaxinv.io import read_structures
         from jaxinv.metrics import HullReference

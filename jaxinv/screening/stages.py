@@ -26,7 +26,7 @@ from jaxinv.screening.candidates import Candidates
 from jaxinv.screening.funnel import Decision, Stage
 
 __all__ = ["composition_filter", "property_filter", "relax_stage", "stability_stage", "rank_stage", "build_stage",
-           "window_probability", "resolve_callable"]
+           "window_probability", "resolve_callable", "load_potential_spec"]
 
 log = logging.getLogger("jaxinv.screening")
 
@@ -139,15 +139,25 @@ def resolve_callable(spec: str):
     return getattr(importlib.import_module(mod), fn)
 
 
+def load_potential_spec(spec: str):
+    """A potential from a registry name (``'sevennet0'``, ``'sw_si'``; see
+    ``jaxinv.potentials.registry``) or a ``'module:factory'`` string."""
+    if ":" in spec:
+        return resolve_callable(spec)()
+    from jaxinv.potentials.registry import load_potential
+
+    return load_potential(spec)
+
+
 def _potential(potential):
     if isinstance(potential, str):
-        return resolve_callable(potential)()
+        return load_potential_spec(potential)
     return potential
 
 
 def relax_stage(potential, fmax: float = 0.05, max_steps: int = 300, cell: str = "frechet",
                 keep_unconverged: bool = True, chunk_size: int = 512) -> Stage:
-    """Relax with a :class:`~jaxinv.potentials.Potential` (or ``'module:loader'``).
+    """Relax with a :class:`~jaxinv.potentials.Potential` (or a registry name / ``'module:loader'``).
 
     Failed relaxations (NaN, collapsed cell, broken graph) are dropped; those out
     of steps are kept (flagged in ``relax_status``) unless ``keep_unconverged`` is
