@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.list or not args.experiment:
                 print("experiments:\n  " + "\n  ".join(list_experiments()))
                 return 0
-            run_experiment(args.experiment, args.overrides, print_config=args.cfg)
+            # flags may also follow the experiment name, where REMAINDER collects them
+            overrides = [o for o in args.overrides if o != "--cfg"]
+            run_experiment(args.experiment, overrides, print_config=args.cfg or len(overrides) < len(args.overrides))
             return 0
         if args.command == "evaluate":
             run_experiment("evaluate", args.overrides)

@@ -18,14 +18,14 @@ import datetime
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "compose", "validate", "Run", "start_run", "repo_root", "DataConfig", "RunConfig"]
+__all__ = ["ConfigError", "compose", "validate", "Run", "start_run", "repo_root", "DataConfig", "PotentialConfig", "RunConfig"]
 
 log = logging.getLogger("jaxinv")
 
@@ -45,6 +45,14 @@ class DataConfig:
     name: str = "perov_5"
     split: Optional[str] = None
     limit: Optional[int] = None  # first N structures of the split (after a seeded shuffle)
+
+
+@dataclass
+class PotentialConfig:
+    """A registered potential (``jaxinv.potentials.registry``) and options for its factory."""
+
+    name: str = "sevennet0"
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,9 @@ Conventions
   ``frac @ lattice``. Coordinates are *not* wrapped into [0, 1): keeping them
   continuous lets a neighbor graph stay valid while atoms move across cell faces.
 * ``numbers`` are atomic numbers; padded slots hold 0 and ``mask`` is False.
-* ``labels`` maps a property name to a per-structure array of shape (B,).
+* ``labels`` maps a property name to a per-structure array of shape (B, ...),
+  e.g. ``energy`` (B,) or ``stress`` (B, 3, 3); ``atom_labels`` maps a name to a
+  per-atom array (B, N, ...), e.g. ``forces`` (B, N, 3), zero on padded atoms.
 
 On the host the arrays are NumPy float64, so conversions from and to pymatgen and
 ASE are lossless. Inside ``jit`` JAX casts them to its default float dtype.
@@ -60,7 +62,8 @@ class Crystal:
     frac: jax.Array  # (B, N, 3)
     numbers: jax.Array  # (B, N) int
     mask: jax.Array  # (B, N) bool
-    labels: dict = struct.field(default_factory=dict)  # name -> (B,)
+    labels: dict = struct.field(default_factory=dict)  # name -> (B, ...)
+    atom_labels: dict = struct.field(default_factory=dict)  # name -> (B, N, ...)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -124,6 +127,7 @@ class Crystal:
             numbers=np.asarray(self.numbers, dtype=np.int32),
             mask=np.asarray(self.mask, dtype=bool),
             labels={k: np.asarray(v) for k, v in self.labels.items()},
+            atom_labels={k: np.asarray(v) for k, v in self.atom_labels.items()},
         )
 
     def pad(self, n_max: int | None = None, batch_size: int | None = None) -> "Crystal":
@@ -141,13 +145,14 @@ class Crystal:
             raise ValueError(f"batch_size={batch_size} is smaller than the batch ({c.batch_size})")
         # Compact atoms to the front so that slicing to n_max loses nothing.
         order = np.argsort(~c.mask, axis=1, kind="stable")[:, :n_max]
-        take = lambda a: np.take_along_axis(a, order if a.ndim == 2 else order[..., None], axis=1)
+        take = lambda a: np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
         frac, numbers, mask = take(c.frac), take(c.numbers), take(c.mask)
+        atom_labels = {k: take(v) for k, v in c.atom_labels.items()}
         if n_max > frac.shape[1]:
             extra = n_max - frac.shape[1]
-            frac = np.concatenate([frac, np.zeros((c.batch_size, extra, 3))], 1)
-            numbers = np.concatenate([numbers, np.zeros((c.batch_size, extra), np.int32)], 1)
-            mask = np.concatenate([mask, np.zeros((c.batch_size, extra), bool)], 1)
+            grow = lambda a: np.concatenate([a, np.zeros((a.shape[0], extra) + a.shape[2:], a.dtype)], 1)
+            frac, numbers, mask = grow(frac), grow(numbers), grow(mask)
+            atom_labels = {k: grow(v) for k, v in atom_labels.items()}
         extra_b = batch_size - c.batch_size
         lattice = c.lattice
         labels = dict(c.labels)
@@ -157,7 +162,9 @@ class Crystal:
             numbers = np.concatenate([numbers, np.zeros((extra_b, n_max), np.int32)], 0)
             mask = np.concatenate([mask, np.zeros((extra_b, n_max), bool)], 0)
             labels = {k: np.concatenate([v, np.full((extra_b,) + v.shape[1:], np.nan)]) for k, v in labels.items()}
-        return Crystal(lattice, frac, numbers, mask, labels)
+            atom_labels = {k: np.concatenate([v, np.zeros((extra_b,) + v.shape[1:], v.dtype)])
+                           for k, v in atom_labels.items()}
+        return Crystal(lattice, frac, numbers, mask, labels, atom_labels)
 
     @staticmethod
     def concatenate(crystals: Sequence["Crystal"], n_max: int | None = None) -> "Crystal":
@@ -166,14 +173,17 @@ class Crystal:
         n = max(c.n_max for c in crystals) if n_max is None else n_max
         crystals = [c.pad(n) for c in crystals]
         keys = set(crystals[0].labels)
+        atom_keys = set(crystals[0].atom_labels)
         for c in crystals[1:]:
             keys &= set(c.labels)
+            atom_keys &= set(c.atom_labels)
         return Crystal(
             lattice=np.concatenate([c.lattice for c in crystals]),
             frac=np.concatenate([c.frac for c in crystals]),
             numbers=np.concatenate([c.numbers for c in crystals]),
             mask=np.concatenate([c.mask for c in crystals]),
             labels={k: np.concatenate([c.labels[k] for c in crystals]) for k in sorted(keys)},
+            atom_labels={k: np.concatenate([c.atom_labels[k] for c in crystals]) for k in sorted(atom_keys)},
         )
 
     # ---------------------------------------------------------- conversion
@@ -186,8 +196,12 @@ class Crystal:
         labels: dict | None = None,
         n_max: int | None = None,
         bucket: bool = False,
+        atom_labels: dict | None = None,
     ) -> "Crystal":
-        """Build a padded batch from per-structure arrays (host side)."""
+        """Build a padded batch from per-structure arrays (host side).
+
+        ``atom_labels`` maps a name to a list of per-structure (n_i, ...) arrays.
+        """
         sizes = [len(z) for z in numbers]
         if not sizes:
             raise ValueError("cannot build a Crystal batch from zero structures")
@@ -206,7 +220,14 @@ class Crystal:
             mask[k, : len(z)] = True
         lattice = np.asarray(np.stack([np.asarray(l, np.float64) for l in lattices]), np.float64)
         labels = {k: np.asarray(v, np.float64) for k, v in (labels or {}).items()}
-        return cls(lattice, frac, nums, mask, labels)
+        per_atom = {}
+        for k, values in (atom_labels or {}).items():
+            first = np.asarray(values[0])
+            arr = np.zeros((b, n_max) + first.shape[1:], np.float64)
+            for i, v in enumerate(values):
+                arr[i, : len(v)] = v
+            per_atom[k] = arr
+        return cls(lattice, frac, nums, mask, labels, per_atom)
 
     @classmethod
     def from_structures(cls, structures: Iterable, labels: dict | None = None, n_max: int | None = None,
@@ -236,6 +257,9 @@ class Crystal:
 
         Fractional coordinates are taken unwrapped, so positions survive exactly.
         Numeric ``atoms.info`` entries common to all structures become labels.
+        Calculator results present on every structure (as read from an extxyz
+        file) become ``labels['energy']``, ``labels['stress']`` (3x3, eV/Å^3) and
+        ``atom_labels['forces']``.
         """
         atoms_list = list(atoms_list)
         for k, a in enumerate(atoms_list):
@@ -243,11 +267,23 @@ class Crystal:
                 raise ValueError(f"atoms {k} ({a.get_chemical_formula()}) is not periodic in 3D (pbc={list(a.pbc)})")
         if labels is None:
             labels = _common_numeric(a.info for a in atoms_list)
+        labels = dict(labels)
+        atom_labels = {}
+        results = [getattr(a.calc, "results", {}) if a.calc is not None else {} for a in atoms_list]
+        if all("energy" in r for r in results):
+            labels.setdefault("energy", np.array([r["energy"] for r in results], np.float64))
+        if all("forces" in r for r in results):
+            atom_labels["forces"] = [np.asarray(r["forces"], np.float64) for r in results]
+        if all("stress" in r for r in results):
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            labels.setdefault("stress", np.array([voigt_6_to_full_3x3_stress(r["stress"]) if np.size(r["stress"]) == 6
+                                                  else np.reshape(r["stress"], (3, 3)) for r in results]))
         return cls.from_arrays(
             [a.cell.array for a in atoms_list],
             [a.cell.scaled_positions(a.positions) for a in atoms_list],
             [a.numbers.astype(np.int32) for a in atoms_list],
-            labels=labels, n_max=n_max, bucket=bucket,
+            labels=labels, n_max=n_max, bucket=bucket, atom_labels=atom_labels,
         )
 
     def _iter_host(self):
@@ -268,7 +304,8 @@ class Crystal:
         return out
 
     def to_atoms(self) -> list:
-        """To a list of ASE ``Atoms`` (labels go to ``atoms.info``)."""
+        """To a list of ASE ``Atoms``: scalar labels go to ``atoms.info``; energy, stress
+        and forces labels, when present, to a ``SinglePointCalculator``."""
         from ase import Atoms
 
         out = []
@@ -276,7 +313,18 @@ class Crystal:
             atoms = Atoms(numbers=c.numbers[b][m], cell=c.lattice[b], pbc=True)
             # frac @ cell, as ASE's own scaled-position setter computes it; unwrapped
             atoms.positions = c.frac[b][m] @ c.lattice[b]
-            atoms.info.update({k: float(v[b]) for k, v in c.labels.items() if np.ndim(v[b]) == 0})
+            atoms.info.update({k: float(v[b]) for k, v in c.labels.items() if np.ndim(v[b]) == 0 and k != "energy"})
+            results = {}
+            if "energy" in c.labels:
+                results["energy"] = float(c.labels["energy"][b])
+            if "forces" in c.atom_labels:
+                results["forces"] = c.atom_labels["forces"][b][m]
+            if "stress" in c.labels:
+                results["stress"] = np.asarray(c.labels["stress"][b]).reshape(3, 3)
+            if results:
+                from ase.calculators.singlepoint import SinglePointCalculator
+
+                atoms.calc = SinglePointCalculator(atoms, **results)
             out.append(atoms)
         return out
 

@@ -121,3 +121,25 @@ def test_disordered_structure_is_rejected():
     s = Structure(Lattice.cubic(4), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
     with pytest.raises(ValueError, match="disordered"):
         Crystal.from_structures([s])
+
+
+def test_energy_forces_stress_labels_survive_extxyz(carbon, tmp_path):
+    from ase.io import read, write
+
+    c = carbon.crystal(np.arange(5))
+    rng = np.random.default_rng(0)
+    forces = [rng.normal(size=(int(n), 3)) for n in c.n_atoms]
+    stress = rng.normal(size=(5, 3, 3))
+    stress = 0.5 * (stress + stress.transpose(0, 2, 1))
+    labelled = Crystal.from_arrays(c.lattice, [c.frac[i][c.mask[i]] for i in range(5)],
+                                   [c.numbers[i][c.mask[i]] for i in range(5)],
+                                   labels={"energy": np.arange(5.0), "stress": stress}, atom_labels={"forces": forces})
+    write(tmp_path / "x.extxyz", labelled.to_atoms())
+    back = Crystal.from_atoms(read(tmp_path / "x.extxyz", index=":"), n_max=labelled.n_max)
+    np.testing.assert_allclose(back.labels["energy"], np.arange(5.0))
+    np.testing.assert_allclose(back.labels["stress"], stress, atol=1e-7)  # extxyz keeps 8 digits
+    np.testing.assert_allclose(back.atom_labels["forces"], labelled.atom_labels["forces"], atol=1e-7)
+    padded = back.pad(n_max=32, batch_size=8)
+    assert padded.atom_labels["forces"].shape == (8, 32, 3)
+    np.testing.assert_array_equal(padded.atom_labels["forces"][:5][padded.mask[:5]],
+                                  back.atom_labels["forces"][back.mask])

@@ -208,3 +208,20 @@ def test_checkpoint_resume_after_kill(tmp_path):
     assert resumed[:, 1].all() and uninterrupted[:, 1].all()
     # float32 sums in a different batch order end a few steps apart, at the same minimum
     np.testing.assert_allclose(resumed[:, 0], uninterrupted[:, 0], rtol=1e-5)
+
+
+def test_stillinger_weber_silicon_relaxes_to_its_known_minimum():
+    from jaxinv.potentials.registry import load_potential
+
+    sw = load_potential("sw_si")
+    diamond = Structure(Lattice.cubic(5.431), ["Si"] * 8,
+                        [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+                         [0.25, 0.25, 0.25], [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]])
+    start = diamond.copy()
+    start.apply_strain([0.04, -0.03, 0.02])
+    start.perturb(0.1)
+    r = relax([start], sw, fmax=1e-3, stress_tol=1e-5, progress=False)[0]
+    assert r.converged
+    assert abs(r.energy_per_atom - (-4.3366)) < 5e-4
+    np.testing.assert_allclose(r.structure.lattice.abc, 5.431, atol=2e-3)
+    assert StructureMatcher().fit(r.structure, diamond)

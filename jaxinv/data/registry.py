@@ -30,7 +30,7 @@ REGISTRY: dict[str, DatasetInfo] = {
     "perov_5": DatasetInfo(
         "perov_5",
         properties=("heat_all", "heat_ref", "dir_gap", "ind_gap"),
-        units={"heat_all": "eV/atom", "heat_ref": "eV/atom", "dir_gap": "eV", "ind_gap": "eV"},
+        units={"heat_all": "eV/cell (5 atoms)", "heat_ref": "eV/cell (5 atoms)", "dir_gap": "eV", "ind_gap": "eV"},
         description="ABX3 cubic perovskites of Castelli et al. (2012), 5 atoms per cell; "
         "heats of formation and GLLB-SC band gaps from DFT",
         max_atoms=5,

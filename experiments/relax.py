@@ -1,0 +1,101 @@
+"""Relax a dataset split or user structures with any jaxinv potential.
+
+    jaxinv run relax data=perov_5 data.split=test data.limit=64 potential=sevennet0
+    jaxinv run relax structures=path/to/cifs potential=sw_si fmax=0.01
+
+Writes ``relaxed.csv`` (index, id, formula, energy, energy per atom, steps,
+status, max force, max stress), relaxed CIFs, ``relaxed.extxyz`` and a summary.
+Rerunning with ``out_dir=<the same folder>`` resumes from the checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from jaxinv.config import DataConfig, PotentialConfig, RunConfig
+from jaxinv.data import load_from_config
+from jaxinv.io import read_structures, write_cifs, write_extxyz
+from jaxinv.potentials.registry import load_potential
+from jaxinv.relax import relax
+
+log = logging.getLogger("jaxinv.relax")
+
+
+@dataclass
+class Config(RunConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    potential: PotentialConfig = field(default_factory=PotentialConfig)
+    structures: Optional[str] = None
+    rattle: float = 0.0
+    strain: float = 0.0
+    fmax: float = 0.05
+    stress_tol: float = 0.005
+    max_steps: int = 500
+    pressure_gpa: float = 0.0
+    cell: str = "frechet"
+    max_edges: int = 60000
+    max_batch: int = 128
+    checkpoint: bool = True
+    write_cifs: bool = True
+
+
+def _inputs(cfg):
+    if cfg.structures:
+        structures = read_structures(cfg.structures)
+        return structures, [f"{k:05d}" for k in range(len(structures))]
+    ds = load_from_config(cfg.data, cfg.seed)
+    return ds.structures(), [str(i) for i in ds.ids]
+
+
+def _perturb(structures, rattle, strain, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in structures:
+        s = s.copy()
+        if strain:
+            s.apply_strain(rng.uniform(-strain, strain, 3))
+        if rattle:
+            s.translate_sites(range(len(s)), rng.normal(0, rattle, (len(s), 3)), frac_coords=False,
+                              to_unit_cell=False)
+        out.append(s)
+    return out
+
+
+def main(cfg, run):
+    structures, ids = _inputs(cfg)
+    structures = _perturb(structures, cfg.rattle, cfg.strain, cfg.seed)
+    potential = load_potential(cfg.potential.name, **cfg.potential.options)
+    print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
+          f"stress_tol {cfg.stress_tol} eV/Å^3, cell {cfg.cell}, P = {cfg.pressure_gpa} GPa)")
+    results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
+                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, progress=cfg.progress,
+                    checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
+                    max_edges=cfg.max_edges, max_batch=cfg.max_batch)
+    with open(run.path("relaxed.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "id", "formula", "energy_eV", "energy_per_atom_eV", "steps", "status",
+                    "max_force_eV_A", "max_stress_eV_A3", "volume_A3"])
+        for r, i in zip(results, ids):
+            w.writerow([r.index, i, r.structure.composition.reduced_formula, f"{r.energy:.6f}",
+                        f"{r.energy_per_atom:.6f}", r.steps, r.status,
+                        f"{np.linalg.norm(r.forces, axis=1).max():.5f}", f"{np.abs(r.stress).max():.6f}",
+                        f"{r.structure.volume:.4f}"])
+    final = [r.structure for r in results]
+    if cfg.write_cifs:
+        write_cifs(final, run.out_dir / "cif", names=[f"{r.index:05d}_{i}" for r, i in zip(results, ids)])
+    write_extxyz(final, run.path("relaxed.extxyz"),
+                 extra_info={"energy": [r.energy for r in results], "status": [r.status for r in results]})
+    statuses = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    steps = np.array([r.steps for r in results])
+    summary = {"structures": len(results), "statuses": statuses, "mean_steps": float(steps.mean()),
+               "potential": potential.name}
+    print("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) +
+          f"; mean steps {steps.mean():.1f}")
+    run.save_json(summary, "summary.json")
+    return summary

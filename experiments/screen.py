@@ -1,0 +1,161 @@
+"""The screening funnel: substitution candidates -> stages from the config -> ranked outputs.
+
+    jaxinv run screen                                   # perov_5 prototypes, default stages
+    jaxinv run screen out_dir=runs/s1                   # kill it, run the same line again: it resumes
+    jaxinv run screen model=outputs/train_property/<run>/model candidates.threshold=1e-4
+    jaxinv run screen candidates.prototypes=my_cifs/ potential=sevennet0 \\
+        'stages=[{type: composition}, {type: relax}, {type: rank, by: energy_per_atom, ascending: true}]'
+
+Candidates: elemental substitutions of the prototypes (a dataset name or a folder
+of CIFs) above ``candidates.threshold``, charge-neutral, deduplicated and
+volume-scaled (see :mod:`jaxinv.screening.substitution`). Stages: the list
+``stages`` (types composition, property, relax, stability, rank; see
+:func:`jaxinv.screening.stages.build_stage`). The property stage uses ``model``
+(a saved PropertyModel) or, when null, trains a quick composition ensemble on
+the prototypes' dataset first. Relax needs ``potential`` (a registry name or 'module:factory');
+stability also needs ``reference`` (a folder of CIFs of competing phases,
+relaxed and evaluated with the same potential).
+
+Everything lands in the run folder: ``funnel/`` (manifest and per-stage chunks,
+what makes it resumable), ``ranked.csv``, ``cif/``, ``report.md``, PNGs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from jaxinv.config import RunConfig
+
+log = logging.getLogger("jaxinv.screening")
+
+
+@dataclass
+class CandidateConfig:
+    prototypes: str = "perov_5"  # dataset name (optionally name:split) or a folder/file of CIFs
+    n_prototypes: Optional[int] = 100  # a seeded sample of the prototypes (null: all)
+    threshold: float = 1e-3  # minimum substitution probability (product over site classes)
+    max_per_prototype: int = 4096
+    budget: int = 65536  # combinations scored per prototype (m^k)
+    dls_volume: bool = False  # rescale survivors of the composition stage with pymatgen's DLS
+
+
+@dataclass
+class Config(RunConfig):
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    model: Optional[str] = None
+    quick_model_epochs: int = 100
+    potential: Optional[str] = None
+    reference: Optional[str] = None
+    stages: List[Dict[str, Any]] = field(default_factory=list)
+    n_cif: int = 50
+
+
+def _prototypes(cfg, seed):
+    from jaxinv.io import read_structures
+
+    spec = cfg.candidates.prototypes
+    p = Path(spec)
+    if p.exists():
+        structures = read_structures(p)
+        names = [f"{p.stem}-{i}" for i in range(len(structures))]
+    else:
+        from jaxinv.data import load_dataset
+
+        ds = load_dataset(spec)
+        idx = np.arange(len(ds))
+        if cfg.candidates.n_prototypes and cfg.candidates.n_prototypes < len(ds):
+            idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[: cfg.candidates.n_prototypes])
+        structures = ds.structures(idx)
+        names = [str(x) for x in ds.ids[idx]]
+    return structures, names
+
+
+def _quick_model(cfg, run, targets):
+    from jaxinv.data import load_dataset
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    name = cfg.candidates.prototypes.split(":")[0]
+    ds = load_dataset(name)
+    model = PropertyModel("composition", tuple(targets), {"hidden": [128, 64]}, features="magpie_site")
+    tr, va = ds.subset("train"), ds.subset("valid")
+    model.fit(model.raw_inputs(tr.crystal()), np.stack([tr.labels[t] for t in targets], 1),
+              TrainConfig(epochs=cfg.quick_model_epochs, batch_size=128, seed=cfg.seed),
+              val=(model.raw_inputs(va.crystal()), np.stack([va.labels[t] for t in targets], 1)))
+    path = model.save(run.out_dir / "quick_model")
+    log.info("trained a quick composition model on %s -> %s", name, path)
+    return model
+
+
+def main(cfg, run):
+    from jaxinv.screening.candidates import Candidates
+    from jaxinv.screening.funnel import chain
+    from jaxinv.screening.report import write_outputs
+    from jaxinv.screening.stages import build_stage, load_potential_spec
+    from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes
+
+    work = run.out_dir / "funnel"
+    cand_path = run.out_dir / "candidates.npz"
+    stats = {}
+    if cand_path.exists():  # a resumed run reuses its candidates exactly
+        cands = Candidates.load(cand_path)
+        print(f"resuming with {len(cands):,} candidates from {cand_path}")
+    else:
+        structures, names = _prototypes(cfg, cfg.seed)
+        t0 = time.perf_counter()
+        protos = prepare_prototypes(structures, names)
+        t_proto = time.perf_counter() - t0
+        cands, stats = enumerate_substitutions(protos, cfg.candidates.threshold, cfg.candidates.max_per_prototype,
+                                               cfg.candidates.budget)
+        stats["prototype_seconds"] = t_proto
+        stats["prototypes_usable"] = len(protos)
+        stats["prototypes_given"] = len(structures)
+        cands.save(cand_path)
+        print(f"{len(protos)} prototypes -> {stats['enumerated']:,} substitutions -> {len(cands):,} unique "
+              f"in {stats['seconds']:.1f} s")
+    context = {}
+    kinds = [s.get("type") for s in cfg.stages]
+    if "property" in kinds and not any(s.get("model") for s in cfg.stages if s.get("type") == "property"):
+        if cfg.model:
+            from jaxinv.screening.train import PropertyModel
+
+            context["model"] = PropertyModel.load(cfg.model)
+        elif (run.out_dir / "quick_model" / "model.json").exists():
+            from jaxinv.screening.train import PropertyModel
+
+            context["model"] = PropertyModel.load(run.out_dir / "quick_model")
+        else:
+            targets = sorted({t for s in cfg.stages if s.get("type") == "property" for t in s.get("windows", {})})
+            context["model"] = _quick_model(cfg, run, targets)
+    if "relax" in kinds or "stability" in kinds:
+        if not cfg.potential:
+            raise ValueError("relax/stability stages need potential=<registry name, e.g. sevennet0> "
+                             "or 'module:factory'")
+        context["potential"] = load_potential_spec(cfg.potential)
+    if "stability" in kinds:
+        from jaxinv.io import read_structures
+        from jaxinv.metrics import HullReference
+        from jaxinv.relax import relax
+
+        if not cfg.reference:
+            raise ValueError("the stability stage needs reference=<folder of CIFs of competing phases>")
+        refs = [r for r in relax(read_structures(cfg.reference), context["potential"], progress=False)
+                if not r.failed]
+        context["hull_reference"] = HullReference.from_structures([r.structure for r in refs],
+                                                                  lambda s: np.array([r.energy for r in refs]))
+    stages = [build_stage(dict(s), context) for s in cfg.stages]
+    funnel = chain(*stages)
+    survivors, records = funnel.run(cands, work, progress=cfg.progress)
+    paths = write_outputs(survivors, records, run.out_dir, n_cif=cfg.n_cif,
+                          title=f"Screening of {cfg.candidates.prototypes} substitutions")
+    summary = {"candidates": stats, "stages": [r.__dict__ for r in records], "survivors": len(survivors),
+               "report": str(paths["report"])}
+    run.save_json(summary, "summary.json")
+    for r in records:
+        print(f"  {r.name:<12s} {r.n_in:>9,} -> {r.n_out:>9,}  ({r.seconds:.1f} s)")
+    print(f"report: {paths['report']}")
+    return summary

@@ -1,0 +1,359 @@
+"""Training deep ensembles with optax, checkpointed with orbax; :class:`PropertyModel`.
+
+Training is a pure function of (data, seed): all M members step together under
+``jax.vmap``, and a chunk of epochs is one jitted ``lax.scan``. Each step draws
+every member its own minibatch *with replacement* from the valid rows, which is
+both SGD and a bootstrap (a source of ensemble diversity beyond the random
+initializations). Data are padded to a capacity from a coarse ladder with the
+number of valid rows traced, so an active-learning loop whose training set grows
+every round recompiles only when the capacity bucket changes.
+
+Loss: the Gaussian negative log-likelihood of standardized targets; during the
+first ``warmup`` fraction of epochs the mean is fitted by squared error and the
+variance by NLL on the detached mean (NLL from the start lets a member explain
+its errors away with a large variance before it has learnt anything). Labels that
+are NaN are masked, so one model can learn several targets with gaps.
+
+Each member keeps the parameters of its best epoch on the validation set (by NLL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import optax
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.screening.models import CGCNN, CompositionMLP, ensemble_apply, ensemble_init, graph_inputs, \
+    mixture_moments
+
+__all__ = ["TrainConfig", "PropertyModel", "fit", "capacity_for"]
+
+log = logging.getLogger("jaxinv.screening")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_members: int = 5
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.3  # fraction of epochs with the MSE mean loss
+    chunk_epochs: int = 50  # epochs per jitted call (and between checkpoints)
+    seed: int = 0
+    min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
+
+
+def capacity_for(n: int) -> int:
+    """Padded row count: the next of 2^k and 1.5 * 2^k (at least 64)."""
+    n = max(int(n), 64)
+    p = 2 ** math.floor(math.log2(n))
+    return p if p >= n else (3 * p) // 2 if (3 * p) // 2 >= n else 2 * p
+
+
+def _pad_rows(tree, cap: int):
+    def pad(a):
+        a = np.asarray(a)
+        extra = cap - a.shape[0]
+        if extra <= 0:
+            return a
+        fill = np.nan if np.issubdtype(a.dtype, np.floating) else 0
+        out = np.concatenate([a, np.full((extra,) + a.shape[1:], fill, a.dtype)])
+        # padded inputs must be harmless: zeros for features, edge masks off
+        if np.issubdtype(a.dtype, np.floating):
+            out[a.shape[0]:] = 0.0
+        return out
+    return jax.tree_util.tree_map(pad, tree)
+
+
+def _loss(module, params, x, y, warm):
+    mean, var = module.apply(params, x)
+    valid = jnp.isfinite(y)
+    y0 = jnp.where(valid, y, 0.0)
+    nll = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
+    nll_fixed_mean = 0.5 * jnp.log(var) + 0.5 * (y0 - jax.lax.stop_gradient(mean)) ** 2 / var
+    per = jnp.where(warm, (y0 - mean) ** 2 + nll_fixed_mean, nll)
+    return jnp.sum(jnp.where(valid, per, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def _val_nll(module, params, x, y):
+    mean, var = ensemble_apply(module, params, x)  # (M, B, T)
+    valid = jnp.isfinite(y)[None]
+    nll = 0.5 * jnp.log(var) + 0.5 * (jnp.where(valid, y[None], 0.0) - mean) ** 2 / var
+    return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1)
+
+
+def _optimizer(lr: float, weight_decay: float, total_steps: int):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, total_steps // 10 + 1), total_steps, lr * 0.02)
+    return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool, lr: float, weight_decay: float,
+              total_steps: int):
+    """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
+    program, so repeated fits (active learning rounds, seeds) reuse one compilation."""
+    tx = _optimizer(lr, weight_decay, total_steps)
+    loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module)), in_axes=(0, 0, 0, None))
+
+    def one_epoch(carry, _):
+        params, opt_state, best, best_val, key, epoch, n_valid, x, y, xv, yv, warm_epochs = carry
+
+        def step(c, k):
+            p, s = c
+            m = jax.tree_util.tree_leaves(p)[0].shape[0]
+            idx = jax.random.randint(k, (m, batch_size), 0, n_valid)
+            bx = jax.tree_util.tree_map(lambda a: a[idx], x)
+            by = y[idx]
+            loss, g = loss_grad(p, bx, by, epoch < warm_epochs)
+            upd, s = jax.vmap(tx.update)(g, s, p)
+            return (optax.apply_updates(p, upd), s), loss.mean()
+
+        key, sub = jax.random.split(key)
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(sub, steps))
+        if has_val:
+            val = _val_nll(module, params, xv, yv)
+        else:
+            val = jnp.full(best_val.shape, losses[-1])
+        # during warmup the variance is not trained on its own mean yet: keep the latest
+        better = (val < best_val) | (epoch < warm_epochs)
+        sel = lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+        best = jax.tree_util.tree_map(sel, params, best)
+        best_val = jnp.where(better, val, best_val)
+        return (params, opt_state, best, best_val, key, epoch + 1, n_valid, x, y, xv, yv, warm_epochs), losses.mean()
+
+    @jax.jit
+    def run(carry):
+        return jax.lax.scan(one_epoch, carry, None, length=n_epochs)
+
+    return run, tx
+
+
+def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
+        init_example=None, log_every: bool = False):
+    """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
+    standardized targets ``y`` (N, T). Returns (stacked best params, history).
+
+    ``val``: optional (x_val, y_val) for per-member model selection. With
+    ``checkpoint`` (a directory) training state is saved with orbax after every
+    chunk of epochs, and a restarted call with the same inputs resumes."""
+    from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
+
+    n = int(np.asarray(y).shape[0])
+    cap = capacity_for(max(n, cfg.min_capacity))
+    xp, yp = _pad_rows(x, cap), _pad_rows(np.asarray(y, np.float32), cap)
+    yp[n:] = np.nan
+    if val is not None:
+        capv = capacity_for(len(val[1]))
+        xv, yv = _pad_rows(val[0], capv), _pad_rows(np.asarray(val[1], np.float32), capv)
+        yv[len(val[1]):] = np.nan
+    else:
+        xv, yv = jax.tree_util.tree_map(lambda a: a[:1], xp), np.full((1,) + yp.shape[1:], np.nan, np.float32)
+    steps = max(1, cap // cfg.batch_size)
+    total_steps = steps * cfg.epochs
+    chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
+    run, tx = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
+                        float(cfg.weight_decay), total_steps)
+    key = jax.random.PRNGKey(cfg.seed)
+    k_init, k_train = jax.random.split(key)
+    example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
+    params = ensemble_init(module, k_init, cfg.n_members, example)
+    opt_state = jax.vmap(tx.init)(params)
+    best_val = jnp.full((cfg.n_members,), jnp.inf)
+    warm_epochs = int(cfg.warmup * cfg.epochs)
+    carry = (params, opt_state, params, best_val, k_train, jnp.asarray(0), jnp.asarray(n), xp, yp, xv, yv,
+             jnp.asarray(warm_epochs))
+    ckpt, start = None, 0
+    if checkpoint:
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((x, y))]
+        fp = fingerprint_arrays(*leaves, np.frombuffer(repr((cfg, module)).encode(), np.uint8))
+        ckpt = Checkpointer(checkpoint, fp, every_seconds=0.0)
+        if ckpt.latest_step is not None:
+            # restore onto the live structure (optax states are namedtuples, which a
+            # target-less restore would return as plain containers)
+            start = int(ckpt.latest_step)
+            like = jax.tree_util.tree_map(np.asarray, carry[:6])
+            state = ckpt._manager.restore(start, args=ckpt._ocp.args.StandardRestore(like))
+            carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
+            log.info("training resumed at epoch %d", start)
+    history = []
+    epoch = start
+    while epoch < cfg.epochs:
+        carry, losses = run(carry)
+        epoch += chunk
+        history.extend(np.asarray(losses).tolist())
+        if log_every:
+            log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(losses[-1]),
+                     np.round(np.asarray(carry[3]), 3).tolist())
+        if ckpt is not None:
+            ckpt.save(epoch, carry[:6])
+    if ckpt is not None:
+        ckpt.close()
+    return carry[2], {"train_loss": history[: cfg.epochs], "best_val_nll": np.asarray(carry[3]).tolist()}
+
+
+# ----------------------------------------------------------------- the model
+MODULES = {"composition": CompositionMLP, "cgcnn": CGCNN}
+
+
+@dataclass
+class PropertyModel:
+    """A trained ensemble with its input pipeline and target scaling.
+
+    ``kind``: ``'composition'`` (an MLP on Magpie features, ``features`` =
+    'magpie' or 'magpie_site') or ``'cgcnn'``. Predictions are in the targets'
+    own units; ``sigma_scale`` (per target, fitted on validation data with
+    :func:`~jaxinv.screening.uncertainty.fit_sigma_scale`) multiplies σ."""
+
+    kind: str
+    targets: tuple
+    module_kwargs: dict = field(default_factory=dict)
+    features: str = "magpie"
+    cutoff: float = 5.0
+    x_mean: np.ndarray | None = None
+    x_std: np.ndarray | None = None
+    y_mean: np.ndarray | None = None
+    y_std: np.ndarray | None = None
+    sigma_scale: np.ndarray | None = None
+    params: Any = None
+
+    @property
+    def module(self):
+        kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in self.module_kwargs.items()}
+        return _module(self.kind, len(self.targets), tuple(sorted(kw.items())))
+
+    # -------------------------------------------------------------- inputs
+    def raw_inputs(self, crystal):
+        """Unscaled inputs of a Crystal batch (features, or a graph input dict)."""
+        from jaxinv.graph import neighbor_graph
+        from jaxinv.screening.features import featurize
+
+        if self.kind == "composition":
+            return featurize(crystal, self.features, cutoff=self.cutoff)
+        c = crystal.to_host()
+        g = neighbor_graph(c, self.cutoff)
+        return jax.tree_util.tree_map(np.asarray, graph_inputs(c, g))
+
+    def scale_inputs(self, raw):
+        if self.kind == "composition":
+            # clipped: a candidate far outside the training range should look "far", not infinite
+            return np.clip((np.asarray(raw, np.float32) - self.x_mean) / self.x_std, -8.0, 8.0).astype(np.float32)
+        return raw
+
+    def inputs(self, crystal):
+        return self.scale_inputs(self.raw_inputs(crystal))
+
+    # ------------------------------------------------------------- training
+    def fit(self, raw_x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None,
+            checkpoint: str | None = None, log_every: bool = False) -> dict:
+        """Set the scalers from the training data and train the ensemble (y: (N, T) in target units)."""
+        y = np.asarray(y, np.float64).reshape(len(y), -1)
+        if self.kind == "composition":
+            raw_x = np.asarray(raw_x, np.float32)
+            self.x_mean = raw_x.mean(0).astype(np.float32)
+            std = raw_x.std(0)
+            # a column (nearly) constant in training carries no information; scaling it
+            # by its tiny spread would blow up candidates where it differs
+            self.x_std = np.where(std > 1e-3 * np.maximum(np.abs(self.x_mean), 1.0), std, np.inf).astype(np.float32)
+        self.y_mean = np.nanmean(y, 0)
+        self.y_std = np.nanstd(y, 0) + 1e-9
+        self.sigma_scale = np.ones(len(self.targets))
+        ys = ((y - self.y_mean) / self.y_std).astype(np.float32)
+        v = None
+        if val is not None:
+            yv = np.asarray(val[1], np.float64).reshape(len(val[1]), -1)
+            v = (self.scale_inputs(val[0]), ((yv - self.y_mean) / self.y_std).astype(np.float32))
+        self.params, hist = fit(self.module, self.scale_inputs(raw_x), ys, cfg, val=v, checkpoint=checkpoint,
+                                log_every=log_every)
+        return hist
+
+    # ----------------------------------------------------------- prediction
+    def predict_inputs(self, x, batch_size: int = 4096, members: bool = False):
+        """(mean, std) in target units, each (N, T), from scaled inputs; with
+        ``members`` also the per-member means (M, N, T)."""
+        n = int(jax.tree_util.tree_leaves(x)[0].shape[0])
+        out_m, out_s, out_all = [], [], []
+        fn = _predict_fn(self.module)
+        for start in range(0, n, batch_size):
+            part = jax.tree_util.tree_map(lambda a: a[start:start + batch_size], x)
+            k = int(jax.tree_util.tree_leaves(part)[0].shape[0])
+            padded = _pad_rows(part, batch_size) if n > batch_size else part
+            mu, sd, mm = fn(self.params, padded)
+            out_m.append(np.asarray(mu)[:k])
+            out_s.append(np.asarray(sd)[:k])
+            out_all.append(np.asarray(mm)[:, :k])
+        mu = np.concatenate(out_m) * self.y_std + self.y_mean
+        sd = np.concatenate(out_s) * self.y_std * self.sigma_scale
+        if members:
+            return mu, sd, np.concatenate(out_all, axis=1) * self.y_std + self.y_mean
+        return mu, sd
+
+    def predict(self, crystal, batch_size: int = 4096):
+        """(mean, std), each (N, T), of a Crystal batch."""
+        return self.predict_inputs(self.inputs(crystal), batch_size)
+
+    # ---------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Parameters with orbax (``params/``), everything else as JSON."""
+        from jaxinv.checkpoint import Checkpointer
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "targets": list(self.targets), "module_kwargs": self.module_kwargs,
+                "features": self.features, "cutoff": self.cutoff}
+        for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale"):
+            v = getattr(self, k)
+            meta[k] = None if v is None else np.asarray(v).tolist()
+        (directory / "model.json").write_text(json.dumps(meta))
+        ck = Checkpointer(directory / "params", max_to_keep=1)
+        ck.save(0, self.params)
+        ck.close()
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PropertyModel":
+        from jaxinv.checkpoint import Checkpointer
+
+        directory = Path(directory)
+        meta = json.loads((directory / "model.json").read_text())
+        arrays = {k: (None if meta[k] is None else np.asarray(meta[k], np.float32 if k.startswith("x") else np.float64))
+                  for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale")}
+        model = cls(meta["kind"], tuple(meta["targets"]), meta["module_kwargs"], meta["features"], meta["cutoff"],
+                    **arrays)
+        ck = Checkpointer(directory / "params", max_to_keep=1)
+        restored = ck.restore()
+        ck.close()
+        if restored is None:
+            raise FileNotFoundError(f"no parameters in {directory / 'params'}")
+        model.params = jax.tree_util.tree_map(jnp.asarray, restored[1])
+        return model
+
+
+@functools.lru_cache(maxsize=32)
+def _module(kind: str, n_targets: int, kwargs: tuple):
+    if kind not in MODULES:
+        raise ValueError(f"unknown model kind {kind!r}; use one of {sorted(MODULES)}")
+    kw = dict(kwargs)
+    if "hidden" in kw:
+        kw["hidden"] = tuple(kw["hidden"])
+    return MODULES[kind](n_targets=n_targets, **kw)
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_fn(module):
+    @jax.jit
+    def fn(params, x):
+        mean, var = ensemble_apply(module, params, x)
+        mu, sd = mixture_moments(mean, var)
+        return mu, sd, mean
+    return fn

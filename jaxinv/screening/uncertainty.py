@@ -1,0 +1,44 @@
+"""Scoring predictive uncertainty: coverage of ±kσ intervals, NLL and recalibration.
+
+For a well calibrated Gaussian predictor, a fraction erf(k/√2) of test errors
+lies inside ±kσ: 68.27% for k = 1 and 95.45% for k = 2. Fractions above those
+mean σ is too large (under-confident), below mean over-confident.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["calibration", "expected_coverage", "fit_sigma_scale"]
+
+
+def expected_coverage(k: float) -> float:
+    """Fraction of a Gaussian within ±k standard deviations."""
+    return math.erf(k / math.sqrt(2.0))
+
+
+def calibration(y, mean, std, ks=(1.0, 2.0)) -> dict:
+    """MAE, RMSE, coverage of ±kσ, mean σ and Gaussian NLL over finite labels (1-D arrays)."""
+    y, mean, std = (np.asarray(a, np.float64).ravel() for a in (y, mean, std))
+    ok = np.isfinite(y) & np.isfinite(mean) & np.isfinite(std)
+    y, mean, std = y[ok], mean[ok], np.maximum(std[ok], 1e-12)
+    err = mean - y
+    out = {"n": int(ok.sum()), "mae": float(np.abs(err).mean()) if len(y) else float("nan"),
+           "rmse": float(np.sqrt((err**2).mean())) if len(y) else float("nan"),
+           "mean_sigma": float(std.mean()) if len(y) else float("nan"),
+           "nll": float(np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * (err / std) ** 2)) if len(y) else float("nan")}
+    for k in ks:
+        out[f"within_{k:g}sigma"] = float(np.mean(np.abs(err) <= k * std)) if len(y) else float("nan")
+        out[f"expected_{k:g}sigma"] = expected_coverage(k)
+    return out
+
+
+def fit_sigma_scale(y, mean, std) -> float:
+    """The factor s minimizing the Gaussian NLL of σ' = s σ on held-out data:
+    s = sqrt(mean((y - mu)^2 / σ^2)) (Levi et al. 2022, "std scaling")."""
+    y, mean, std = (np.asarray(a, np.float64).ravel() for a in (y, mean, std))
+    ok = np.isfinite(y) & np.isfinite(mean) & (std > 0)
+    if not ok.any():
+        return 1.0
+    return float(np.sqrt(np.mean(((y[ok] - mean[ok]) / std[ok]) ** 2)))

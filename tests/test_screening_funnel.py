@@ -1,0 +1,246 @@
+"""Substitution enumeration, the funnel's stages, resumability and sharding."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxinv.screening.candidates import Candidates
+from jaxinv.screening.funnel import Decision, Stage, chain
+
+
+@pytest.fixture(scope="module")
+def rocksalt():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4,
+                     [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]])
+
+
+def test_lambda_matrix_matches_pymatgen():
+    from pymatgen.core.structure_prediction.substitution_probability import SubstitutionProbability
+
+    from jaxinv.screening.substitution import substitution_table
+
+    t = substitution_table()
+    sp = SubstitutionProbability()
+    i = t.index
+    rng = np.random.default_rng(0)
+    for a, b in [("Ba2+", "Sr2+"), ("O2-", "S2-"), ("Ti4+", "Zr4+")] + \
+            [tuple(rng.choice(t.species, 2, replace=False)) for _ in range(5)]:
+        assert np.exp(t.log_cond[i[a], i[b]]) == pytest.approx(sp.cond_prob(a, b), rel=1e-9)
+
+
+def test_enumeration_count_on_rocksalt_matches_brute_force(rocksalt):
+    """NaCl has two site classes: enumerate by brute force with pymatgen's own
+    probabilities and compare the set of substitutions."""
+    from pymatgen.core import Species
+    from pymatgen.core.structure_prediction.substitution_probability import SubstitutionProbability
+
+    from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes, substitution_table
+
+    threshold = 1e-3
+    protos = prepare_prototypes([rocksalt], ["NaCl"])
+    assert len(protos) == 1 and protos[0].signature == ((4, 6), (4, 6))
+    cands, stats = enumerate_substitutions(protos, threshold=threshold, dedup=False)
+    assert stats["not_exhaustive"] == 0  # k = 2: m = 256 covers all species
+    t = substitution_table()
+    sp = SubstitutionProbability()
+    expected = set()
+    for a in t.species:
+        pa = sp.cond_prob(a, "Na+")
+        if pa < threshold:
+            continue
+        for b in t.species:
+            p = pa * sp.cond_prob(b, "Cl-")
+            sa, sb = Species.from_str(a), Species.from_str(b)
+            if p >= threshold and sa.oxi_state + sb.oxi_state == 0 and sa.symbol != sb.symbol \
+                    and (a, b) != ("Na+", "Cl-"):
+                expected.add(f"{a} {b}")
+    assert len(expected) > 20
+    assert set(cands.table["species"].tolist()) == expected
+    assert len(cands) == len(expected)
+    # KCl: the RLS volume uses Shannon radii; the lattice keeps the prototype's shape
+    k = int(np.flatnonzero(cands.table["species"] == "K+ Cl-")[0])
+    ratio = ((Species("K", 1).ionic_radius + Species("Cl", -1).ionic_radius)
+             / (Species("Na", 1).ionic_radius + Species("Cl", -1).ionic_radius)) ** 3
+    assert cands.table["volume_scale"][k] == pytest.approx(ratio, rel=1e-6)
+    assert cands.crystal.volume[k] == pytest.approx(rocksalt.volume * ratio, rel=1e-6)
+
+
+def test_dedup_across_prototypes(rocksalt, batio3):
+    """Two copies of one prototype (shifted origin) give identical candidates: all but one set removed."""
+    from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes
+
+    shifted = batio3.copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.5, 0.5, 0.5])  # A on 1b, B on 1a
+    protos = prepare_prototypes([batio3, shifted], ["a", "b"])
+    assert protos[0].family == protos[1].family
+    one, _ = enumerate_substitutions(protos[:1], threshold=1e-3)
+    both, stats = enumerate_substitutions(protos, threshold=1e-3)
+    assert stats["enumerated"] == 2 * len(one)
+    assert len(both) == len(one)
+    assert sorted(both.table["formula"]) == sorted(one.table["formula"])
+
+
+def test_charge_neutrality_filter():
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.screening.stages import composition_filter
+
+    s = lambda species: Structure(Lattice.cubic(4.0), species, [[0, 0, 0], [.5, .5, .5], [.5, 0, 0]][: len(species)])
+    cands = Candidates.from_structures([s(["Na", "Cl"]), s(["Na", "Cl", "Cl"]), s(["Mg", "O"]), s(["Ba", "U", "O"])])
+    kept, records = chain(composition_filter(smact=True, excluded=["U"]))(cands)
+    assert kept.formulas().tolist() == ["NaCl", "MgO"]
+    assert records[0].dropped == {"SMACT: not charge neutral / electronegativity": 1, "excluded element": 1}
+
+
+class _FakeModel:
+    """A PropertyModel stand-in with fixed predictions (the stage's logic, not a model, is tested)."""
+
+
+def test_property_filter_keeps_what_could_pass():
+    from jaxinv.screening.stages import property_filter
+    from jaxinv.screening.train import PropertyModel
+
+    class Fixed(PropertyModel):
+        def predict(self, crystal, batch_size=4096):
+            mean = np.array([[0.5, 2.0], [2.0, 2.0], [1.3, 2.0], [0.5, 3.5]])
+            std = np.array([[0.1, 0.1], [0.1, 0.1], [0.2, 0.1], [0.1, 0.2]])
+            return mean, std
+
+    from pymatgen.core import Lattice, Structure
+    st = [Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])] * 4
+    cands = Candidates.from_structures(st)
+    stage = property_filter(Fixed("composition", ("heat", "gap")), {"heat": [None, 1.0], "gap": [1.5, 3.0]}, k=2.0)
+    kept, rec = chain(stage)(cands)
+    # row 0 inside; row 1 heat 2.0 - 0.2 > 1; row 2 heat 1.3 - 0.4 <= 1 could pass; row 3 gap 3.5 - 0.4 > 3
+    assert kept.ids.tolist() == [cands.ids[0], cands.ids[2]]
+    assert kept.table["p_window"][0] > 0.9 and kept.table["p_window"][1] < 0.1
+
+
+def _toy_candidates(n=23):
+    from pymatgen.core import Lattice, Structure
+
+    st = [Structure(Lattice.cubic(4.0 + 0.01 * i), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]]) for i in range(n)]
+    return Candidates.from_structures(st, score=np.arange(n, dtype=float) % 7)
+
+
+def _counting_stage(calls: list, fail_on_chunk: int | None = None):
+    def apply(cands, ctx):
+        calls.append(str(cands.ids[0]))
+        if fail_on_chunk is not None and ctx.get("chunk") == fail_on_chunk:
+            raise KeyboardInterrupt("simulated kill")
+        v = cands.table["score"]
+        return Decision(v % 2 == 0, "odd score", {"double": 2 * v})
+    return Stage("even", apply, {"rule": "even"}, chunk_size=5)
+
+
+def test_funnel_resumes_after_kill_with_nothing_lost(tmp_path):
+    from jaxinv.screening.stages import rank_stage
+
+    cands = _toy_candidates()
+    ref_calls = []
+    reference, ref_records = chain(_counting_stage(ref_calls), rank_stage("double", top_k=6))(cands)
+    calls = []
+    funnel = chain(_counting_stage(calls, fail_on_chunk=3), rank_stage("double", top_k=6))
+    with pytest.raises(KeyboardInterrupt):
+        funnel.run(cands, tmp_path / "work")
+    manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())
+    assert sorted(manifest["stages"][0]["chunks"]) == ["0", "1", "2"]  # three chunks finished before the kill
+    calls_after_kill = []
+    out, records = chain(_counting_stage(calls_after_kill), rank_stage("double", top_k=6)).run(cands, tmp_path / "work")
+    assert len(calls_after_kill) == 2  # only chunks 3 and 4 ran again
+    assert out.ids.tolist() == reference.ids.tolist()
+    np.testing.assert_array_equal(out.table["double"], reference.table["double"])
+    assert [r.n_out for r in records] == [r.n_out for r in ref_records]
+    assert records[0].n_in == 23 and records[0].dropped == ref_records[0].dropped
+    assert np.all(np.diff(out.table["double"]) <= 0) and out.table["rank"].tolist() == list(range(1, 7))
+    # a third run finds everything done and calls nothing
+    calls_third = []
+    again, _ = chain(_counting_stage(calls_third), rank_stage("double", top_k=6)).run(cands, tmp_path / "work")
+    assert calls_third == [] and again.ids.tolist() == reference.ids.tolist()
+    # other settings in the same directory are refused
+    with pytest.raises(ValueError, match="other inputs or stages"):
+        chain(_counting_stage([]), rank_stage("double", top_k=5)).run(cands, tmp_path / "work")
+
+
+def test_stability_stage_with_a_reference():
+    from jaxinv.screening.stages import stability_stage
+
+    class Ref:
+        entries = []
+
+        def evaluate(self, compositions, energies):
+            e = np.asarray(energies, float) / np.array([c.num_atoms for c in compositions])
+            return {"e_above_hull": np.where(e < 0, e + 0.5, np.nan), "formation_energy_per_atom": e}
+
+    cands = _toy_candidates(3).with_columns(energy=np.array([-1.2, -0.6, 1.0]))  # per atom -0.6, -0.3, 0.5
+    kept, rec = chain(stability_stage(Ref(), max_e_above_hull=0.1))(cands)
+    assert kept.ids.tolist() == [cands.ids[0]]
+    assert rec[0].dropped == {"e_above_hull > 0.1 eV/atom": 1, "no reference hull for its chemical system": 1}
+
+
+def test_relax_stage_with_lj(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.screening.stages import relax_stage
+    from toy_potentials import LJ
+
+    st = [Structure(Lattice.cubic(a), ["Si", "Si"], [[0, 0, 0], [.5, .5, .5]]) for a in (2.6, 2.9)]
+    cands = Candidates.from_structures(st)
+    out, rec = chain(relax_stage(LJ, fmax=0.05, max_steps=200, cell="frechet")).run(cands, tmp_path / "w")
+    assert len(out) == 2 and set(out.table["relax_status"]) == {"converged"}
+    assert np.all(out.table["energy"] < 0)
+    v = out.crystal.volume
+    assert abs(v[0] - v[1]) / v[0] < 0.01  # both relax to the same LJ bcc minimum
+
+
+def test_shard_manifest_and_merge(tmp_path):
+    from jaxinv.screening.sharding import merge_shards, save_shard, shard_for_process
+
+    cands = _toy_candidates(10)
+    covered = []
+    for i in range(3):
+        shard = shard_for_process(10, i, 3)
+        covered += shard.indices.tolist()
+        if i != 1:
+            save_shard(tmp_path, shard, cands.select(shard.indices))
+    assert covered == list(range(10))
+    with pytest.raises(FileNotFoundError, match="1 of 3 shards missing"):
+        merge_shards(tmp_path)
+    save_shard(tmp_path, shard_for_process(10, 1, 3), cands.select(shard_for_process(10, 1, 3).indices))
+    assert merge_shards(tmp_path).ids.tolist() == cands.ids.tolist()
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import numpy as np, jax
+    from jaxinv.screening.train import PropertyModel
+    from jaxinv.screening.models import ensemble_init
+    from jaxinv.screening.sharding import sharded_predict, batch_mesh
+    assert jax.local_device_count() == 4, jax.devices()
+    m = PropertyModel("composition", ("a", "b"), {"hidden": [16]})
+    x = np.random.default_rng(0).normal(size=(37, 6)).astype(np.float32)
+    m.params = ensemble_init(m.module, jax.random.PRNGKey(0), 3, x[:2])
+    m.y_mean, m.y_std, m.sigma_scale = np.zeros(2), np.ones(2), np.ones(2)
+    one = m.predict_inputs(x)
+    four = sharded_predict(m, x, batch_mesh(), batch_size=16)
+    single = sharded_predict(m, x, batch_mesh(jax.local_devices()[:1]), batch_size=16)
+    print(json.dumps({"mean4": np.abs(one[0] - four[0]).max().item(), "std4": np.abs(one[1] - four[1]).max().item(),
+                      "mean1": np.abs(single[0] - four[0]).max().item(), "n": len(four[0])}))
+""")
+
+
+def test_sharded_equals_unsharded_on_four_cpu_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["n"] == 37
+    assert r["mean4"] < 1e-6 and r["std4"] < 1e-6 and r["mean1"] < 1e-6

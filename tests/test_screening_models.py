@@ -1,0 +1,205 @@
+"""Property models, features, uncertainty and acquisition: small known-answer checks."""
+import math
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+
+def test_magpie_features_match_matminer(batio3):
+    from matminer.featurizers.composition import ElementProperty
+    from pymatgen.core import Composition
+
+    from jaxinv.crystal import Crystal
+    from jaxinv.screening.features import magpie_feature_names, magpie_features
+
+    from pymatgen.core import Lattice, Structure
+    other = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl", "Cl"], [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    c = Crystal.from_structures([batio3, other], labels={}, n_max=6)
+    ours = np.asarray(magpie_features(c.numbers, c.mask))
+    ep = ElementProperty.from_preset("magpie")
+    ref = np.array([ep.featurize(Composition(f)) for f in ("BaTiO3", "NaCl3")])
+    assert ep.feature_labels() == magpie_feature_names()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_site_features_distinguish_a_b_swap(batio3):
+    """BaTiO3 and its A/B-swapped twin share a composition but not site features."""
+    from jaxinv.crystal import Crystal
+    from jaxinv.graph import neighbor_graph
+    from jaxinv.screening.features import coordination_numbers, magpie_features, site_features
+
+    swapped = batio3.copy()
+    swapped.replace(0, "Ti")
+    swapped.replace(1, "Ba")
+    c = Crystal.from_structures([batio3, swapped], labels={})
+    g = neighbor_graph(c, 5.0)
+    cn = np.asarray(coordination_numbers(c, g))
+    np.testing.assert_array_equal(cn[0], [12, 6, 2, 2, 2])  # A 12-fold, B 6-fold, O linear
+    comp = np.asarray(magpie_features(c.numbers, c.mask))
+    np.testing.assert_allclose(comp[0], comp[1])
+    site = np.asarray(site_features(c, g))
+    assert np.abs(site[0] - site[1]).max() > 1.0
+
+
+def test_ionic_flags_closed_shell():
+    from jaxinv.screening.features import _ionic_flags
+
+    # BaTiO3: Ba2+ (noble gas) Ti4+ (d0) O2-: balanced and closed-shell
+    assert _ionic_flags(((8, 3), (22, 1), (56, 1))) == (1.0, 1.0)
+    # LaMnO3: balanced (La3+ Mn3+), but Mn3+ is d4 and no closed-shell assignment balances
+    assert _ionic_flags(((8, 3), (25, 1), (57, 1))) == (1.0, 0.0)
+
+
+def test_calibration_on_synthetic_gaussian_errors():
+    from jaxinv.screening.uncertainty import calibration, expected_coverage, fit_sigma_scale
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    mu = rng.normal(size=n)
+    sigma = rng.uniform(0.5, 2.0, size=n)
+    y = mu + sigma * rng.normal(size=n)
+    c = calibration(y, mu, sigma)
+    assert abs(c["within_1sigma"] - expected_coverage(1)) < 0.01
+    assert abs(c["within_2sigma"] - expected_coverage(2)) < 0.01
+    assert abs(expected_coverage(1) - 0.6827) < 1e-4
+    over = calibration(y, mu, 0.5 * sigma)  # over-confident: too few errors inside
+    assert over["within_1sigma"] < 0.45
+    assert abs(fit_sigma_scale(y, mu, 0.5 * sigma) - 2.0) < 0.05
+    # exact small case: errors 0.5, 1.5, 2.5 with sigma 1 -> 1/3 inside 1 sigma, 2/3 inside 2 sigma
+    small = calibration([0.5, 1.5, 2.5], [0, 0, 0], [1, 1, 1])
+    assert small["within_1sigma"] == pytest.approx(1 / 3)
+    assert small["within_2sigma"] == pytest.approx(2 / 3)
+    assert small["mae"] == pytest.approx(1.5)
+
+
+def test_ensemble_sigma_positive_and_grows_off_data():
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(200, 3)).astype(np.float32)
+    y = np.sin(2 * x[:, :1]) + 0.05 * rng.normal(size=(200, 1))
+    m = PropertyModel("composition", ("y",), {"hidden": [32, 32]})
+    m.fit(x, y, TrainConfig(n_members=4, epochs=60, batch_size=32, chunk_epochs=60))
+    xt = np.array([[0.2, 0.0, 0.0], [6.0, 6.0, 6.0]], np.float32)
+    mean, std, members = m.predict_inputs(m.scale_inputs(xt), members=True)
+    assert np.all(std > 0)
+    assert members.shape == (4, 2, 1)
+    assert np.ptp(members[:, 0, 0]) > 0  # members differ
+    assert abs(mean[0, 0] - np.sin(0.4)) < 0.25
+    assert std[1, 0] > std[0, 0]  # far outside the training data: more uncertain
+
+
+def test_mixture_moments_by_hand():
+    from jaxinv.screening.models import mixture_moments
+
+    mean = jnp.array([[[0.0]], [[2.0]]])  # two members
+    var = jnp.array([[[1.0]], [[3.0]]])
+    mu, sd = mixture_moments(mean, var)
+    assert float(mu[0, 0]) == pytest.approx(1.0)
+    assert float(sd[0, 0]) == pytest.approx(math.sqrt(2.0 + 1.0))  # mean var 2 + var of means 1
+
+
+def test_property_model_save_load_roundtrip(tmp_path):
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = np.stack([x[:, 0], x[:, 1] ** 2], 1)
+    m = PropertyModel("composition", ("a", "b"), {"hidden": [16]})
+    m.fit(x, y, TrainConfig(n_members=2, epochs=2, batch_size=16, chunk_epochs=2))
+    m.sigma_scale = np.array([1.5, 0.5])
+    m.save(tmp_path / "model")
+    m2 = PropertyModel.load(tmp_path / "model")
+    a = m.predict_inputs(m.scale_inputs(x))
+    b = m2.predict_inputs(m2.scale_inputs(x))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    """Kill after the first chunk (drop the last checkpoint): the rerun resumes and
+    ends with exactly the parameters of the uninterrupted run."""
+    import shutil
+
+    from jaxinv.screening.models import CompositionMLP
+    from jaxinv.screening.train import TrainConfig, fit
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = x[:, :1].astype(np.float32)
+    module = CompositionMLP(1, (8,))
+    cfg = TrainConfig(n_members=2, epochs=4, batch_size=16, chunk_epochs=2)
+    full, _ = fit(module, x, y, cfg, checkpoint=str(tmp_path / "ck"))
+    steps = sorted(int(p.name) for p in (tmp_path / "ck" / "orbax").iterdir() if p.name.isdigit())
+    assert steps == [2, 4]
+    shutil.rmtree(tmp_path / "ck" / "orbax" / "4")  # as if killed before the second save
+    resumed, hist = fit(module, x, y, cfg, checkpoint=str(tmp_path / "ck"))
+    assert len(hist["train_loss"]) == 2  # only the second chunk ran again
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_cgcnn_ensemble_runs_on_graph(batio3):
+    from jaxinv.crystal import Crystal
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    structs = []
+    for a in (3.9, 4.0, 4.1, 4.2):
+        s = batio3.copy()
+        s.scale_lattice(a**3)
+        structs.append(s)
+    c = Crystal.from_structures(structs, labels={})
+    m = PropertyModel("cgcnn", ("e",), {"features": 16, "n_conv": 2, "n_rbf": 8, "cutoff": 4.5}, cutoff=4.5)
+    raw = m.raw_inputs(c)
+    y = np.array([[0.0], [0.1], [0.2], [0.3]])
+    m.fit(raw, y, TrainConfig(n_members=2, epochs=2, batch_size=4, chunk_epochs=2))
+    mean, std = m.predict(c)
+    assert mean.shape == (4, 1) and np.all(std > 0) and np.all(np.isfinite(mean))
+
+
+def test_acquisitions_pick_expected_items():
+    from jaxinv.screening.acquisition import expected_improvement, probability_of_improvement, select_top, ucb, \
+        window_probability
+
+    mean = jnp.array([1.0, 2.0, 0.0, 1.9])
+    std = jnp.array([2.0, 0.1, 0.0, 0.1])
+    # UCB with beta=1: 3.0, 2.1, 0.0, 2.0 -> item 0 first; with beta=0 the best mean (item 1)
+    assert select_top(ucb(mean, std, 1.0), np.zeros(4, bool), 1).tolist() == [0]
+    assert select_top(ucb(mean, std, 0.0), np.zeros(4, bool), 2).tolist() == [1, 3]
+    # a labelled item is never picked again
+    assert select_top(ucb(mean, std, 1.0), np.array([True, False, False, False]), 1).tolist() == [1]
+    # EI by hand: mean = best, std = 1 -> phi(0); zero std below best -> 0
+    ei = expected_improvement(jnp.array([1.5, 1.0]), jnp.array([1.0, 0.0]), best=1.5)
+    assert float(ei[0]) == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-5)
+    assert float(ei[1]) == pytest.approx(0.0, abs=1e-6)
+    # EI prefers the uncertain item at equal mean, PI the certain one above the incumbent
+    ei2 = expected_improvement(jnp.array([1.6, 1.6]), jnp.array([0.01, 1.0]), best=1.5)
+    pi2 = probability_of_improvement(jnp.array([1.6, 1.6]), jnp.array([0.01, 1.0]), best=1.5)
+    assert float(ei2[1]) > float(ei2[0]) and float(pi2[0]) > float(pi2[1])
+    # window probability: N(0, 1) inside [-1, 1] is 68.27%; two targets multiply
+    p = window_probability(jnp.array([[0.0, 0.0]]), jnp.array([[1.0, 1.0]]), jnp.array([-1.0, -np.inf]),
+                           jnp.array([1.0, 0.0]))
+    assert float(p[0]) == pytest.approx(0.6827 * 0.5, rel=1e-3)
+
+
+def test_active_learning_beats_random_on_a_toy_pool():
+    """A pool where hits are y in [0.8, 1] of a smooth function: p_window finds more than random."""
+    from jaxinv.screening.active import ActiveConfig, active_learning
+    from jaxinv.screening.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    y = (np.exp(-4 * ((x[:, 0] - 0.5) ** 2 + (x[:, 1] + 0.3) ** 2)))[:, None]
+    hits = (y[:, 0] >= 0.8)
+    found = {}
+    for acq in ("p_window", "random"):
+        cfg = ActiveConfig(targets=("y",), windows={"y": (0.8, 1.0)}, acquisition=acq, n_initial=20, batch_size=20,
+                           budget=80, seed=0, train=TrainConfig(n_members=3, epochs=30, batch_size=32, chunk_epochs=30,
+                                                                min_capacity=128), model_kwargs={"hidden": [32]})
+        hist = active_learning(x, lambda idx: y[idx], cfg, hits=hits, initial=np.arange(20))
+        assert len(hist["order"]) == 80 and len(set(hist["order"].tolist())) == 80
+        found[acq] = hist["rounds"][-1]["hits_found"]
+    assert found["p_window"] > found["random"]
