@@ -12,8 +12,9 @@ deviation, so weights are comparable across properties:
 
 * ``min`` / ``max``: the normalized prediction itself (minus it for max);
 * a window ``[lo, hi]`` (either side may be None): the squared distance to the
-  window shrunk by ``margin`` of its width (so optimized codes land inside it,
-  not on its edge), zero inside;
+  window shrunk by 10% of its width on both sides (0.25 standard deviations for
+  a one-sided window), so optimized codes land inside it, not on its edge;
+  zero inside;
 * ``target``: the squared normalized error.
 
 The total loss per code is ``sum_k weight_k * term_k + prior_weight * |z|^2 / 2``.
@@ -138,9 +139,9 @@ def _loss_terms(model, objectives):
             else:
                 lo = -jnp.inf if o.low is None else (o.low - mean[k]) / std[k]
                 hi = jnp.inf if o.high is None else (o.high - mean[k]) / std[k]
-                if o.low is not None and o.high is not None:  # aim inside, not at the edge
-                    m = 0.1 * (hi - lo)
-                    lo, hi = lo + m, hi - m
+                # aim inside the window, not at its edge: 10% of its width, or 0.25 std if one-sided
+                m = 0.1 * (hi - lo) if (o.low is not None and o.high is not None) else 0.25
+                lo, hi = lo + m, hi - m
                 t = jax.nn.relu(lo - p) ** 2 + jax.nn.relu(p - hi) ** 2
             total = total + o.weight * t
         return total

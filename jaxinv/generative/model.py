@@ -73,6 +73,15 @@ class ModelConfig:
     augment_ops: bool = True  # random lattice automorphisms
     augment_shift: bool = False  # random origin shifts (whole voxels for voxel models)
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelConfig":
+        """From a dict (e.g. a resolved OmegaConf node); unknown keys raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}")
+        return cls(**{k: (list(v) if k == "properties" else v) for k, v in d.items()})
+
     def validate(self):
         if self.kind not in KINDS:
             raise ValueError(f"model.kind must be one of {KINDS}, not {self.kind!r}")
@@ -82,11 +91,6 @@ class ModelConfig:
             raise ValueError("composition conditioning is implemented for coord_gan only")
         if self.kind == "voxel_vae" and self.grid % 8:
             raise ValueError(f"model.grid must be divisible by 8 (got {self.grid})")
-
-
-def _cfg_from(d: Mapping) -> ModelConfig:
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: (list(v) if k == "properties" else v) for k, v in d.items() if k in names})
 
 
 class GenerativeModel:
@@ -125,6 +129,7 @@ class GenerativeModel:
             self.module = CoordGenerator(self.n_slots, vocab.n_classes, c.hidden)
             self.critic = CoordCritic(c.critic_hidden)
         self.n_props = n_props
+        self.jit_cache: dict = {}  # jitted train/eval steps, built once per model (see steps.py)
 
     # ------------------------------------------------------------ properties
     @property
@@ -145,15 +150,17 @@ class GenerativeModel:
 
     # ---------------------------------------------------------------- build
     @classmethod
-    def from_dataset(cls, config: ModelConfig, train, properties: Sequence[str] | None = None) -> "GenerativeModel":
-        """Fit vocabulary, slot count, lattice and property normalization on ``train``."""
+    def from_dataset(cls, config: ModelConfig, train, properties: Sequence[str] | None = None,
+                     vocab: Vocabulary | None = None, n_slots: int | None = None) -> "GenerativeModel":
+        """Fit vocabulary, slot count, lattice and property normalization on ``train``
+        (``vocab`` and ``n_slots`` may be given, e.g. from a larger training split)."""
         config.validate()
         props = list(properties or config.properties or DEFAULT_PROPERTIES.get(train.name, sorted(train.labels)))
         missing = [p for p in props if p not in train.labels]
         if missing:
             raise ValueError(f"properties {missing} are not labels of {train.name} (labels: {sorted(train.labels)})")
-        vocab = Vocabulary.from_dataset(train)
-        n_slots = int(train.n_atoms.max())
+        vocab = vocab or Vocabulary.from_dataset(train)
+        n_slots = int(n_slots or train.n_atoms.max())
         lat = lattice_to_params(train.lattice)
         y = np.stack([train.labels[p] for p in props], -1) if props else np.zeros((len(train), 0))
         mean, std = y.mean(0), np.maximum(y.std(0), 1e-6)
@@ -178,6 +185,13 @@ class GenerativeModel:
         return {"gen": gen, "critic": critic}
 
     # ------------------------------------------------------------ data prep
+    def supported(self, dataset) -> np.ndarray:
+        """(M,) which crystals of a dataset the model can represent (known elements,
+        at most ``n_slots`` atoms)."""
+        known = np.isin(dataset.numbers, self.vocab.numbers)
+        ok_atoms = np.array([known[a:b].all() for a, b in zip(dataset.offsets[:-1], dataset.offsets[1:])], bool)
+        return ok_atoms & (dataset.n_atoms <= self.n_slots)
+
     def arrays(self, dataset, progress: bool = False) -> dict:
         """Host arrays of a dataset for training / evaluation (one row per structure)."""
         crystal = dataset.crystal(bucket=False)
@@ -370,7 +384,7 @@ class GenerativeModel:
 
     @classmethod
     def from_dict(cls, d: dict, cond_pool=None) -> "GenerativeModel":
-        return cls(_cfg_from(d["config"]), Vocabulary.from_list(d["vocab"]), d["n_slots"],
+        return cls(ModelConfig.from_dict(d["config"]), Vocabulary.from_list(d["vocab"]), d["n_slots"],
                    LatticeScaler.from_dict(d["lattice_scaler"]), d["properties"], d["prop_mean"], d["prop_std"],
                    cond_pool, d.get("dataset", ""))
 
@@ -399,7 +413,9 @@ def load_model(directory) -> tuple[GenerativeModel, Any]:
     arrays = directory / "model_arrays.npz"
     pool = np.load(arrays)["cond_pool"] if arrays.exists() else None
     model = GenerativeModel.from_dict(json.loads(meta.read_text()), pool)
-    ckpt = Checkpointer(directory)
+    # keep the run's fingerprint (a Checkpointer rewrites it), so the run can still be resumed
+    fp = directory / "fingerprint.json"
+    ckpt = Checkpointer(directory, json.loads(fp.read_text()).get("fingerprint", "") if fp.exists() else "")
     restored = ckpt.restore()
     ckpt.close()
     if restored is None:

@@ -203,7 +203,14 @@ def generator_loss(model, gen_params, critic_params, batch, key):
 
 # ---------------------------------------------------------------- factories
 def make_train_step(model):
-    """The jitted ``train_step(state, batch, key) -> (state, metrics)`` of a model."""
+    """The jitted ``train_step(state, batch, key) -> (state, metrics)`` of a model
+    (built once per model object, so repeated training calls compile once)."""
+    if "train_step" not in model.jit_cache:
+        model.jit_cache["train_step"] = _build_train_step(model)
+    return model.jit_cache["train_step"]
+
+
+def _build_train_step(model):
     tx = make_optimizer(model)
 
     if model.is_vae:
@@ -245,12 +252,13 @@ def make_train_step(model):
 
 
 def make_eval_step(model):
-    """Jitted ``eval_step(params, batch, key, step) -> metrics`` (no augmentation)."""
+    """Jitted ``eval_step(params, batch, key, step) -> metrics`` (no augmentation for VAEs)."""
+    if "eval_step" in model.jit_cache:
+        return model.jit_cache["eval_step"]
     if model.is_vae:
-        return jax.jit(lambda params, batch, key, step: vae_loss(model, params, batch, key, step, train=False)[1])
-
-    def eval_step(params, batch, key, step):
-        _, m = critic_loss(model, params["critic"], params["gen"], batch, key)
-        return m
-
-    return jax.jit(eval_step)
+        fn = jax.jit(lambda params, batch, key, step: vae_loss(model, params, batch, key, step, train=False)[1])
+    else:
+        fn = jax.jit(lambda params, batch, key, step: critic_loss(model, params["critic"], params["gen"], batch,
+                                                                  key)[1])
+    model.jit_cache["eval_step"] = fn
+    return fn

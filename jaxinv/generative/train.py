@@ -110,8 +110,8 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
     if checkpoint_dir is not None:
         from jaxinv.checkpoint import Checkpointer
 
-        model.save(checkpoint_dir)
         ckpt = Checkpointer(checkpoint_dir, fingerprint(model, train_arrays, seed), every_seconds=cfg.checkpoint_every_s)
+        model.save(checkpoint_dir)  # after the fingerprint check: never overwrite another run's model
         restored = ckpt.restore()
         if restored is not None:
             _, tree = restored
@@ -170,6 +170,7 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
     if not history or history[-1]["step"] != final:
         evaluate(final)
     if ckpt is not None:
-        ckpt.save(final, snapshot())
+        if ckpt.latest_step != final:
+            ckpt.save(final, snapshot())
         ckpt.close()
     return state, history

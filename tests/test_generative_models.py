@@ -1,0 +1,173 @@
+"""Generative models: shapes, training, conditioning, latent optimization, resume."""
+import itertools
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.generative.latent import Objective, optimize_latent, parse_objectives
+from jaxinv.generative.model import GenerativeModel, ModelConfig, load_model
+from jaxinv.generative.steps import hungarian, init_state, make_train_step
+from jaxinv.generative.train import Batcher, TrainConfig, train
+
+# tiny networks: these tests check behaviour, not quality, and compile time dominates
+TINY = dict(latent=8, hidden=32, enc_hidden=16, critic_hidden=16, width=8, grid=8, kl_warmup=1, encoder="mlp")
+
+
+@pytest.fixture(scope="module")
+def perov_small(perov):
+    tr = perov.subset("train")
+    return tr.subset(np.arange(96))
+
+
+def tiny(kind, ds, **kw):
+    return GenerativeModel.from_dataset(ModelConfig(kind=kind, **{**TINY, **kw}), ds)
+
+
+def _mean_loss(step_fn, state, batch, key, n, name="loss"):
+    ms = []
+    for k in range(n):
+        state, m = step_fn(state, batch, jax.random.fold_in(key, k))
+        ms.append(float(m[name]))
+    return state, ms
+
+
+def test_hungarian_matches_brute_force(rng):
+    cost = rng.normal(size=(6, 4, 4))
+    perm = np.asarray(jax.jit(hungarian)(jnp.asarray(cost)))
+    for b in range(6):
+        best = min(itertools.permutations(range(4)), key=lambda p: sum(cost[b, p[j], j] for j in range(4)))
+        np.testing.assert_array_equal(perm[b], best)
+
+
+@pytest.mark.parametrize("kind", ["coord_vae", "voxel_vae", "coord_gan"])
+def test_shapes_and_generation(perov_small, kind):
+    model = tiny(kind, perov_small, encoder="set")
+    params = model.init(jax.random.PRNGKey(0))
+    z = jnp.zeros((3, model.latent_dim))
+    out = model._decode_fn(params, z, jax.random.PRNGKey(1), None)
+    if kind == "voxel_vae":
+        assert out["image"].shape == (3, 8, 8, 8, 3)
+    else:
+        key = "probs" if kind == "coord_gan" else "logits"
+        assert out[key].shape == (3, 5, model.vocab.n_classes)
+        assert out["frac_vec"].shape == (3, 5, 3, 2)
+    assert out["lattice"].shape == (3, 6)
+    c = model.generate(params, jax.random.PRNGKey(2), 4)
+    assert c.batch_size == 4 and c.lattice.shape == (4, 3, 3) and np.all(np.isfinite(c.lattice))
+    assert c.n_max <= model.n_slots
+    if model.is_vae:
+        mu, logvar = model.encode(params, perov_small.crystal(np.arange(5), bucket=False))
+        assert mu.shape == logvar.shape == (5, model.latent_dim)
+        assert model.predict(params, mu).shape == (5, 2)
+
+
+@pytest.mark.parametrize("kind", ["coord_vae", "voxel_vae"])
+def test_vae_loss_decreases(perov_small, kind):
+    model = tiny(kind, perov_small, lr=3e-3, beta=1e-3)
+    arrays = model.arrays(perov_small)
+    batch = jax.tree_util.tree_map(jnp.asarray, Batcher(arrays, 32, 0)(0))
+    step = make_train_step(model)
+    state = init_state(model, jax.random.PRNGKey(0))
+    state, first = _mean_loss(step, state, batch, jax.random.PRNGKey(1), 5)
+    for _ in range(3):
+        state, last = _mean_loss(step, state, batch, jax.random.PRNGKey(2), 5)
+    assert np.mean(last) < 0.7 * np.mean(first)
+
+
+def test_gan_critic_learns_to_separate(perov_small):
+    model = tiny("coord_gan", perov_small, n_critic=3, lr=0.0)  # generator frozen
+    arrays = model.arrays(perov_small)
+    batcher = Batcher(arrays, 32, 0, groups=3)
+    step = make_train_step(model)
+    state = init_state(model, jax.random.PRNGKey(0))
+    w = []
+    for k in range(15):
+        state, m = step(state, jax.tree_util.tree_map(jnp.asarray, batcher(k)), jax.random.PRNGKey(k))
+        w.append(float(m["wasserstein"]))
+        assert np.isfinite(float(m["gp"])) and np.isfinite(float(m["gen_loss"]))
+    assert np.mean(w[-3:]) > np.mean(w[:3]) and np.mean(w[-3:]) > 0
+
+
+@pytest.mark.parametrize("kind,condition", [("coord_vae", "property"), ("coord_gan", "property"),
+                                            ("coord_gan", "composition")])
+def test_conditional_sampling_shapes(perov_small, kind, condition):
+    model = tiny(kind, perov_small, condition=condition)
+    params = model.init(jax.random.PRNGKey(0))
+    if condition == "property":
+        assert model.cond_dim == 2
+        c = model.generate(params, jax.random.PRNGKey(1), 3, targets={"heat_ref": 0.5, "dir_gap": 2.0})
+        assert c.batch_size == 3
+        cond = model.condition(3, np.array([[0.5, 2.0]] * 3))
+        assert cond.shape == (3, 2)
+        with pytest.raises(ValueError, match="shape"):
+            model.condition(3, np.zeros((3, 3)))
+        with pytest.raises(ValueError, match="missing"):
+            model.condition(3, {"heat_ref": 0.5})
+    else:
+        assert model.cond_dim == len(model.vocab)
+        cond = model.condition(2, "SrTiO3")
+        assert cond.shape == (2, len(model.vocab)) and np.allclose(cond.sum(1), 1)
+        model.generate(params, jax.random.PRNGKey(1), 2, targets="SrTiO3")
+    pooled = model.condition(4)  # no target: conditions of training crystals
+    assert pooled.shape == (4, model.cond_dim)
+    # the condition changes what the network emits
+    z = jnp.zeros((2, model.latent_dim))
+    a = model._decode_fn(params, z, jax.random.PRNGKey(0), jnp.asarray(pooled[:2]))
+    b = model._decode_fn(params, z, jax.random.PRNGKey(0), jnp.asarray(pooled[:2] + 1.0))
+    assert not np.allclose(np.asarray(a["lattice"]), np.asarray(b["lattice"]))
+
+
+def test_unconditional_model_rejects_targets(perov_small):
+    model = tiny("coord_vae", perov_small)
+    with pytest.raises(ValueError, match="unconditional"):
+        model.condition(2, {"heat_ref": 1.0})
+
+
+def test_parse_objectives():
+    obj = parse_objectives({"heat_ref": {"max": 1.0}, "dir_gap": [1.5, 3.0], "x": "min", "y": {"target": 2}})
+    assert obj[0] == Objective("heat_ref", "window", None, 1.0)
+    assert obj[1] == Objective("dir_gap", "window", 1.5, 3.0)
+    assert obj[2].mode == "min" and obj[3].mode == "target"
+    assert obj[1].satisfied([1.4, 2.0, 3.1]).tolist() == [False, True, False]
+    with pytest.raises(ValueError):
+        parse_objectives({"a": "lowest"})
+
+
+def test_latent_optimization_moves_prediction_toward_target(perov_small):
+    model = tiny("coord_vae", perov_small, lr=3e-3)
+    state, _ = train(model, model.arrays(perov_small), TrainConfig(steps=40, batch_size=32, eval_every=0,
+                                                                   progress=False))
+    z0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (16, model.latent_dim)))
+    before = model.predict(state.params, z0)
+    target = float(np.max(before[:, 1])) + 1.0  # above every starting prediction of dir_gap
+    objectives = parse_objectives({"heat_ref": "min", "dir_gap": {"low": target, "high": None}})
+    res = optimize_latent(model, state.params, z0, objectives, steps=100, learning_rate=0.05, prior_weight=0.01)
+    assert res.predictions.shape == (16, 2)
+    assert np.mean(res.predictions[:, 0]) < np.mean(before[:, 0])
+    assert np.mean(res.predictions[:, 1]) > np.mean(before[:, 1])
+    assert res.loss[-1] < res.loss[0]
+
+
+@pytest.mark.parametrize("kind", ["coord_vae", "coord_gan"])
+def test_resume_gives_identical_next_steps(perov_small, tmp_path, kind):
+    model = tiny(kind, perov_small, n_critic=2)
+    arrays = model.arrays(perov_small)
+    cfg = lambda steps: TrainConfig(steps=steps, batch_size=16, eval_every=0, progress=False)
+    full, _ = train(model, arrays, cfg(6))
+    train(model, arrays, cfg(3), checkpoint_dir=tmp_path / "ck")
+    resumed, _ = train(model, arrays, cfg(6), checkpoint_dir=tmp_path / "ck")
+    assert int(resumed.step) == 6
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the checkpoint folder is a loadable model
+    loaded, params = load_model(tmp_path / "ck")
+    assert loaded.to_dict() == model.to_dict()
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a different run refuses to resume from it
+    other = tiny(kind, perov_small, n_critic=2, hidden=48)
+    with pytest.raises(ValueError, match="different run"):
+        train(other, other.arrays(perov_small), cfg(6), checkpoint_dir=tmp_path / "ck")
