@@ -171,3 +171,15 @@ def test_resume_gives_identical_next_steps(perov_small, tmp_path, kind):
     other = tiny(kind, perov_small, n_critic=2, hidden=48)
     with pytest.raises(ValueError, match="different run"):
         train(other, other.arrays(perov_small), cfg(6), checkpoint_dir=tmp_path / "ck")
+
+
+def test_known_structure_lookup(perov):
+    from jaxinv.generative.design import known_structure_labels
+
+    test = perov.subset("test")
+    structures = test.structures([0, 1])
+    structures[1] = structures[1].copy()
+    structures[1].replace(0, "U")  # not in perov_5
+    labels = known_structure_labels(structures, test, ["heat_ref", "dir_gap"])
+    np.testing.assert_allclose(labels[0], [test.labels["heat_ref"][0], test.labels["dir_gap"][0]])
+    assert np.isnan(labels[1]).all()

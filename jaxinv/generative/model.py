@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.generative.coords import CoordSpec, LatticeScaler, decode_coords, encode_coords, lattice_to_params
-from jaxinv.generative.models import CoordCritic, CoordGenerator, CoordVAE, VoxelVAE, frac_to_vec, vec_to_frac
+from jaxinv.generative.coords import (CoordSpec, LatticeScaler, decode_coords, encode_coords, lattice_to_params,
+                                      params_to_lattice)
+from jaxinv.generative.models import CoordCritic, CoordGenerator, CoordVAE, VoxelVAE, vec_to_frac
 from jaxinv.generative.species import Vocabulary
 from jaxinv.generative.symmetry import automorphism_table
 from jaxinv.generative.voxel import VoxelSpec, decode_voxels, voxelize
@@ -196,8 +197,8 @@ class GenerativeModel:
         """Host arrays of a dataset for training / evaluation (one row per structure)."""
         crystal = dataset.crystal(bucket=False)
         rep = encode_coords(crystal, self.coord_spec)
-        ops, counts = automorphism_table(
-            crystal.lattice if not self.config.niggli else _params_lattice(rep["lattice"]))
+        # automorphisms depend on the metric only, the same for the input and the decoded cell
+        ops, counts = automorphism_table(params_to_lattice(rep["lattice"]))
         out = {"lattice": rep["lattice"].astype(np.float32), "frac": rep["frac"].astype(np.float32),
                "species": rep["species"], "ops": ops.astype(np.int8), "n_ops": counts,
                "props": self.normalize_properties(
@@ -295,14 +296,14 @@ class GenerativeModel:
         lat[:, :3] = np.clip(lat[:, :3], 1.0, 100.0)
         lat[:, 3:] = np.clip(lat[:, 3:], 20.0, 160.0)
         if self.config.kind == "voxel_vae":
-            from jaxinv.generative.coords import params_to_lattice
-
             image = np.asarray(out["image"], np.float32)
             return decode_voxels(image, params_to_lattice(lat), self.voxel_spec, threshold=threshold,
                                  n_max=self.n_slots)
         frac = np.asarray(vec_to_frac(out["frac_vec"]), np.float64)
-        scores = out["probs"] if "probs" in out else out["logits"]
-        return decode_coords({"lattice": lat, "frac": frac, "species": np.asarray(scores)}, self.vocab)
+        scores = np.asarray(out["probs"] if "probs" in out else out["logits"])
+        if "count_logits" in out:
+            scores = _fix_count(scores, np.asarray(out["count_logits"]).argmax(-1) + 1)
+        return decode_coords({"lattice": lat, "frac": frac, "species": scores}, self.vocab)
 
     def decode(self, params, z, cond=None, key=None, batch_size: int = 1024) -> Crystal:
         """Latent codes (n, latent) -> crystals (host), in batches."""
@@ -332,9 +333,7 @@ class GenerativeModel:
         rep = encode_coords(crystal, self.coord_spec)
         lat_n = self.lattice_scaler.transform(rep["lattice"]).astype(np.float32)
         if self.config.kind == "voxel_vae":
-            from jaxinv.generative.coords import decode_coords as _dc
-
-            img = voxelize(_dc(rep, self.vocab), self.voxel_spec)
+            img = voxelize(decode_coords(rep, self.vocab), self.voxel_spec)
             return {"image": img, "lattice": lat_n}
         return {"lattice": lat_n, "frac": rep["frac"].astype(np.float32), "species": rep["species"]}
 
@@ -389,10 +388,14 @@ class GenerativeModel:
                    cond_pool, d.get("dataset", ""))
 
 
-def _params_lattice(params):
-    from jaxinv.generative.coords import params_to_lattice
-
-    return params_to_lattice(np.asarray(params, np.float64))
+def _fix_count(logits: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """Class indices with exactly ``n_atoms`` occupied slots per crystal: the slots
+    least likely to be empty, each taking its most likely element."""
+    logp = logits - logits.max(-1, keepdims=True)
+    p_empty = np.exp(logp[..., 0]) / np.exp(logp).sum(-1)
+    rank = np.argsort(np.argsort(p_empty, axis=1, kind="stable"), axis=1, kind="stable")
+    element = logits[..., 1:].argmax(-1) + 1
+    return np.where(rank < n_atoms[:, None], element, 0)
 
 
 def load_model(directory) -> tuple[GenerativeModel, Any]:

@@ -72,6 +72,7 @@ class CoordVAE(nn.Module):
         self.decoder = MLP((self.hidden,) * 3, layer_norm=True)
         self.decoder_act = nn.silu
         self.heads = _Heads(self.n_slots, self.n_classes)
+        self.count = nn.Dense(self.n_slots)  # number of atoms, 1..n_slots, predicted first (as CDVAE does)
         if self.n_props:
             self.head = MLP((128, 128, self.n_props))
 
@@ -87,8 +88,10 @@ class CoordVAE(nn.Module):
         return mu, jnp.clip(logvar, -12.0, 6.0)
 
     def decode(self, z, cond=None):
-        """Latent (B, latent) -> {'lattice' (B, 6), 'frac_vec' (B, N, 3, 2), 'logits' (B, N, K)}."""
-        return self.heads(self.decoder_act(self.decoder(_with_cond(z, cond))))
+        """Latent (B, latent) -> {'lattice' (B, 6), 'frac_vec' (B, N, 3, 2), 'logits' (B, N, K),
+        'count_logits' (B, N): scores of 1..N atoms}."""
+        h = self.decoder_act(self.decoder(_with_cond(z, cond)))
+        return dict(self.heads(h), count_logits=self.count(h))
 
     def predict(self, z):
         """Property head: latent -> normalized properties (B, n_props)."""

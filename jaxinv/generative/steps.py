@@ -129,7 +129,11 @@ def vae_loss(model, params, batch, key, step, train: bool = True):
         m["species"] = jnp.mean(jnp.sum(pick(sp_cost), -1))
         pred = jnp.take_along_axis(out["logits"].argmax(-1), perm, 1)
         m["species_acc"] = jnp.mean(jnp.all(pred == species, -1))
-        recon = c.w_frac * m["frac"] + c.w_species * m["species"]
+        n_atoms = (species > 0).sum(-1)
+        m["count"] = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out["count_logits"],
+                                                                               jnp.maximum(n_atoms - 1, 0)))
+        m["count_acc"] = jnp.mean(out["count_logits"].argmax(-1) == n_atoms - 1)
+        recon = c.w_frac * m["frac"] + c.w_species * (m["species"] + m["count"])
     else:
         image, lat, cond = _voxel_inputs(model, batch, k_aug, train)
         out = model.module.apply(params, image, lat, k_z, cond)

@@ -99,6 +99,7 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
     """
     from tqdm import tqdm
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     step_fn = make_train_step(model)
     eval_fn = make_eval_step(model)
     groups = model.config.n_critic if not model.is_vae else 0

@@ -1,0 +1,177 @@
+"""Generative models on perov_5 and carbon_24, scored as in CDVAE's tables.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_generative.py \\
+        [--datasets perov_5 carbon_24] [--models coord_vae voxel_vae coord_gan] \\
+        [--n-samples 10000] [--runs outputs/bench_generative] [--design-n 1000] [--oracle DIR]
+
+For each dataset and model preset: train with ``jaxinv run train_generative``
+(default preset settings; a finished run folder under ``--runs`` is reused and
+an unfinished one resumed), then
+
+* sample ``--n-samples`` crystals and time it (crystals per second, decoding
+  to ``Crystal`` included, compilation excluded);
+* score them with :func:`jaxinv.metrics.score_generation` against the test
+  split (validity, COV-R/COV-P with CDVAE's cutoffs, density and element-count
+  Wasserstein distances on 1,000 valid samples, uniqueness, novelty vs train);
+* VAEs: reconstruct the test split (posterior mean), match rate and RMSE with
+  StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3), valid reconstructions only.
+
+Then latent-space optimization with the perov_5 coordinate VAE toward
+``heat_ref <= 1.0`` eV/cell and ``1.5 <= dir_gap <= 3`` eV (``--design-n``
+prior starts), scored by :func:`jaxinv.generative.design.design`.
+
+Results go to ``benchmarks/generative_results.json`` (merged, so runs can be
+split over several invocations) and a Markdown table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+RESULTS = Path(__file__).with_name("generative_results.json")
+
+
+def train_run(dataset: str, model: str, runs: Path, extra: list[str]) -> Path:
+    from jaxinv.cli import run_experiment
+
+    out = runs / f"{dataset}_{model}"
+    done = out / "results.json"
+    if done.exists():
+        return out
+    run_experiment("train_generative", [f"model={model}", f"data={dataset}", f"out_dir={out}", "evaluate=false",
+                                        "n_samples=64", "n_cif=8", "progress=false"] + extra)
+    return out
+
+
+def score(run: Path, dataset: str, n: int, n_jobs: int) -> dict:
+    import jax
+
+    from jaxinv.data import load_dataset
+    from jaxinv.generative.evaluation import generation_metrics, reconstruction_metrics, sample_timed
+    from jaxinv.generative.model import load_model
+
+    model, params = load_model(run)
+    train_info = json.loads((run / "results.json").read_text())
+    ds = load_dataset(dataset)
+    samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(7), n)
+    t0 = time.perf_counter()
+    gen, _ = generation_metrics(samples, dataset, ds.subset("test").structures(), ds.subset("train").structures(),
+                                n_jobs=n_jobs, progress=True)
+    out = {"kind": model.config.kind, "condition": model.config.condition, "n_samples": n,
+           "sampling_seconds": dt, "crystals_per_second": rate, "generation": gen,
+           "scoring_seconds": time.perf_counter() - t0, "steps": train_info["steps"],
+           "n_params": train_info["n_params"], "history_last": train_info["history"][-1] if train_info["history"]
+           else {}}
+    log = run / "run.log"
+    if log.exists():  # wall time of training from the run log (first to last line)
+        lines = [ln for ln in log.read_text().splitlines() if ln[:4].isdigit()]
+        if len(lines) > 1:
+            import datetime
+
+            t = [datetime.datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S,%f") for ln in (lines[0], lines[-1])]
+            out["run_wall_seconds"] = (t[1] - t[0]).total_seconds()
+    if model.is_vae:
+        test = ds.subset("test")
+        test = test.subset(np.flatnonzero(model.supported(test)))
+        out["reconstruction"] = reconstruction_metrics(model, params, test.crystal(bucket=False), n_jobs=n_jobs,
+                                                       progress=True)
+    return out
+
+
+def design_run(run: Path, n: int, oracle: str | None) -> dict:
+    from jaxinv.data import load_dataset
+    from jaxinv.generative.design import design
+    from jaxinv.generative.latent import parse_objectives
+    from jaxinv.generative.model import load_model
+
+    model, params = load_model(run)
+    objectives = parse_objectives({"heat_ref": {"max": 1.0}, "dir_gap": [1.5, 3.0]})
+    orc = None
+    if oracle:
+        from jaxinv.screening.train import PropertyModel
+
+        orc = PropertyModel.load(oracle)
+    out = {}
+    for start in ("prior", "data"):
+        res = design(model, params, objectives, n, start=start, dataset=load_dataset(model.dataset), oracle=orc)
+        out[start] = {"summary": res["summary"], "baseline": res["baseline"]}
+    return out
+
+
+def pct(x):
+    return "–" if x is None or x != x else f"{100 * x:.2f}"
+
+
+def fmt(x, d=4):
+    return "–" if x is None or x != x else f"{x:.{d}f}"
+
+
+def table(results: dict) -> str:
+    rows = ["| dataset | model | steps | train time | valid struct / comp (%) | COV-R / COV-P (%) | density EMD | "
+            "#elem EMD | unique / novel (%) | recon match (%) / RMSE | samples/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in sorted(results.get("models", {}).items()):
+        g = r["generation"]
+        v, c, p = g["validity"], g.get("coverage", {}), g.get("properties", {})
+        rec = r.get("reconstruction")
+        wall = r.get("run_wall_seconds")
+        dset, model = key.split("/")
+        rows.append(
+            f"| {dset} | {model} | {r['steps']} | {'–' if wall is None else f'{wall / 60:.1f} min'} | "
+            f"{pct(v['struct_valid'])} / {pct(v['comp_valid'])} | "
+            f"{pct(c.get('cov_recall'))} / {pct(c.get('cov_precision'))} | "
+            f"{fmt(p.get('density', {}).get('wdist'))} | {fmt(p.get('n_elements', {}).get('wdist'))} | "
+            f"{pct(g.get('uniqueness', {}).get('unique_rate'))} / {pct(g.get('novelty', {}).get('novel_rate'))} | "
+            f"{'–' if rec is None else pct(rec['match_rate']) + ' / ' + fmt(rec['rmse'])} | "
+            f"{r['crystals_per_second']:.0f} |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["perov_5", "carbon_24"])
+    ap.add_argument("--models", nargs="+", default=["coord_vae", "voxel_vae", "coord_gan"])
+    ap.add_argument("--n-samples", type=int, default=10000)
+    ap.add_argument("--runs", default="outputs/bench_generative")
+    ap.add_argument("--train-args", nargs="*", default=[], help="extra train_generative overrides")
+    ap.add_argument("--design-n", type=int, default=1000, help="latent optimization starts (0: skip)")
+    ap.add_argument("--oracle", default=None, help="train_property model folder for the design check")
+    ap.add_argument("--n-jobs", type=int, default=2)
+    args = ap.parse_args()
+
+    import jax
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("models", {})
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend()}
+    runs = Path(args.runs)
+    for dataset in args.datasets:
+        for model in args.models:
+            print(f"=== {dataset} / {model}", flush=True)
+            run = train_run(dataset, model, runs, args.train_args)
+            results["models"][f"{dataset}/{model}"] = score(run, dataset, args.n_samples, args.n_jobs)
+            RESULTS.write_text(json.dumps(results, indent=1, default=float))
+    if args.design_n and "perov_5" in args.datasets:
+        run = train_run("perov_5", "coord_vae", runs, args.train_args)
+        results["design"] = design_run(run, args.design_n, args.oracle)
+        RESULTS.write_text(json.dumps(results, indent=1, default=float))
+    print(table(results))
+    if "design" in results:
+        for start, d in results["design"].items():
+            s, b = d["summary"], d["baseline"]
+            print(f"design from {start}: head hit {pct(s['head_hit'])} (start {pct(b['head_hit'])}), valid + re-encoded"
+                  f" hit {pct(s['valid_and_reencoded_hit'])} (start {pct(b['valid_and_reencoded_hit'])}), known DFT "
+                  f"hit {pct(s.get('known_dft_hit'))} (start {pct(b.get('known_dft_hit'))})")
+
+
+if __name__ == "__main__":
+    main()
