@@ -51,7 +51,7 @@ def train_run(dataset: str, model: str, runs: Path, extra: list[str]) -> Path:
     return out
 
 
-def score(run: Path, dataset: str, n: int, n_jobs: int) -> dict:
+def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None) -> dict:
     import jax
 
     from jaxinv.data import load_dataset
@@ -64,15 +64,16 @@ def score(run: Path, dataset: str, n: int, n_jobs: int) -> dict:
     samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(7), n)
     t0 = time.perf_counter()
     gen, _ = generation_metrics(samples, dataset, ds.subset("test").structures(), ds.subset("train").structures(),
-                                n_jobs=n_jobs, progress=True)
+                                n_jobs=n_jobs, progress=True, metrics=metrics)
     out = {"kind": model.config.kind, "condition": model.config.condition, "n_samples": n,
            "sampling_seconds": dt, "crystals_per_second": rate, "generation": gen,
            "scoring_seconds": time.perf_counter() - t0, "steps": train_info["steps"],
            "n_params": train_info["n_params"], "history_last": train_info["history"][-1] if train_info["history"]
            else {}}
     log = run / "run.log"
-    if log.exists():  # wall time of training from the run log (first to last line)
+    if log.exists():  # wall time of training from the run log (first line to the last validation line)
         lines = [ln for ln in log.read_text().splitlines() if ln[:4].isdigit()]
+        lines = lines[:1] + [ln for ln in lines if "jaxinv.generative: step" in ln][-1:]
         if len(lines) > 1:
             import datetime
 
@@ -86,9 +87,9 @@ def score(run: Path, dataset: str, n: int, n_jobs: int) -> dict:
     return out
 
 
-def design_run(run: Path, n: int, oracle: str | None) -> dict:
+def design_run(run: Path, n: int, oracle: str | None, n_relax: int = 0, relax_steps: int = 200) -> dict:
     from jaxinv.data import load_dataset
-    from jaxinv.generative.design import design
+    from jaxinv.generative.design import _relax, design
     from jaxinv.generative.latent import parse_objectives
     from jaxinv.generative.model import load_model
 
@@ -103,6 +104,25 @@ def design_run(run: Path, n: int, oracle: str | None) -> dict:
     for start in ("prior", "data"):
         res = design(model, params, objectives, n, start=start, dataset=load_dataset(model.dataset), oracle=orc)
         out[start] = {"summary": res["summary"], "baseline": res["baseline"]}
+        per = res["per_candidate"]
+        hits = np.flatnonzero(per["valid"] & per["reencoded"])
+        if n_relax and len(hits):
+            # relax the first n_relax valid, re-encoded hits with SevenNet-0
+            from jaxinv.potentials import load_potential
+
+            pick = hits[:n_relax]
+            mask = np.zeros(len(per["valid"]), bool)
+            mask[pick] = True
+            summary, relaxed = _relax(res["candidates"], mask, load_potential("sevennet0"), relax_steps)
+            from jaxinv.metrics.matching import make_matcher
+
+            cands, matcher = res["candidates"].to_structures(), make_matcher()
+            summary["formulas"] = [cands[i].composition.reduced_formula for i, _, _ in relaxed]
+            summary["energy_per_atom"] = [e for _, _, e in relaxed]
+            # does the relaxed crystal stay the decoded one (StructureMatcher, CDVAE tolerances)?
+            summary["same_structure_after_relaxation"] = float(np.mean([matcher.fit(cands[i], s)
+                                                                        for i, s, _ in relaxed])) if relaxed else None
+            out[start]["sevennet0_relaxation"] = summary
     return out
 
 
@@ -138,12 +158,15 @@ def table(results: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["perov_5", "carbon_24"])
-    ap.add_argument("--models", nargs="+", default=["coord_vae", "voxel_vae", "coord_gan"])
+    ap.add_argument("--models", nargs="*", default=["coord_vae", "voxel_vae", "coord_gan"])
     ap.add_argument("--n-samples", type=int, default=10000)
     ap.add_argument("--runs", default="outputs/bench_generative")
     ap.add_argument("--train-args", nargs="*", default=[], help="extra train_generative overrides")
     ap.add_argument("--design-n", type=int, default=1000, help="latent optimization starts (0: skip)")
     ap.add_argument("--oracle", default=None, help="train_property model folder for the design check")
+    ap.add_argument("--metrics", nargs="+", default=None,
+                    help="generation metrics (default all; uniqueness/novelty are slow on carbon_24: one formula)")
+    ap.add_argument("--n-relax", type=int, default=0, help="relax this many valid design hits with SevenNet-0")
     ap.add_argument("--n-jobs", type=int, default=2)
     args = ap.parse_args()
 
@@ -158,11 +181,11 @@ def main():
         for model in args.models:
             print(f"=== {dataset} / {model}", flush=True)
             run = train_run(dataset, model, runs, args.train_args)
-            results["models"][f"{dataset}/{model}"] = score(run, dataset, args.n_samples, args.n_jobs)
+            results["models"][f"{dataset}/{model}"] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics)
             RESULTS.write_text(json.dumps(results, indent=1, default=float))
     if args.design_n and "perov_5" in args.datasets:
         run = train_run("perov_5", "coord_vae", runs, args.train_args)
-        results["design"] = design_run(run, args.design_n, args.oracle)
+        results["design"] = design_run(run, args.design_n, args.oracle, args.n_relax)
         RESULTS.write_text(json.dumps(results, indent=1, default=float))
     print(table(results))
     if "design" in results:
