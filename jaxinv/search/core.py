@@ -58,9 +58,9 @@ class FingerprintConfig:
     """Fingerprint range and duplicate thresholds (see :mod:`jaxinv.search.fingerprint`)."""
 
     r_max: float = 0.0  # Å; 0: 2.5 x the space's bond length
-    n_bins: int = 64
-    sigma: float = 0.02  # Gaussian width as a fraction of r_max
-    threshold: float = 0.01  # cosine distance below which two structures may be duplicates
+    n_bins: int = 128
+    sigma: float = 0.01  # Gaussian width as a fraction of r_max
+    threshold: float = 0.002  # cosine distance below which two structures may be duplicates
     energy_tol: float = 0.002  # eV/atom: relaxed duplicates must also agree in enthalpy
 
 

@@ -29,8 +29,8 @@ __all__ = ["fingerprint", "compute_fingerprints", "cosine_distances", "unique_ma
 
 
 @functools.partial(jax.jit, static_argnames=("species", "r_max", "n_bins", "sigma"))
-def fingerprint(crystal: Crystal, graph: Graph, species: tuple[int, ...], r_max: float, n_bins: int = 64,
-                sigma: float = 0.05) -> jax.Array:
+def fingerprint(crystal: Crystal, graph: Graph, species: tuple[int, ...], r_max: float, n_bins: int = 128,
+                sigma: float = 0.01) -> jax.Array:
     """Weighted Oganov-Valle fingerprints, (B, P * n_bins) with P = S (S + 1) / 2 pairs.
 
     ``graph`` must hold every edge up to ``r_max`` (build it at that cutoff).
@@ -77,8 +77,8 @@ def fingerprint(crystal: Crystal, graph: Graph, species: tuple[int, ...], r_max:
     return f.reshape(f.shape[0], -1)
 
 
-def compute_fingerprints(crystal: Crystal, species: tuple[int, ...], r_max: float, n_bins: int = 64,
-                         sigma: float = 0.05, chunk: int = 256, graphs=None) -> np.ndarray:
+def compute_fingerprints(crystal: Crystal, species: tuple[int, ...], r_max: float, n_bins: int = 128,
+                         sigma: float = 0.01, chunk: int = 256, graphs=None) -> np.ndarray:
     """Fingerprints of a host batch (the graph is built on the host at ``r_max``;
     ``graphs``, a :class:`~jaxinv.search.composition.StickyGraph` at ``r_max``, keeps
     its shapes fixed across calls)."""

@@ -20,7 +20,7 @@ so its factory takes the energy function and the static graph sizes.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +32,6 @@ __all__ = ["Operator", "heredity", "lattice_strain", "permutation", "soft_mutati
            "single", "batched"]
 
 Operator = Callable[[jax.Array, Crystal, Crystal], Crystal]
-
-
-class Named(NamedTuple):
-    name: str
-    fn: Operator
 
 
 def single(c: Crystal, b: int = 0) -> Crystal:
@@ -158,6 +153,7 @@ def permutation(max_swaps: int = 4) -> Operator:
     """
 
     def op(key, first: Crystal, second: Crystal) -> Crystal:
+        first = jax.tree_util.tree_map(jnp.asarray, first)
         k_n, k_loop = jax.random.split(key)
         n_swaps = jax.random.randint(k_n, (), 1, max_swaps + 1)
 
@@ -207,6 +203,7 @@ def transmutation(elements: tuple[int, ...]) -> Operator:
     table = jnp.asarray(elements, jnp.int32)
 
     def op(key, first: Crystal, second: Crystal) -> Crystal:
+        first = jax.tree_util.tree_map(jnp.asarray, first)
         k_i, k_e = jax.random.split(key)
         i = jnp.argmax(jnp.where(first.mask, jax.random.gumbel(k_i, first.mask.shape), -jnp.inf))
         others = table != first.numbers[i]
