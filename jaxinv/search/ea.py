@@ -82,7 +82,20 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
     return order[jnp.min(draws, axis=-1)]  # lower position = fitter
 
 
+_PROPOSE_CACHE: dict = {}
+
+
 def _make_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
+    """The jitted proposal function, shared by searches with the same potential and settings
+    (so a resumed or repeated search does not compile it again)."""
+    key = (id(problem.potential), problem.potential.energy_fn, problem.space, config, tuple(sorted(rates.items())),
+           images, capacity)
+    if key not in _PROPOSE_CACHE:
+        _PROPOSE_CACHE[key] = _build_propose(problem, config, rates, images, capacity)
+    return _PROPOSE_CACHE[key]
+
+
+def _build_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
     space = problem.space
     bond = space.bond_length
     table = {
