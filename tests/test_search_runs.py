@@ -15,22 +15,24 @@ LJ = lennard_jones(sigma=1.0, epsilon=1.0, species=None, cutoff=9.0, truncation=
 SW = load_potential("sw_si")  # one object per module: compiled relaxers are cached per potential
 LJ13_ENERGY = -44.326801  # icosahedron (Wales & Doye 1997)
 SI_DIAMOND = -4.3365  # eV/atom, -2 epsilon of Stillinger-Weber
+# soft mutation is left out here (it compiles slowly; tests/test_search_pieces.py covers it)
+EA = EAConfig(population=8, rates={"heredity": 0.5, "random": 0.2, "strain": 0.15, "permutation": 0.15})
 
 
-def lj13_problem(batch=16):
+def lj13_problem(batch=8):
     space = SearchSpace.fixed("Ar13", cluster=True, box=24.0, bond_length=2 ** (1 / 6), min_distance=0.9)
     return Problem(space, LJ, FireConfig(fmax=0.01, max_steps=2000), batch=batch)
 
 
 def si8_problem(**kwargs):
-    return Problem(SearchSpace.fixed("Si8"), SW, FireConfig(fmax=0.05, max_steps=300), batch=16, **kwargs)
+    return Problem(SearchSpace.fixed("Si8"), SW, FireConfig(fmax=0.05, max_steps=300), batch=8, **kwargs)
 
 
 def test_ea_finds_the_lj13_icosahedron():
     problem = lj13_problem()
     assert problem.relax.cell == "fixed"  # a cluster's vacuum box never relaxes
-    search = evolutionary(problem, EAConfig(population=16))
-    state = run_search(search, seed=0, max_relaxations=96, progress=False)
+    search = evolutionary(problem, EA)
+    state = run_search(search, seed=0, max_relaxations=24, progress=False)
     assert abs(float(state.best.energy[0]) - LJ13_ENERGY) < 1e-3
     assert int(state.generation) >= 1  # the EA loop ran
     np.testing.assert_allclose(np.asarray(state.best.crystal.lattice[0]), 24.0 * np.eye(3))
@@ -39,8 +41,8 @@ def test_ea_finds_the_lj13_icosahedron():
 @pytest.fixture(scope="module")
 def si8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("si8")
-    search = evolutionary(si8_problem(), EAConfig(population=16))
-    state = run_search(search, seed=3, max_relaxations=96, target=SI_DIAMOND + 1e-3, out_dir=out, progress=False)
+    search = evolutionary(si8_problem(), EA)
+    state = run_search(search, seed=3, max_relaxations=64, target=SI_DIAMOND + 1e-3, out_dir=out, progress=False)
     return state, out
 
 
@@ -74,18 +76,18 @@ def test_history_records_every_relaxation(si8_run):
 
 def test_resume_continues_the_same_run(tmp_path):
     problem = si8_problem()
-    config = EAConfig(population=16)
-    # reference: three generations in one go
-    full = run_search(evolutionary(problem, config), seed=5, max_generations=3, out_dir=tmp_path / "a",
+    config = EA
+    # reference: two generations in one go
+    full = run_search(evolutionary(problem, config), seed=5, max_generations=2, out_dir=tmp_path / "a",
                       progress=False)
     # interrupted after one generation, then resumed (a fresh search object, as after a kill)
     run_search(evolutionary(si8_problem(), config), seed=5, max_generations=1, out_dir=tmp_path / "b",
                progress=False)
     History(tmp_path / "b" / "history.db").db.write(  # a row of an unsaved generation, as after a crash
         state_atoms(), key_value_pairs={"generation": 2, "ident": 999})
-    resumed = run_search(evolutionary(si8_problem(), config), seed=5, max_generations=3, out_dir=tmp_path / "b",
+    resumed = run_search(evolutionary(si8_problem(), config), seed=5, max_generations=2, out_dir=tmp_path / "b",
                          progress=False)
-    assert int(resumed.generation) == 3 and int(resumed.relaxations) == int(full.relaxations)
+    assert int(resumed.generation) == 2 and int(resumed.relaxations) == int(full.relaxations)
     np.testing.assert_allclose(np.asarray(resumed.population.enthalpy), np.asarray(full.population.enthalpy),
                                rtol=1e-5)
     a = History(tmp_path / "a" / "history.db").rows()
@@ -108,11 +110,11 @@ def test_two_objectives_keep_a_pareto_ordered_population():
         c = c.to_host()
         return c.volume / c.n_atoms
 
-    search = evolutionary(si8_problem(objective=volume), EAConfig(population=16))
+    search = evolutionary(si8_problem(objective=volume), EA)
     state = search.step(search.init(jax.random.PRNGKey(1)))
     pop = state.population
     f = np.asarray(pop.objectives)
-    assert f.shape == (16, 2)
+    assert f.shape == (8, 2)
     rank = np.asarray(pareto_ranks(f, np.asarray(pop.valid)))
     valid = np.asarray(pop.valid)
     assert np.all(np.diff(rank[valid]) >= 0)  # survivors sorted front by front
