@@ -188,3 +188,23 @@ def test_random_clusters_are_centred_and_spaced():
     d = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1) + 100 * np.eye(13)
     assert d.min() >= 0.9
     assert np.abs(x.mean(1) - 7.5).max() < 2.0
+
+
+def test_hull_fitness_is_the_distance_above_the_binary_hull():
+    from jaxinv.potentials import lennard_jones
+    from jaxinv.search import Problem
+    from jaxinv.search.core import empty_population, hull_fitness
+
+    space = SearchSpace.binary("Ar", "Kr", 2, 2, bond_length=1.2)  # Kr2, ArKr, Ar2
+    problem = Problem(space, lennard_jones(species=["Ar", "Kr"]))
+    # best enthalpies per atom: Ar2 -1, ArKr -2.5, Kr2 -2 -> ArKr is 1 eV/atom below the tie line
+    best = np.full(len(space.compositions), np.inf)
+    for comp, e in {(2, 0): -1.0, (1, 1): -2.5, (0, 2): -2.0}.items():
+        best[space.compositions.index(comp)] = e
+    pop = empty_population(problem, 3)
+    numbers = np.array([space.numbers(space.compositions.index(c))[0] for c in [(2, 0), (1, 1), (1, 1)]])
+    pop = pop.replace(crystal=pop.crystal.replace(numbers=numbers), enthalpy=np.array([-1.0, -2.5, -2.0]),
+                      fitness=np.array([-1.0, -2.5, -2.0]), valid=np.ones(3, bool))
+    (out,) = hull_fitness(problem, best, [pop])
+    np.testing.assert_allclose(out.fitness, [0.0, 0.0, 0.5], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.objectives)[:, 0], out.fitness)

@@ -60,10 +60,26 @@ def _compiled(energy_fn, cutoff: float, config: FireConfig, chunk_steps: int):
     return jax.jit(init_fn), jax.jit(chunk)
 
 
+def shard_batch(tree):
+    """Spread a pytree's leading (batch) axis over all local devices, when there are
+    several and the batch divides evenly; jit then runs the relaxation data-parallel.
+    A no-op on one device."""
+    devices = jax.local_devices()
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(devices) < 2 or not leaves or leaves[0].shape[0] % len(devices):
+        return tree
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("batch",))
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(
+        mesh, PartitionSpec("batch", *([None] * (np.ndim(x) - 1))))), tree)
+
+
 class Relaxer:
     """Relax host :class:`Crystal` batches with ``potential`` in slots of ``batch``.
 
-    ``config`` gives the convergence criteria, pressure and cell mode
+    With several devices the batch is sharded over them (``batch`` should be a
+    multiple of the device count). ``config`` gives the convergence criteria, pressure and cell mode
     (``cell='fixed'`` for clusters in a vacuum box); ``images`` and ``capacity``
     are the starting graph sizes (they grow when a structure needs more). ``relaxations`` counts the
     real structures relaxed so far (padding excluded).
@@ -105,7 +121,9 @@ class Relaxer:
             idx = np.concatenate([np.arange(k), np.zeros(self.batch - k, int)])
             c = jax.tree_util.tree_map(lambda x: x[idx], c)
         params = self.potential.params
-        state = self._init(params, c, self._graph(c), self._criteria(self.batch))
+        graph = self._graph(c)
+        c, graph = shard_batch((c, graph))
+        state = self._init(params, c, graph, self._criteria(self.batch))
         while True:
             running = np.asarray(state.status) == RUNNING
             if not running.any():
