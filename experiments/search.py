@@ -58,7 +58,7 @@ class Config(RunConfig):
     bond_length: float = 0.0  # 0: from covalent radii
     min_distance: float = 0.0  # 0: 0.7 bond_length
     volume_per_atom: float = 0.0  # 0: pyxtal's estimate
-    seeds: Optional[str] = None  # CIF folder / extxyz / JSON of seed structures
+    seeds: Optional[str] = None  # CIF folder / extxyz / JSON, or dataset:NAME[:SPLIT]
     batch: int = 16
     max_relaxations: int = 400
     max_generations: int = 1000
@@ -108,10 +108,18 @@ def build_problem(cfg) -> Problem:
     potential = load_potential(cfg.potential.name, **cfg.potential.options)
     seeds = None
     if cfg.seeds:
-        from jaxinv.io import read_structures
         from jaxinv.search.seeds import from_structures
 
-        seeds, _ = from_structures(space, read_structures(cfg.seeds))
+        if cfg.seeds.startswith("dataset:"):  # dataset:perov_5[:split]; structures of other compositions are skipped
+            from jaxinv.data import load_dataset
+
+            name, _, split = cfg.seeds[len("dataset:"):].partition(":")
+            structures = load_dataset(name, split=split or None).structures()
+        else:
+            from jaxinv.io import read_structures
+
+            structures = read_structures(cfg.seeds)
+        seeds, _ = from_structures(space, structures)
     relax = FireConfig(fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
                        pressure=cfg.pressure_gpa * GPA, cell="fixed" if cfg.cluster else "frechet")
     fp = FingerprintConfig(**{f.name: getattr(cfg.fingerprint, f.name) for f in dataclasses.fields(FingerprintConfig)})
