@@ -95,9 +95,12 @@ def reference_structures(name, potential):
         cands["fcc"], cands["hcp"] = fcc * (2, 1, 1), hcp * (2, 2, 1)
     elif name in ("sio2_6", "sio2_9"):
         if name == "sio2_9":
+            # Levien et al. (1980) coordinates, shifted by c/6 into pymatgen's P3_221 origin
+            # (with Si at z = 0 pymatgen builds a wrong Si6O6 cell)
             cands["alpha-quartz"] = Structure.from_spacegroup(
                 "P3_221", Lattice.hexagonal(4.916, 5.405), ["Si", "O"],
-                [[0.4697, 0, 0], [0.4135, 0.2669, 0.1191]])
+                [[0.4697, 0, 1 / 6], [0.4135, 0.2669, 0.1191 + 1 / 6]])
+            assert len(cands["alpha-quartz"]) == 9
         else:
             cands["stishovite"] = Structure.from_spacegroup(
                 "P4_2/mnm", Lattice.tetragonal(4.18, 2.67), ["Si", "O"], [[0, 0, 0], [0.306, 0.306, 0]])
@@ -171,6 +174,8 @@ def run_jaxinv(name, seed, method="jaxinv", budget=None):
         if hit["at"] is not None or int(state.relaxations) >= budget:
             break
         state = search.step(state)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    state.best.crystal.to_host().to_structures()[0].to(filename=str(RESULTS / f"{name}__{method}__{seed}.cif"))
     return {"case": name, "method": method, "seed": seed, "hit_at": hit["at"], "budget": budget,
             "relaxations": int(state.relaxations), "wall_s": time.perf_counter() - t0,
             "time_to_hit_s": hit.get("time"), "best": float(state.best.enthalpy[0]),
