@@ -147,7 +147,6 @@ def run_jaxinv(name, seed, method="jaxinv", budget=None):
     import jax
 
     from jaxinv.search import EAConfig, Problem, evolutionary, random_search
-    from jaxinv.search.history import History
 
     space, pot, fire, batch, default_budget, ref = PREPARED[name]
     budget = budget or default_budget

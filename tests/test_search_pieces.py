@@ -35,13 +35,33 @@ def test_random_crystals_have_the_composition_layout_and_spacing(tio2):
         assert _min_distance_fast(tio2.lattice[b], tio2.frac[b]) >= SPACE.min_distance - 1e-9
 
 
-def test_impossible_space_group_pairs_are_skipped_not_retried(caplog):
-    from jaxinv.search.seeds import _FAILED, compatible_groups
+def test_impossible_space_group_pairs_are_skipped_not_retried(monkeypatch, caplog):
+    import logging
 
-    groups = compatible_groups(("Si",), (3,))
+    import pyxtal
+
+    from jaxinv.search import seeds
+
+    groups = seeds.compatible_groups(("Si",), (3,))
     assert 1 in groups and 227 not in groups  # 3 atoms cannot fill diamond's 8a
-    c, _ = random_crystals(SearchSpace.fixed("Si3"), 3, np.random.default_rng(1))
-    assert c.batch_size == 3
+    # a pair pyxtal accepts on paper but cannot build: every group but P1 fails here
+    original = pyxtal.pyxtal.from_random
+    calls = []
+
+    def failing(self, dim, group, *args, **kwargs):
+        calls.append(group)
+        if group != 1:
+            raise RuntimeError("cannot place atoms")
+        return original(self, dim, group, *args, **kwargs)
+
+    monkeypatch.setattr(pyxtal.pyxtal, "from_random", failing)
+    monkeypatch.setattr(seeds, "_FAILED", set())
+    with caplog.at_level(logging.INFO, logger="jaxinv.search"):
+        c, _ = seeds.random_crystals(SearchSpace.fixed("Si3"), 6, np.random.default_rng(1), p1_fraction=0.0)
+    assert c.batch_size == 6
+    failed = [g for g in calls if g != 1]
+    assert len(failed) == len(set(failed))  # each impossible group tried once, then skipped
+    assert {("Si",), } == {k[0] for k in seeds._FAILED} and "skipped from now on" in caplog.text
 
 
 OPS = {"heredity": jax.jit(jax.vmap(ops.heredity())), "strain": jax.jit(jax.vmap(ops.lattice_strain(0.2))),

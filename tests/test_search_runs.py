@@ -1,6 +1,4 @@
 """Small searches with known answers, checkpoint/resume, history and the experiment."""
-import dataclasses
-
 import jax
 import numpy as np
 import pytest

@@ -38,7 +38,7 @@ from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import FireConfig
 from jaxinv.search.composition import SearchSpace, StickyGraph, graph_floor
 from jaxinv.search.evaluate import Relaxer
-from jaxinv.search.fingerprint import compute_fingerprints, cosine_distances, novel_mask, unique_mask
+from jaxinv.search.fingerprint import compute_fingerprints, novel_mask, unique_mask
 from jaxinv.search.pareto import nsga2_order
 from jaxinv.search.seeds import random_structures
 

@@ -11,7 +11,6 @@ de-duplication against each other and the population, relaxation of the first
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal
 from jaxinv.graph import capacity_bucket, neighbor_graph
 from jaxinv.search import operators as ops
-from jaxinv.search.core import (OP, Evaluated, Problem, Search, SearchState, best_per_composition, concat,
+from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
                                 empty_population, evaluate_candidates, host_seed, hull_fitness, pick_novel,
                                 survive, take, to_host, update_best)
 

@@ -20,7 +20,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from jaxinv.search.core import (OP, Problem, Search, SearchState, concat, empty_population, evaluate_candidates,
+from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
                                 host_seed, pick_novel, take, to_host, update_best)
 from jaxinv.search.fingerprint import unique_mask
 

@@ -18,7 +18,6 @@ All walkers move together: one batched proposal, one batched relaxation.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 from jaxinv.graph import build_graph, capacity_bucket, neighbor_graph
 from jaxinv.search import operators as ops
 from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
-                                host_seed, take, to_host, update_best)
+                                host_seed, to_host, update_best)
 from jaxinv.search.fingerprint import cosine_distances
 
 __all__ = ["MCConfig", "basin_hopping", "simulated_annealing", "MHConfig", "minima_hopping", "md_escape"]
