@@ -99,6 +99,7 @@ class NequIPConfig:
     readout_hidden: int = 64
     shift: float | tuple[float, ...] = 0.0  # per species (type order) or one value
     scale: float | tuple[float, ...] = 1.0
+    edge_chunk: int = 256  # edges per step of the convolution loop (speed only)
 
     def __post_init__(self):
         if self.envelope not in ("polynomial", "xplor"):
@@ -254,31 +255,127 @@ class SpeciesLinear(nn.Module):
 
 class RadialMLP(nn.Module):
     """Bias-free MLP on the radial embedding, normalised SiLU between layers
-    (e3nn's ``FullyConnectedNet``); zero input gives zero output."""
+    (e3nn's ``FullyConnectedNet``); zero input gives zero output.
+
+    Calling the module declares its parameters and returns the MLP as a pure
+    function, so that it can run inside the convolution's loop over edge chunks.
+    """
 
     features: tuple[int, ...]
     silu_norm: float = SILU_NORM
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, fan_in: int, dtype=jnp.float32):
+        mats = []
         for k, out in enumerate(self.features):
-            fan_in = x.shape[-1]
             w = self.param(f"w_{k}", nn.initializers.normal(1.0), (fan_in, out))
-            x = x @ (w.astype(x.dtype) / math.sqrt(fan_in))
-            if k < len(self.features) - 1:
-                x = _activation(x, jax.nn.silu, self.silu_norm)
-        return x
+            mats.append(w.astype(dtype) / math.sqrt(fan_in))
+            fan_in = out
+
+        def mlp(x):
+            for k, w in enumerate(mats):
+                x = x @ w
+                if k < len(mats) - 1:
+                    x = _activation(x, jax.nn.silu, self.silu_norm)
+            return x
+
+        return mlp
 
 
-def _coupling(sh: dict, l1: int, l2: int, lo: int, cache: dict):
-    """``sqrt(2 lo + 1) * sum_j C[i, j, k] Y_j`` per edge, (E, 2l1+1, 2lo+1); memoised
-    because every layer reuses the same spherical harmonics."""
-    key = (l1, l2, lo)
-    if key not in cache:
-        cg = np.sqrt(2 * lo + 1) * e3nn.clebsch_gordan(l1, l2, lo)
-        y = sh[l2]
-        cache[key] = jnp.einsum("ej,ijk->eik", y, jnp.asarray(cg, y.dtype))
-    return cache[key]
+def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, weight_fn, senders, receivers,
+                    chunk: int = 256) -> e3nn.IrrepsArray:
+    """Sum over edges of the per-path messages ``w_e * (x_j (x) Y_e)``, scattered to receivers.
+
+    ``paths`` are sorted by output irrep; ``weight_fn(radial)`` maps the radial
+    embedding (E, num_basis) to one weight per (edge, path, channel), columns in
+    path order (E, sum of path multiplicities). The
+    output has the regrouped irreps of the paths (the "mid" irreps), in the
+    ``mul_ir`` layout of e3nn.
+
+    Memory traffic, not arithmetic, limits this on CPU: an (E, dim(mid))
+    message array (3136 floats per edge in SevenNet-0) costs more to write,
+    read and differentiate than the arithmetic producing it. So
+
+    * edges go through ``lax.scan`` in chunks whose weights and messages stay in
+      cache, and the chunk body (radial MLP included) is rematerialised in the
+      backward pass, so no (E, features) array is ever allocated (on a loaded
+      CPU, page faults on fresh large buffers cost more than the arithmetic);
+    * the paths of one input irrep are computed together: the Clebsch-Gordan
+      couplings of all its paths are contracted with the spherical harmonics in
+      one small matmul, ``B[e, i, k] = sum_j Y[e, j] CG[i, j, k]``, and
+      ``T[e, k, u] = sum_i B[e, i, k] x_j[e, i, u]`` is one fused loop;
+    * features use the ``ir_mul`` layout inside, so products vectorise over the
+      channels ``u`` rather than over 2l+1 <= 7 components;
+    * arrays are cut with ``jnp.split`` (its transpose is one concatenation; a
+      slice transposes to a full-size pad).
+
+    Messages are summed in this grouped layout and reordered per node at the end.
+    """
+    n, e = x.shape[0], senders.shape[0]
+    irreps_in = x.irreps
+    mid = _mid_irreps(paths)
+    sh_ls = sorted(sh)
+    sh_dim = sum(2 * l + 1 for l in sh_ls)
+    sh_start = {l: l * l for l in sh_ls}
+
+    # trace-time plan: per input chunk, its paths and the stacked CG couplings
+    groups = []  # (input chunk index, [path indices], cg (d_in, sh_dim, K))
+    for g, (mul, ir) in enumerate(irreps_in):
+        members = [k for k, p in enumerate(paths) if p.i_in == g]
+        if not members:
+            continue
+        k_total = sum(paths[k].ir_out.dim for k in members)
+        cg = np.zeros((ir.dim, sh_dim, k_total))
+        k0 = 0
+        for k in members:
+            p = paths[k]
+            j0 = sh_start[p.ir_sh.l]
+            cg[:, j0:j0 + p.ir_sh.dim, k0:k0 + p.ir_out.dim] = np.sqrt(p.ir_out.dim) * e3nn.clebsch_gordan(
+                ir.l, p.ir_sh.l, p.ir_out.l)
+            k0 += p.ir_out.dim
+        groups.append((g, members, cg))
+
+    # node features in ir_mul layout, flat (N, sum of dim * mul)
+    x_flat = jnp.concatenate([jnp.swapaxes(c, -1, -2).reshape(n, -1) for c in x.chunks], axis=1)
+    in_cuts = np.cumsum([ir.dim * m for m, ir in irreps_in])[:-1]
+    path_cuts = np.cumsum([p.mul for p in paths])[:-1]
+    y_all = jnp.concatenate([sh[l] for l in sh_ls], axis=1)  # (E, sh_dim)
+    cgs = [jnp.asarray(cg.transpose(1, 0, 2).reshape(sh_dim, -1), x.dtype) for _, _, cg in groups]
+
+    def body(acc, edges):
+        rad, y, src, dst = edges
+        c = src.shape[0]
+        w = weight_fn(rad)
+        xs = [xk.reshape(c, ir.dim, m) for xk, (m, ir) in zip(jnp.split(x_flat[src], in_cuts, axis=1), irreps_in)]
+        ws = jnp.split(w, path_cuts, axis=1)
+        new = list(acc)
+        for (g, members, cg), cg_flat in zip(groups, cgs):
+            d_in, _, k_total = cg.shape
+            b = (y @ cg_flat).reshape(c, d_in, k_total)
+            x_i = [xi[:, 0] for xi in jnp.split(xs[g], d_in, axis=1)]
+            b_parts = jnp.split(b, np.cumsum([paths[k].ir_out.dim for k in members])[:-1], axis=2)
+            for bp, k in zip(b_parts, members):
+                b_i = [bi[:, 0] for bi in jnp.split(bp, d_in, axis=1)]
+                t = sum(bi[:, :, None] * xi[:, None, :] for bi, xi in zip(b_i, x_i))  # (C, 2l+1, mul)
+                new[k] = acc[k].at[dst].add(t * ws[k][:, None, :])
+        return tuple(new), None
+
+    size = min(chunk, e)
+    pad = (-e) % size
+    edges = (radial, y_all, senders, receivers)
+    if pad:  # zero radial embedding, so zero weights: padded edges send nothing
+        edges = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in edges)
+    acc = tuple(jnp.zeros((n, p.ir_out.dim, p.mul), x.dtype) for p in paths)
+    if e + pad == size:
+        acc, _ = body(acc, edges)
+    else:
+        edges = tuple(a.reshape((-1, size) + a.shape[1:]) for a in edges)
+        acc, _ = jax.lax.scan(jax.checkpoint(body), acc, edges)
+    out = []
+    for _, ir in mid:
+        parts = [acc[k] for k, p in enumerate(paths) if p.ir_out == ir]
+        out.append(jnp.swapaxes(jnp.concatenate(parts, axis=-1), -1, -2))
+    return e3nn.from_chunks(mid, out, (n,), x.dtype)
 
 
 def gate(g: e3nn.IrrepsArray, irreps_out: e3nn.Irreps, silu_norm: float) -> e3nn.IrrepsArray:
@@ -309,13 +406,11 @@ class Interaction(nn.Module):
     config: NequIPConfig
 
     @nn.compact
-    def __call__(self, h: e3nn.IrrepsArray, species, sh: dict, radial, senders, receivers, cache: dict):
+    def __call__(self, h: e3nn.IrrepsArray, species, sh: dict, radial, senders, receivers):
         cfg = self.config
         irreps_in, irreps_out = e3nn.Irreps(self.irreps_in), e3nn.Irreps(self.irreps_out)
         g_irreps = gate_irreps(irreps_out)
         paths = conv_paths(irreps_in, cfg.sh_irreps, g_irreps)
-        mid_irreps = _mid_irreps(paths)
-        n, e = h.shape[0], senders.shape[0]
 
         if cfg.self_connection == "linear":
             sc = IrrepsLinear(str(g_irreps), name="self_connection")(h)
@@ -323,21 +418,10 @@ class Interaction(nn.Module):
             sc = SpeciesLinear(str(g_irreps), cfg.num_species, name="self_connection")(h, species)
         h1 = IrrepsLinear(str(irreps_in), name="linear_1")(h)
 
-        weights = RadialMLP(tuple(cfg.radial_hidden) + (sum(p.mul for p in paths),), cfg.silu_norm,
-                            name="radial")(radial)  # (E, sum of path multiplicities)
-        x_j = h1.array[senders]  # one gather per layer, then free slicing
-        chunks = [x_j[:, s].reshape(e, m, ir.dim) for s, (m, ir) in zip(irreps_in.slices(), irreps_in)]
-        messages, col = [], 0
-        for p in paths:
-            a = _coupling(sh, p.ir_in.l, p.ir_sh.l, p.ir_out.l, cache)  # (E, d_in, d_out)
-            x = chunks[p.i_in]  # (E, mul, d_in)
-            # sum over d_in (<= 7) written out: XLA fuses it into one elementwise loop,
-            # which beats a batched dot of tiny matrices on CPU
-            t = sum(x[:, :, i, None] * a[:, None, i, :] for i in range(p.ir_in.dim))
-            messages.append((t * weights[:, col:col + p.mul, None]).reshape(e, -1))
-            col += p.mul
-        summed = jax.ops.segment_sum(jnp.concatenate(messages, axis=1), receivers, num_segments=n)
-        mid = e3nn.IrrepsArray(mid_irreps, summed / cfg.conv_denominator)
+        weight_fn = RadialMLP(tuple(cfg.radial_hidden) + (sum(p.mul for p in paths),), cfg.silu_norm,
+                              name="radial")(radial.shape[-1], radial.dtype)
+        mid = uvu_convolution(paths, h1, sh, radial, weight_fn, senders, receivers, cfg.edge_chunk)
+        mid = mid / cfg.conv_denominator
         g = IrrepsLinear(str(g_irreps), name="linear_2")(mid) + sc
         return gate(g, irreps_out, cfg.silu_norm)
 
@@ -382,10 +466,9 @@ class NequIP(nn.Module):
         w_emb = self.param("embedding", nn.initializers.normal(1.0), (cfg.num_species, emb_irreps.dim))
         h = e3nn.IrrepsArray(emb_irreps, w_emb.astype(dtype)[species] / math.sqrt(cfg.num_species))
 
-        cache: dict = {}
         for t in range(cfg.num_layers):
             h = Interaction(cfg.irreps[t], cfg.irreps[t + 1], cfg, name=f"layer_{t}")(
-                h, species, sh, radial, senders, receivers, cache)
+                h, species, sh, radial, senders, receivers)
 
         e = IrrepsLinear(f"{cfg.readout_hidden}x0e", name="readout_1")(h.filter(keep="0e"))
         e = IrrepsLinear("1x0e", name="readout_2")(e).array[:, 0]
