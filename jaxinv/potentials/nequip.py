@@ -449,11 +449,10 @@ class NequIP(nn.Module):
 
         # radial embedding; zero on invalid edges, so (the MLP having no biases) their
         # path weights and therefore their messages vanish
-        n = jnp.arange(1, cfg.num_basis + 1, dtype=jnp.float32)
         if cfg.trainable_basis:
-            coeffs = self.param("bessel_coeffs", lambda *_: n * jnp.pi / cfg.cutoff)
+            coeffs = self.param("bessel_coeffs", lambda *_: jnp.asarray(_initial_values(cfg)["bessel_coeffs"]))
         else:
-            coeffs = n * jnp.pi / cfg.cutoff
+            coeffs = jnp.asarray(_initial_values(cfg)["bessel_coeffs"])
         prefactor = 2.0 / cfg.cutoff if cfg.basis_prefactor is None else cfg.basis_prefactor
         basis = prefactor * jnp.sin(coeffs.astype(dtype) * r_safe[:, None]) / r_safe[:, None]
         radial = basis * (_envelope(cfg, r_safe) * valid)[:, None]
@@ -472,9 +471,8 @@ class NequIP(nn.Module):
 
         e = IrrepsLinear(f"{cfg.readout_hidden}x0e", name="readout_1")(h.filter(keep="0e"))
         e = IrrepsLinear("1x0e", name="readout_2")(e).array[:, 0]
-        shape = (cfg.num_species,)
-        scale = self.param("atomic_scale", lambda *_: jnp.broadcast_to(jnp.asarray(cfg.scale, jnp.float32), shape))
-        shift = self.param("atomic_shift", lambda *_: jnp.broadcast_to(jnp.asarray(cfg.shift, jnp.float32), shape))
+        scale = self.param("atomic_scale", lambda *_: jnp.asarray(_initial_values(cfg)["atomic_scale"]))
+        shift = self.param("atomic_shift", lambda *_: jnp.asarray(_initial_values(cfg)["atomic_shift"]))
         return e * scale.astype(dtype)[species] + shift.astype(dtype)[species]
 
 
@@ -492,12 +490,35 @@ def _envelope(cfg: NequIPConfig, r):
 
 
 # ---------------------------------------------------------------------------- potential
+def _initial_values(cfg: NequIPConfig) -> dict[str, np.ndarray]:
+    """The parameters that do not start random: Bessel frequencies n*pi/cutoff and the
+    per-species scale and shift."""
+    n = cfg.num_species
+    return {"bessel_coeffs": np.arange(1, cfg.num_basis + 1, dtype=np.float32) * np.float32(np.pi / cfg.cutoff),
+            "atomic_scale": np.broadcast_to(np.asarray(cfg.scale, np.float32), (n,)).copy(),
+            "atomic_shift": np.broadcast_to(np.asarray(cfg.shift, np.float32), (n,)).copy()}
+
+
 def init_params(config: NequIPConfig, rng: jax.Array):
-    """Random parameters (N(0, 1) weights, e3nn scaling) for training from scratch."""
-    species = jnp.zeros((2,), jnp.int32)
-    vec = jnp.array([[1.0, 0.5, -0.3], [-1.0, -0.5, 0.3]], jnp.float32)
-    edges = jnp.array([0, 1], jnp.int32)
-    return NequIP(config).init(rng, species, vec, edges, edges[::-1])
+    """Parameters for training from scratch: N(0, 1) weights (the e3nn ``1/sqrt(fan_in)``
+    scaling is applied in the forward pass), plus :func:`_initial_values`.
+
+    Same tree as ``NequIP(config).init(...)``, whose shapes it takes from
+    ``jax.eval_shape``; the values are drawn with NumPy, because ``init`` runs (and
+    so compiles) the whole model, which takes seconds on CPU.
+    """
+    model = NequIP(config)
+    edges = jax.ShapeDtypeStruct((2,), jnp.int32)
+    shapes = jax.eval_shape(model.init, rng, edges, jax.ShapeDtypeStruct((2, 3), jnp.float32), edges, edges)
+    gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel())
+    special = _initial_values(config)
+
+    def value(path, leaf):
+        name = path[-1].key
+        x = special[name] if name in special else gen.standard_normal(leaf.shape)
+        return jnp.asarray(x, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(value, shapes)
 
 
 def _type_table(species: Sequence[int]) -> np.ndarray:

@@ -108,16 +108,21 @@ def find_checkpoint(name: str = "7net-0", cache: Path | None = None, download: b
     if not download:
         raise FileNotFoundError(f"SevenNet checkpoint {name!r} not found (sevenn not installed, not in {cache})")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", f"sevenn=={SEVENN_VERSION}", "--no-deps",
-               "--only-binary=:all:", "-d", tmp, "-q"]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
-        except (subprocess.CalledProcessError, FileNotFoundError) as err:
-            detail = getattr(err, "stderr", "") or str(err)
-            raise FileNotFoundError(f"SevenNet checkpoint {name!r}: sevenn is not installed, nothing in {cache}, "
-                                    f"and `pip download sevenn=={SEVENN_VERSION}` failed:\n{detail}") from err
-        wheel = next(Path(tmp).glob("sevenn-*.whl"))
+        wheel = _pip_download(Path(tmp), name, cache)
         return extract_from_wheel(wheel, _member(name), cached)
+
+
+def _pip_download(dest: Path, name: str, cache: Path) -> Path:
+    """``pip download`` the sevenn wheel (no dependencies) into ``dest``."""
+    cmd = [sys.executable, "-m", "pip", "download", f"sevenn=={SEVENN_VERSION}", "--no-deps",
+           "--only-binary=:all:", "-d", str(dest), "-q"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        raise FileNotFoundError(f"SevenNet checkpoint {name!r}: sevenn is not installed, nothing in {cache}, "
+                                f"and `pip download sevenn=={SEVENN_VERSION}` failed:\n{detail}") from err
+    return next(dest.glob("sevenn-*.whl"))
 
 
 # ---------------------------------------------------------------------------- conversion

@@ -1,0 +1,173 @@
+"""SevenNet-0 energy + forces + stress: jaxinv (JAX) vs sevenn (torch) vs CHGNet 0.4.2 (torch).
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_potentials.py [--repeats 10] [--threads N]
+
+Per-structure timings go through each code's ASE calculator, one structure at a
+time, so they include building the neighbor graph and moving results to NumPy:
+``JaxinvCalculator(load_sevennet())``, sevenn's ``SevenNetCalculator('7net-0')``
+and ``CHGNetCalculator``. Structures are rattled (sigma 0.02 Å, so forces are
+nonzero) SrTiO3 perovskite cells (cubic, a = 3.905 Å): the 5-atom unit cell and
+its 2x2x2 (40 atoms) and 5x2x2 (100 atoms) supercells. Every timing is a median
+over ``--repeats`` calls after one warm-up call; jaxinv's first call (tracing and
+compilation) is reported separately. jaxinv's jitted function alone (graph
+prebuilt, no host conversion) is shown too.
+
+Batched throughput: 64 five-atom perov_5 validation structures. jaxinv builds
+one padded batch and graph and evaluates it in one call; sevenn loops its
+calculator; CHGNet uses its own batched ``predict_structure``.
+
+The script also checks that jaxinv and sevenn agree (energy within 1e-4 eV/atom,
+forces within 1e-3 eV/Å, stress within 1e-4 eV/Å^3) on every structure it times.
+``--threads N`` pins both XLA and torch to N threads (default: each library's
+own default, which uses every core).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    else:
+        flags += f" intra_op_parallelism_threads={n}"
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def timed(fn, repeats: int):
+    """(first-call seconds, median seconds of ``repeats`` later calls)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def srtio3(reps, seed=0):
+    import numpy as np
+    from ase import Atoms
+
+    cell = Atoms("SrTiO3", scaled_positions=[[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]],
+                 cell=np.eye(3) * 3.905, pbc=True)
+    atoms = cell * reps
+    atoms.rattle(0.02, seed=seed)
+    return atoms
+
+
+def efs(calc, atoms):
+    """Energy, forces, stress of ``atoms`` from scratch (no result caching)."""
+    from ase.calculators.calculator import all_changes
+
+    calc.calculate(atoms, ["energy", "forces", "stress"], all_changes)
+    return calc.results["energy"], calc.results["forces"], calc.results["stress"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--no-chgnet", action="store_true")
+    args = ap.parse_args()
+    _set_threads(args.threads)
+
+    import numpy as np
+    import jax
+
+    from jaxinv.crystal import Crystal
+    from jaxinv.data import load_dataset
+    from jaxinv.graph import neighbor_graph
+    from jaxinv.potentials.calculator import JaxinvCalculator
+    from jaxinv.potentials.sevennet import load_sevennet
+
+    import torch
+    from sevenn.calculator import SevenNetCalculator
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    chgnet = None
+    if not args.no_chgnet:
+        try:
+            from chgnet.model import CHGNet, CHGNetCalculator
+
+            model = CHGNet.load(verbose=False)
+            chgnet = (model, CHGNetCalculator(model, use_device="cpu", on_isolated_atoms="ignore"))
+        except ImportError as err:  # not installed: report and go on
+            print(f"# CHGNet skipped: {err}")
+
+    pot = load_sevennet("7net-0")
+    ours = JaxinvCalculator(pot)
+    theirs = SevenNetCalculator("7net-0", device="cpu")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+          f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f}")
+
+    rows = []
+    for reps in [(1, 1, 1), (2, 2, 2), (5, 2, 2)]:
+        atoms = srtio3(reps)
+        n = len(atoms)
+        compile_s, t_ours = timed(lambda: efs(ours, atoms), args.repeats)
+        _, t_theirs = timed(lambda: efs(theirs, atoms), args.repeats)
+        t_chg = timed(lambda: efs(chgnet[1], atoms), args.repeats)[1] if chgnet else float("nan")
+        # jitted function alone
+        crystal = Crystal.from_atoms([atoms])
+        graph = neighbor_graph(crystal, pot.cutoff)
+        fn = pot.compute_fn(True)
+        _, t_jit = timed(lambda: jax.block_until_ready(fn(pot.params, crystal, graph)), args.repeats)
+        # agreement
+        e1, f1, s1 = efs(ours, atoms)
+        e2, f2, s2 = efs(theirs, atoms)
+        err = (abs(e1 - e2) / n, np.abs(f1 - f2).max(), np.abs(s1 - s2).max())
+        assert err[0] < 1e-4 and err[1] < 1e-3 and err[2] < 1e-4, f"jaxinv and sevenn disagree on {n} atoms: {err}"
+        rows.append((n, t_ours, t_jit, compile_s, t_theirs, t_chg, err))
+        print(f"# {n} atoms done", file=sys.stderr, flush=True)
+
+    print("\n| atoms | jaxinv calculator (ms) | jaxinv jitted fn (ms) | jaxinv compile (s) | sevenn (ms) "
+          "| CHGNet (ms) | sevenn / jaxinv | CHGNet / jaxinv | max dE/atom, dF, dσ vs sevenn |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, t1, tj, tc, t2, t3, err in rows:
+        print(f"| {n} | {1e3 * t1:.1f} | {1e3 * tj:.1f} | {tc:.1f} | {1e3 * t2:.1f} | {1e3 * t3:.1f} | "
+              f"{t2 / t1:.1f}x | {t3 / t1:.1f}x | {err[0]:.1e} eV, {err[1]:.1e} eV/Å, {err[2]:.1e} eV/Å³ |")
+
+    # batched throughput on five-atom perov_5 cells
+    ds = load_dataset("perov_5")
+    species = set(pot.species)
+    structures = [s for s in ds.structures(range(4 * args.batch)) if set(s.atomic_numbers) <= species][:args.batch]
+    crystal = Crystal.from_structures(structures, labels={})
+    atoms_list = crystal.to_atoms()
+
+    def batch_ours():
+        graph = neighbor_graph(crystal, pot.cutoff)
+        out = pot.compute_fn(True)(pot.params, crystal, graph)
+        return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
+
+    compile_b, t_b = timed(batch_ours, max(3, args.repeats // 3))
+    _, t_b7 = timed(lambda: [efs(theirs, a) for a in atoms_list], 1)
+    t_bc = float("nan")
+    if chgnet:
+        _, t_bc = timed(lambda: chgnet[0].predict_structure(structures, task="efs", batch_size=args.batch), 1)
+    b = len(structures)
+    print(f"\n| {b} five-atom perov_5 cells | structures/s | time (ms) |\n|---|---|---|")
+    print(f"| jaxinv, one batch (compile {compile_b:.1f} s) | {b / t_b:.0f} | {1e3 * t_b:.0f} |")
+    print(f"| sevenn, calculator loop | {b / t_b7:.0f} | {1e3 * t_b7:.0f} |")
+    if chgnet:
+        print(f"| CHGNet, predict_structure(batch_size={b}) | {b / t_bc:.0f} | {1e3 * t_bc:.0f} |")
+    print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
