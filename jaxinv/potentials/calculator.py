@@ -21,7 +21,7 @@ from ase.calculators.calculator import Calculator, all_changes
 import jax
 
 from jaxinv.crystal import Crystal, bucket_size
-from jaxinv.graph import capacity_bucket, neighbor_graph, pad_graph
+from jaxinv.graph import neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
 
 __all__ = ["JaxinvCalculator"]
@@ -54,9 +54,7 @@ class JaxinvCalculator(Calculator):
         check_species(self.potential, crystal)
         graph = neighbor_graph(crystal, self.potential.cutoff, capacity=self._capacity or None,
                                images=self._images)
-        if graph.capacity > self._capacity:  # grow with headroom, so small changes do not recompile
-            self._capacity = capacity_bucket(int(1.25 * graph.capacity))
-            graph = pad_graph(graph, self._capacity)
+        self._capacity = max(self._capacity, graph.capacity)  # (already rounded up to a bucket)
         self._images = tuple(max(a, b) for a, b in zip(self._images, graph.images))
         return crystal, graph
 

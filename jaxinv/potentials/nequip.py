@@ -382,16 +382,17 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
                 new[k] = acc[k].at[dst].add(t * ws[k][:, None, :])
         return tuple(new), None
 
-    size = min(chunk, e)
-    pad = (-e) % size
-    edges = (radial, y_all, senders, receivers)
-    if pad:  # zero radial embedding, so zero weights: padded edges send nothing
-        edges = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in edges)
     acc = tuple(jnp.zeros((n, p.ir_out.dim, p.mul), x.dtype) for p in paths)
-    if e + pad == size:
+    edges = (radial, y_all, senders, receivers)
+    if e <= chunk:  # small graphs: one step, no loop and no recomputation
         acc, _ = body(acc, edges)
     else:
-        edges = tuple(a.reshape((-1, size) + a.shape[1:]) for a in edges)
+        steps = -(-e // chunk)
+        size = -(-e // (8 * steps)) * 8  # equal chunks, padded by less than 8 edges each
+        pad = steps * size - e
+        # padded edges have a zero radial embedding, hence zero weights: they send nothing
+        edges = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in edges)
+        edges = tuple(a.reshape((steps, size) + a.shape[1:]) for a in edges)
         acc, _ = jax.lax.scan(jax.checkpoint(body), acc, edges)
     out = []
     for _, ir in mid:
