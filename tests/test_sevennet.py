@@ -243,3 +243,35 @@ def test_ase_calculator_matches_direct_call_and_sevenn(crosscheck_structures, ja
         if k == order[0]:
             compiled = fn._cache_size()
     assert fn._cache_size() == compiled  # same bucket: later structures reuse the compiled function
+
+
+# ------------------------------------------------------------------ SevenNet-l3i5 (same machinery, lmax 3)
+@pytest.fixture(scope="module")
+def l3i5(cache):
+    try:
+        return sn.load_sevennet("7net-l3i5", cache=cache)
+    except FileNotFoundError as err:
+        pytest.skip(f"no SevenNet-l3i5 checkpoint available offline: {err}")
+
+
+def test_l3i5_conversion(l3i5):
+    cfg = l3i5.metadata["config"]
+    assert cfg.sh_lmax == 3 and cfg.envelope == "polynomial" and cfg.irreps[1] == "128x0e+64x1e+32x2e+32x3e"
+    assert len(l3i5.species) == 89
+
+
+@pytest.mark.slow
+@pytest.mark.crosscheck
+def test_l3i5_matches_sevenn(crosscheck_structures, l3i5):
+    pytest.importorskip("torch", reason="needs torch (the crosscheck extra)")
+    from sevenn.calculator import SevenNetCalculator
+
+    calc = SevenNetCalculator("7net-l3i5", device="cpu")
+    structures = crosscheck_structures["perov_5"][:8] + crosscheck_structures["carbon_24"][:8]
+    out = l3i5(Crystal.from_structures(structures))
+    for k, atoms in enumerate(Crystal.from_structures(structures).to_atoms()):
+        n = len(atoms)
+        calc.calculate(atoms, ["energy", "forces", "stress"], all_changes)
+        assert abs(float(out.energy[k]) - calc.results["energy"]) / n < 1e-4
+        assert np.abs(np.asarray(out.forces[k, :n]) - calc.results["forces"]).max() < 1e-3
+        assert np.abs(_voigt(np.asarray(out.stress[k])) - calc.results["stress"]).max() < 1e-4
