@@ -28,10 +28,9 @@ Conventions, chosen to match e3nn (torch) and therefore pretrained checkpoints:
   e3nn-torch's Monte-Carlo estimate 1.6791767923989418 (not the exact
   1.67653...): pretrained SevenNet weights are only correct with it.
 
-Speed: the convolution is written as explicit per-path products with
-precomputed Clebsch-Gordan couplings ``A = sqrt(2l+1) C . Y`` (shared by all
-layers), one gather of sender features per layer and one ``segment_sum`` over
-receivers per layer. The dominant cost is the radial MLP's last matrix product.
+Speed: see :func:`uvu_convolution`. On CPU the convolution is limited by
+memory traffic, so it loops over chunks of edges whose intermediates stay in
+cache; what remains is dominated by the radial MLP's last matrix product.
 """
 from __future__ import annotations
 
@@ -312,28 +311,28 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
 
     ``paths`` are sorted by output irrep; ``weight_fn(radial)`` maps the radial
     embedding (E, num_basis) to one weight per (edge, path, channel), columns in
-    path order (E, sum of path multiplicities). The
-    output has the regrouped irreps of the paths (the "mid" irreps), in the
-    ``mul_ir`` layout of e3nn.
+    path order (E, sum of path multiplicities). The output has the regrouped
+    irreps of the paths (the "mid" irreps), in the ``mul_ir`` layout of e3nn.
 
     Memory traffic, not arithmetic, limits this on CPU: an (E, dim(mid))
     message array (3136 floats per edge in SevenNet-0) costs more to write,
     read and differentiate than the arithmetic producing it. So
 
-    * edges go through ``lax.scan`` in chunks whose weights and messages stay in
-      cache, and the chunk body (radial MLP included) is rematerialised in the
-      backward pass, so no (E, features) array is ever allocated (on a loaded
-      CPU, page faults on fresh large buffers cost more than the arithmetic);
+    * edges go through ``lax.scan`` in equal chunks of at most ``chunk`` edges
+      whose weights and messages stay in cache, and the chunk body (radial MLP
+      included) is rematerialised in the backward pass, so no (E, features)
+      array is ever allocated (page faults on fresh large buffers cost more than
+      the arithmetic). Graphs with at most ``chunk`` edges take one step without
+      a loop or recomputation;
     * the paths of one input irrep are computed together: the Clebsch-Gordan
       couplings of all its paths are contracted with the spherical harmonics in
-      one small matmul, ``B[e, i, k] = sum_j Y[e, j] CG[i, j, k]``, and
-      ``T[e, k, u] = sum_i B[e, i, k] x_j[e, i, u]`` is one fused loop;
+      one small matmul, ``B[e, i, k] = sum_j Y[e, j] CG[i, j, k]``, then
+      ``T[e, k, u] = sum_i B[e, i, k] x_j[e, i, u]`` (:func:`_couple`);
     * features use the ``ir_mul`` layout inside, so products vectorise over the
       channels ``u`` rather than over 2l+1 <= 7 components;
-    * arrays are cut with ``jnp.split`` (its transpose is one concatenation; a
-      slice transposes to a full-size pad).
-
-    Messages are summed in this grouped layout and reordered per node at the end.
+    * each path's messages are added into their own (N, 2l+1, mul) accumulator
+      (no concatenation), and arrays are cut with ``jnp.split`` (the transpose
+      of a split is one concatenation; a slice transposes to a full-size pad).
     """
     n, e = x.shape[0], senders.shape[0]
     irreps_in = x.irreps
@@ -404,10 +403,9 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
 def gate(g: e3nn.IrrepsArray, irreps_out: e3nn.Irreps, silu_norm: float) -> e3nn.IrrepsArray:
     """Normalised SiLU (even) / tanh (odd) on scalars; l > 0 irreps times SiLU(gate)."""
     blocks = {ir: c for (_, ir), c in zip(g.irreps, g.chunks)}
-    n_even = sum(m for m, ir in irreps_out if ir == e3nn.Irrep("0e"))
-    gates = None
-    if "0e" in g.irreps:
-        gates = _activation(blocks[e3nn.Irrep("0e")][..., n_even:, 0], jax.nn.silu, silu_norm)
+    even = e3nn.Irrep("0e")
+    n_even = sum(m for m, ir in irreps_out if ir == even)
+    gates = _activation(blocks[even][..., n_even:, 0], jax.nn.silu, silu_norm) if even in blocks else None
     out, offset = [], 0
     for mul, ir in irreps_out:
         x = blocks[ir]
