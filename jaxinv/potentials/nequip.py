@@ -306,7 +306,7 @@ _couple.defvjp(_couple_fwd, _couple_bwd)
 
 
 def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, weight_fn, senders, receivers,
-                    chunk: int = 256) -> e3nn.IrrepsArray:
+                    chunk: int = 256, n_valid=None) -> e3nn.IrrepsArray:
     """Sum over edges of the per-path messages ``w_e * (x_j (x) Y_e)``, scattered to receivers.
 
     ``paths`` are sorted by output irrep; ``weight_fn(radial)`` maps the radial
@@ -333,6 +333,9 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
     * each path's messages are added into their own (N, 2l+1, mul) accumulator
       (no concatenation), and arrays are cut with ``jnp.split`` (the transpose
       of a split is one concatenation; a slice transposes to a full-size pad).
+
+    If the edges that carry messages come first and ``n_valid`` counts them,
+    chunks made only of padding are skipped (padded batches of graphs).
     """
     n, e = x.shape[0], senders.shape[0]
     irreps_in = x.irreps
@@ -392,7 +395,13 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
         # padded edges have a zero radial embedding, hence zero weights: they send nothing
         edges = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in edges)
         edges = tuple(a.reshape((steps, size) + a.shape[1:]) for a in edges)
-        acc, _ = jax.lax.scan(jax.checkpoint(body), acc, edges)
+        if n_valid is not None:
+            skip = lambda acc, _: (acc, None)
+            step = lambda acc, xs: jax.lax.cond(xs[0] < n_valid, body, skip, acc, xs[1])
+            edges = (jnp.arange(steps) * size, edges)
+        else:
+            step = body
+        acc, _ = jax.lax.scan(jax.checkpoint(step), acc, edges)
     out = []
     for _, ir in mid:
         parts = [acc[k] for k, p in enumerate(paths) if p.ir_out == ir]
@@ -427,7 +436,7 @@ class Interaction(nn.Module):
     config: NequIPConfig
 
     @nn.compact
-    def __call__(self, h: e3nn.IrrepsArray, species, sh: dict, radial, senders, receivers):
+    def __call__(self, h: e3nn.IrrepsArray, species, sh: dict, radial, senders, receivers, n_valid=None):
         cfg = self.config
         irreps_in, irreps_out = e3nn.Irreps(self.irreps_in), e3nn.Irreps(self.irreps_out)
         g_irreps = gate_irreps(irreps_out)
@@ -441,7 +450,7 @@ class Interaction(nn.Module):
 
         weight_fn = RadialMLP(tuple(cfg.radial_hidden) + (sum(p.mul for p in paths),), cfg.silu_norm,
                               name="radial")(radial.shape[-1], radial.dtype)
-        mid = uvu_convolution(paths, h1, sh, radial, weight_fn, senders, receivers, cfg.edge_chunk)
+        mid = uvu_convolution(paths, h1, sh, radial, weight_fn, senders, receivers, cfg.edge_chunk, n_valid)
         mid = mid / cfg.conv_denominator
         g = IrrepsLinear(str(g_irreps), name="linear_2")(mid) + sc
         return gate(g, irreps_out, cfg.silu_norm)
@@ -466,6 +475,11 @@ class NequIP(nn.Module):
         valid = (r > 0) & (r < cfg.cutoff)
         if edge_mask is not None:
             valid = valid & edge_mask
+        # edges that carry messages first (stable, so receivers stay in order): the
+        # convolution then skips chunks made only of padding
+        order = jnp.argsort(~valid, stable=True)
+        edge_vec, r, valid, senders, receivers = (a[order] for a in (edge_vec, r, valid, senders, receivers))
+        n_valid = jnp.sum(valid)
         r_safe = jnp.where(valid, r, 0.5 * cfg.cutoff)  # keeps sin(cr)/r and vec/r away from 0/0
 
         # radial embedding; zero on invalid edges, so (the MLP having no biases) their
@@ -488,7 +502,7 @@ class NequIP(nn.Module):
 
         for t in range(cfg.num_layers):
             h = Interaction(cfg.irreps[t], cfg.irreps[t + 1], cfg, name=f"layer_{t}")(
-                h, species, sh, radial, senders, receivers)
+                h, species, sh, radial, senders, receivers, n_valid)
 
         e = IrrepsLinear(f"{cfg.readout_hidden}x0e", name="readout_1")(h.filter(keep="0e"))
         e = IrrepsLinear("1x0e", name="readout_2")(e).array[:, 0]
