@@ -1,6 +1,6 @@
 """SevenNet-0 energy + forces + stress: jaxinv (JAX) vs sevenn (torch) vs CHGNet 0.4.2 (torch).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_potentials.py [--repeats 10] [--torch-threads N]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_potentials.py [--repeats 10] [--xla-threads 1] [--torch-threads 1]
 
 Per-structure timings go through each code's ASE calculator, one structure at a
 time, so they include building the neighbor graph and moving results to NumPy:
@@ -19,10 +19,12 @@ calculator; CHGNet uses its own batched ``predict_structure``.
 The script also checks that jaxinv and sevenn agree (energy within 1e-4 eV/atom,
 forces within 1e-3 eV/Å, stress within 1e-4 eV/Å^3) on every structure it times.
 
-Threads: XLA runs single-threaded (``--xla-threads 1``, the default), which is
-its fastest setting for these sizes on a 2-core CPU: jaxinv's convolution loops
-over small edge chunks, too small to split across threads. torch uses its own
-default (every core) unless ``--torch-threads`` is given.
+Threads: one per library by default (``--xla-threads 1 --torch-threads 1``).
+Single-threaded XLA is jaxinv's fastest setting at these sizes on a 2-core CPU
+(its convolution loops over edge chunks too small to split across threads), and
+on a shared machine torch's default of one thread per core degrades badly when
+other jobs run (sevenn took seconds per 5-atom cell at load 10). ``0`` keeps a
+library's own default.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--xla-threads", type=int, default=1, help="0: XLA's default (all cores)")
-    ap.add_argument("--torch-threads", type=int, default=None, help="default: torch's default")
+    ap.add_argument("--torch-threads", type=int, default=1, help="0: torch's default (all cores)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-chgnet", action="store_true")
     args = ap.parse_args()
@@ -100,7 +102,7 @@ def main():
     import torch
     from sevenn.calculator import SevenNetCalculator
 
-    if args.torch_threads is not None:
+    if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     chgnet = None
     if not args.no_chgnet:
