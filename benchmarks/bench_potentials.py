@@ -50,15 +50,24 @@ def _set_xla_threads(n: int) -> None:
 
 def timed(fn, repeats: int):
     """(first-call seconds, median seconds of ``repeats`` later calls)."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+    first, (median,) = interleaved([fn], repeats)
+    return first[0], median
+
+
+def interleaved(fns, repeats: int):
+    """First-call seconds and median seconds of each function, calling them in turn
+    so that all see the same machine load (other jobs share this CPU)."""
+    first, times = [], [[] for _ in fns]
+    for fn in fns:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+        first.append(time.perf_counter() - t0)
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return first, [statistics.median(ts) for ts in times]
 
 
 def srtio3(reps, seed=0):
@@ -125,14 +134,15 @@ def main():
     for reps in [(1, 1, 1), (2, 2, 2), (5, 2, 2)]:
         atoms = srtio3(reps)
         n = len(atoms)
-        compile_s, t_ours = timed(lambda: efs(ours, atoms), args.repeats)
-        _, t_theirs = timed(lambda: efs(theirs, atoms), args.repeats)
-        t_chg = timed(lambda: efs(chgnet[1], atoms), args.repeats)[1] if chgnet else float("nan")
-        # jitted function alone
         crystal = Crystal.from_atoms([atoms])
         graph = neighbor_graph(crystal, pot.cutoff)
         fn = pot.compute_fn(True)
-        _, t_jit = timed(lambda: jax.block_until_ready(fn(pot.params, crystal, graph)), args.repeats)
+        fns = [lambda: efs(ours, atoms), lambda: jax.block_until_ready(fn(pot.params, crystal, graph)),
+               lambda: efs(theirs, atoms)] + ([lambda: efs(chgnet[1], atoms)] if chgnet else [])
+        first, medians = interleaved(fns, args.repeats)
+        compile_s = first[0]
+        t_ours, t_jit, t_theirs = medians[:3]
+        t_chg = medians[3] if chgnet else float("nan")
         # agreement
         e1, f1, s1 = efs(ours, atoms)
         e2, f2, s2 = efs(theirs, atoms)
@@ -160,11 +170,12 @@ def main():
         out = pot.compute_fn(True)(pot.params, crystal, graph)
         return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
 
-    compile_b, t_b = timed(batch_ours, max(3, args.repeats // 3))
-    _, t_b7 = timed(lambda: [efs(theirs, a) for a in atoms_list], 1)
-    t_bc = float("nan")
+    fns = [batch_ours, lambda: [efs(theirs, a) for a in atoms_list]]
     if chgnet:
-        _, t_bc = timed(lambda: chgnet[0].predict_structure(structures, task="efs", batch_size=args.batch), 1)
+        fns.append(lambda: chgnet[0].predict_structure(structures, task="efs", batch_size=args.batch))
+    first, medians = interleaved(fns, 3)
+    compile_b, t_b, t_b7 = first[0], medians[0], medians[1]
+    t_bc = medians[2] if chgnet else float("nan")
     b = len(structures)
     print(f"\n| {b} five-atom perov_5 cells | structures/s | time (ms) |\n|---|---|---|")
     print(f"| jaxinv, one batch (compile {compile_b:.1f} s) | {b / t_b:.0f} | {1e3 * t_b:.0f} |")
