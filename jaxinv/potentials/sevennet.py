@@ -26,6 +26,7 @@ buffer with ``e3nn_jax.clebsch_gordan``. The convolution denominator is the
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -275,12 +276,15 @@ def _load(path: Path) -> tuple[NequIPConfig, dict, dict]:
     return NequIPConfig.from_dict(header["config"]), params, header["meta"]
 
 
-def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, download: bool = True) -> Potential:
+def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, download: bool = True,
+                  edge_chunk: int | None = None) -> Potential:
     """A pretrained SevenNet model as a :class:`Potential` (no torch needed).
 
     ``name``: "7net-0" (SevenNet-0, 11Jul2024) or "7net-l3i5". The potential's
     ``species`` are the model's 89 elements, so other elements raise
-    :class:`~jaxinv.potentials.UnsupportedElementError`.
+    :class:`~jaxinv.potentials.UnsupportedElementError`. ``edge_chunk`` overrides
+    the convolution's edges per loop step (256 suits CPUs; accelerators prefer
+    larger chunks), which changes speed, not results.
     """
     name = _canonical(name)
     cache = Path(cache) if cache is not None else cache_dir()
@@ -293,4 +297,6 @@ def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, downloa
         meta = {"source": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
                 "sevenn_version": SEVENN_VERSION}
         _save(converted, config, params, meta)
+    if edge_chunk is not None:
+        config = dataclasses.replace(config, edge_chunk=int(edge_chunk))
     return nequip_potential(config, params, name=name, metadata=meta)
