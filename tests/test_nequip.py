@@ -110,6 +110,19 @@ def test_padding_batching_and_isolated_atom(triclinic, float64):
     assert np.abs(np.asarray(out.forces[2, 0])).max() > 1e-6
 
 
+def test_edge_chunks_do_not_change_results(triclinic, float64):
+    """The convolution's edge loop (chunks, padding-only chunks skipped) is exact."""
+    cfg = CONFIGS["parity-poly-linear"]
+    lonely = Structure(Lattice.cubic(10.0), ["Ti"], [[0.1, 0.2, 0.3]])
+    batch = Crystal.from_structures([lonely, triclinic, lonely], n_max=9).pad(batch_size=4)  # padding in between
+    params = potential(cfg).params
+    one_step = nequip_potential(dataclasses.replace(cfg, edge_chunk=10**6), params)(batch)  # no loop
+    chunked = nequip_potential(dataclasses.replace(cfg, edge_chunk=8), params)(batch)
+    np.testing.assert_allclose(np.asarray(chunked.energy), np.asarray(one_step.energy), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(chunked.forces), np.asarray(one_step.forces), atol=1e-11)
+    np.testing.assert_allclose(np.asarray(chunked.stress), np.asarray(one_step.stress), atol=1e-12)
+
+
 def test_edges_beyond_cutoff_and_padded_edges_are_inert(triclinic, float64):
     pot = potential(CONFIGS["even-xplor-speciestp"])
     c, exact = copies(triclinic)
