@@ -174,6 +174,10 @@ class Trainer:
             weight += n
         return {k: v / max(weight, 1) for k, v in totals.items()}
 
+    def evaluate_on(self, data: Crystal, params=None) -> dict:
+        """MAEs (energy per atom, force and stress components) on another labelled set."""
+        return self.evaluate(params, self._batches(data.to_host(), shuffle_seed=None))
+
     def fit(self, checkpoint_dir: str | None = None) -> Potential:
         opt_state = self.optimizer.init(self.params)
         start_epoch = 0
