@@ -29,17 +29,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 
-def perturbed(structures, seed=0, rattle=0.05, strain=0.02):
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in structures:
-        s = s.copy()
-        s.apply_strain(rng.uniform(-strain, strain, 3))
-        s.translate_sites(range(len(s)), rng.normal(0, rattle, (len(s), 3)), frac_coords=False, to_unit_cell=False)
-        out.append(s)
-    return out
-
-
 def ase_loop(structures, make_calc, fmax, max_steps):
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
@@ -67,12 +56,13 @@ def main():
     args = ap.parse_args()
 
     from jaxinv.data import load_dataset
+    from jaxinv.data.perturb import perturb
     from jaxinv.potentials.calculator import JaxinvCalculator
     from jaxinv.potentials.sevennet import load_sevennet
     from jaxinv.relax import relax
 
     ds = load_dataset("perov_5:test")
-    structures = perturbed(ds.structures(np.arange(args.n)))
+    structures = perturb(ds.structures(np.arange(args.n)), rattle=0.05, strain=0.02, seed=0)
     potential = load_sevennet()
     rows = []
 

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax bookkeeping at INFO
     try:
         if args.command == "run":
             if args.list or not args.experiment:
