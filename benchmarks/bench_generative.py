@@ -108,7 +108,7 @@ def design_run(run: Path, n: int, oracle: str | None, n_relax: int = 0, relax_st
         hits = np.flatnonzero(per["valid"] & per["reencoded"])
         if n_relax and len(hits):
             # relax the first n_relax valid, re-encoded hits with SevenNet-0
-            from jaxinv.potentials import load_potential
+            from jaxinv.potentials.registry import load_potential
 
             pick = hits[:n_relax]
             mask = np.zeros(len(per["valid"]), bool)
