@@ -14,15 +14,17 @@ TINY = ["model.latent=8", "model.hidden=32", "model.enc_hidden=16", "model.encod
 
 def test_train_generate_optimize(tmp_path):
     run = tmp_path / "train"
-    res = run_experiment("train_generative", TINY + ["train.steps=3", "evaluate=false", f"out_dir={run}"])
-    assert res["steps"] == 3
+    res = run_experiment("train_generative", TINY + ["train.steps=2", "evaluate=false", f"out_dir={run}"])
+    assert res["steps"] == 2
     assert (run / "checkpoint" / "model.json").exists()
     assert len(list((run / "samples" / "cif").glob("*.cif"))) == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 2 and "sample/valid" in records[0] and "recon/match_rate" in records[0]
     # resume the same run folder for more steps
-    res = run_experiment("train_generative", TINY + ["train.steps=5", "evaluate=false", f"out_dir={run}"])
-    assert res["steps"] == 5
+    res = run_experiment("train_generative", TINY + ["train.steps=4", "evaluate=false", f"out_dir={run}"])
+    assert res["steps"] == 4
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
     # sample it and score validity
     gen = run_experiment("generate", [f"model={run}", "n=8", "metrics=[validity]", "progress=false",
                                       f"out_dir={tmp_path / 'gen'}"])
