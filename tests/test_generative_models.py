@@ -170,7 +170,7 @@ def test_resume_gives_identical_next_steps(perov_small, tmp_path, kind):
     # a different run refuses to resume from it
     other = tiny(kind, perov_small, n_critic=2, hidden=48)
     with pytest.raises(ValueError, match="different run"):
-        train(other, other.arrays(perov_small), cfg(6), checkpoint_dir=tmp_path / "ck")
+        train(other, arrays, cfg(6), checkpoint_dir=tmp_path / "ck")  # same data, other network
 
 
 def test_known_structure_lookup(perov):

@@ -105,13 +105,14 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
     groups = model.config.n_critic if not model.is_vae else 0
     batcher = Batcher(train_arrays, cfg.batch_size, seed, groups)
     base_key = jax.random.PRNGKey(seed)
-    state = init_state(model, jax.random.fold_in(base_key, 10 ** 9))
-    history: list[dict] = []
     ckpt = None
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None:  # the fingerprint check first: a different run fails before any work
         from jaxinv.checkpoint import Checkpointer
 
         ckpt = Checkpointer(checkpoint_dir, fingerprint(model, train_arrays, seed), every_seconds=cfg.checkpoint_every_s)
+    state = init_state(model, jax.random.fold_in(base_key, 10 ** 9))
+    history: list[dict] = []
+    if ckpt is not None:
         model.save(checkpoint_dir)  # after the fingerprint check: never overwrite another run's model
         restored = ckpt.restore()
         if restored is not None:
