@@ -136,7 +136,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
     def run(carry):
         return jax.lax.scan(one_epoch, carry, None, length=n_epochs)
 
-    return run, tx
+    return run, tx, jax.jit(jax.vmap(tx.init))
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
@@ -162,13 +162,13 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     steps = max(1, cap // cfg.batch_size)
     total_steps = steps * cfg.epochs
     chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
-    run, tx = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
+    run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
                         float(cfg.weight_decay), total_steps)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
     example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
     params = ensemble_init(module, k_init, cfg.n_members, example)
-    opt_state = jax.vmap(tx.init)(params)
+    opt_state = tx_init(params)
     best_val = jnp.full((cfg.n_members,), jnp.inf)
     warm_epochs = int(cfg.warmup * cfg.epochs)
     carry = (params, opt_state, params, best_val, k_train, jnp.asarray(0), jnp.asarray(n), xp, yp, xv, yv,
@@ -178,12 +178,11 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((x, y))]
         fp = fingerprint_arrays(*leaves, np.frombuffer(repr((cfg, module)).encode(), np.uint8))
         ckpt = Checkpointer(checkpoint, fp, every_seconds=0.0)
-        if ckpt.latest_step is not None:
-            # restore onto the live structure (optax states are namedtuples, which a
-            # target-less restore would return as plain containers)
-            start = int(ckpt.latest_step)
-            like = jax.tree_util.tree_map(np.asarray, carry[:6])
-            state = ckpt._manager.restore(start, args=ckpt._ocp.args.StandardRestore(like))
+        # restore into the live structure: optax states are NamedTuples, which a
+        # target-less restore would return as plain containers
+        restored = ckpt.restore(target=carry[:6])
+        if restored is not None:
+            start, state = int(restored[0]), restored[1]
             carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
             log.info("training resumed at epoch %d", start)
     history = []
