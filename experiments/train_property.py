@@ -27,6 +27,7 @@ class ModelConfig:
     hidden: List[int] = field(default_factory=lambda: [128, 64])
     cgcnn_features: int = 64
     n_conv: int = 3
+    n_rbf: int = 40  # Gaussian distance expansion of the CGCNN edges
     cutoff: float = 5.0
 
 
@@ -54,7 +55,7 @@ def build_model(cfg):
 
     m = cfg.model
     if m.kind == "cgcnn":
-        kw = {"features": m.cgcnn_features, "n_conv": m.n_conv, "cutoff": m.cutoff}
+        kw = {"features": m.cgcnn_features, "n_conv": m.n_conv, "n_rbf": m.n_rbf, "cutoff": m.cutoff}
     else:
         kw = {"hidden": list(m.hidden)}
     return PropertyModel(m.kind, tuple(cfg.targets), kw, features=m.features, cutoff=m.cutoff)

@@ -279,3 +279,27 @@ def test_diverse_batch_skips_near_copies():
     assert select_diverse(scores, np.array([True, False, False, False, False]), 2, x).tolist() == [1, 2]
     # shifted scores (negative UCB values) behave the same
     assert select_diverse(scores - 3.0, np.zeros(5, bool), 2, x).tolist() == [0, 2]
+
+
+def test_castelli_hits_units_and_recall_curve():
+    from jaxinv.screening.castelli import castelli_hits, castelli_windows, recall_curve, replay
+
+    labels = {"heat_ref": np.array([1.0, 1.01, 0.2, -0.5, 0.9]), "dir_gap": np.array([1.5, 2.0, 3.0, 3.01, 1.0]),
+              "ind_gap": np.array([1.5, 2.0, 1.0, 2.0, 2.0])}
+    # 0.2 eV/atom on a 5-atom cell is 1.0 eV per cell; the gap window is closed on both ends
+    assert castelli_hits(labels).tolist() == [True, False, True, False, False]
+    assert castelli_hits(labels, gap="ind_gap").tolist() == [True, False, False, True, True]
+    assert castelli_windows() == {"heat_ref": (None, 1.0), "dir_gap": (1.5, 3.0)}
+    hits = np.array([False, True, False, True])
+    # labelled in the order 3, 0, 1, 2: recall 1/2 after one call, 1 after three
+    np.testing.assert_allclose(recall_curve(np.array([3, 0, 1, 2]), hits, 4, np.array([0, 0.25, 0.5, 0.75, 1.0])),
+                               [0, 0.5, 0.5, 1.0, 1.0])
+    # replay plumbing with the random baseline (no training): curves per seed, budget respected
+    rng = np.random.default_rng(0)
+    pool = {"heat_ref": rng.uniform(-1, 3, 500), "dir_gap": rng.uniform(0, 4, 500)}
+    res = replay(rng.normal(size=(500, 4)).astype(np.float32), pool, seeds=[0, 1], strategies=("random",),
+                 initial_fraction=0.02, batch_fraction=0.02, budget_fraction=0.1, progress=False)
+    curves = np.asarray(res["curves"]["random"])
+    assert res["n_hits"] == int(castelli_hits(pool).sum()) and curves.shape == (2, 6)
+    assert res["config"]["budget"] == 50 and res["config"]["initial"] == 10
+    assert np.all(np.diff(curves, axis=1) >= 0) and curves[:, -1].max() <= 1.0

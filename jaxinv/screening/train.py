@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: float = 0.3  # fraction of epochs with the MSE mean loss
-    chunk_epochs: int = 50  # epochs per jitted call (and between checkpoints)
+    chunk_epochs: int = 50  # at most this many epochs per jitted call (and between checkpoints)
     seed: int = 0
     min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
 
@@ -161,7 +161,9 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         xv, yv = jax.tree_util.tree_map(lambda a: a[:1], xp), np.full((1,) + yp.shape[1:], np.nan, np.float32)
     steps = max(1, cap // cfg.batch_size)
     total_steps = steps * cfg.epochs
-    chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
+    # a divisor of the epochs: every chunk is one compiled call of the same length, and
+    # a last partial chunk would otherwise run past ``epochs``
+    chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
     run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
                         float(cfg.weight_decay), total_steps)
     key = jax.random.PRNGKey(cfg.seed)
