@@ -38,6 +38,7 @@ class TrainSection:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    chunk_epochs: int = 50  # epochs per compiled call; progress is logged and checkpointed after each
 
 
 @dataclass
@@ -81,7 +82,8 @@ def main(cfg, run):
     y = {s: np.stack([d.labels[t] for t in cfg.targets], 1) for s, d in splits.items()}
     t_inputs = time.perf_counter() - t0
     tc = TrainConfig(n_members=cfg.train.n_members, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed)
+                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, chunk_epochs=cfg.train.chunk_epochs,
+                     seed=cfg.seed)
     t0 = time.perf_counter()
     hist = model.fit(raw["train"], y["train"], tc, val=(raw["valid"], y["valid"]),
                      checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True)
