@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxinv.config import DataConfig, PotentialConfig, RunConfig
 from jaxinv.data import load_from_config
+from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures, write_cifs, write_extxyz
 from jaxinv.potentials.registry import load_potential
 from jaxinv.relax import relax
@@ -37,6 +38,7 @@ class Config(RunConfig):
     max_steps: int = 500
     pressure_gpa: float = 0.0
     cell: str = "frechet"
+    criterion: str = "stress"
     max_edges: int = 60000
     max_batch: int = 128
     checkpoint: bool = True
@@ -51,28 +53,14 @@ def _inputs(cfg):
     return ds.structures(), [str(i) for i in ds.ids]
 
 
-def _perturb(structures, rattle, strain, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in structures:
-        s = s.copy()
-        if strain:
-            s.apply_strain(rng.uniform(-strain, strain, 3))
-        if rattle:
-            s.translate_sites(range(len(s)), rng.normal(0, rattle, (len(s), 3)), frac_coords=False,
-                              to_unit_cell=False)
-        out.append(s)
-    return out
-
-
 def main(cfg, run):
     structures, ids = _inputs(cfg)
-    structures = _perturb(structures, cfg.rattle, cfg.strain, cfg.seed)
+    structures = perturb(structures, rattle=cfg.rattle, strain=cfg.strain, seed=cfg.seed)
     potential = load_potential(cfg.potential.name, **cfg.potential.options)
     print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
           f"stress_tol {cfg.stress_tol} eV/Å^3, cell {cfg.cell}, P = {cfg.pressure_gpa} GPa)")
     results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
-                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, progress=cfg.progress,
+                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, criterion=cfg.criterion, progress=cfg.progress,
                     checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
                     max_edges=cfg.max_edges, max_batch=cfg.max_batch)
     with open(run.path("relaxed.csv"), "w", newline="") as fh:

@@ -181,5 +181,6 @@ def start_run(name: str, cfg: DictConfig) -> Run:
         sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(sh)
     root.setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax bookkeeping at INFO
     log.info("run %s -> %s", name, out)
     return Run(name, cfg, out)

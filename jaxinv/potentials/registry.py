@@ -26,6 +26,8 @@ _REGISTRY: dict[str, tuple[str, str, dict, str]] = {
     "bks_sio2": ("jaxinv.potentials.classical", "bks_sio2", {}, "BKS SiO2 with a repulsive core"),
     "buckingham_tio2": ("jaxinv.potentials.classical", "matsui_akaogi_tio2", {},
                         "Matsui-Akaogi Buckingham + Coulomb TiO2"),
+    "trained": ("jaxinv.potentials.train", "load_trained", {},
+                "a NequIP model written by `jaxinv run train_potential` (option path=<run>/model)"),
 }
 
 

@@ -23,6 +23,7 @@ resumes from its last finished epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -49,10 +50,10 @@ log = logging.getLogger("jaxinv.train")
 @dataclass(frozen=True)
 class TrainConfig:
     energy_weight: float = 1.0  # on energy per atom (eV/atom)
-    force_weight: float = 1.0  # on force components (eV/Å)
+    force_weight: float = 10.0  # on force components (eV/Å)
     stress_weight: float = 10.0  # on stress components (eV/Å^3, which are ~10x smaller)
     loss: str = "huber"  # huber | mse
-    huber_delta: float = 0.01
+    huber_delta: float = 0.1
     learning_rate: float = 5e-3
     final_lr_fraction: float = 0.05  # cosine decay to this fraction of learning_rate
     warmup_epochs: int = 1
@@ -124,30 +125,13 @@ class Trainer:
         if config.fit_shift_scale and init_params_from is None:
             model = self._fit_normalization(model)
         self.model = model
-        self.energy_fn = nequip_energy_fn(model)
         self.params = init_params_from if init_params_from is not None else init_params(
             model, jax.random.PRNGKey(config.seed))
         self.train_batches = self._batches(self.train, shuffle_seed=None)
         self.valid_batches = self._batches(self.valid, shuffle_seed=None) if self.valid is not None else []
-        steps_per_epoch = len(self.train_batches)
-        total = max(1, steps_per_epoch * config.epochs)
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, max(1, steps_per_epoch * config.warmup_epochs), total,
-            config.learning_rate * config.final_lr_fraction)
-        self.optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+        self.optimizer, self._train_step, self._eval_step = _compiled_steps(
+            model, config, self.use_stress, len(self.train_batches))
         self.history: list[dict] = []
-
-        def train_step(params, opt_state, crystal, graph):
-            (loss, metrics), grads = jax.value_and_grad(_batch_loss, argnums=1, has_aux=True)(
-                self.energy_fn, params, crystal, graph, config, self.use_stress)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss, metrics
-
-        def eval_step(params, crystal, graph):
-            return _batch_loss(self.energy_fn, params, crystal, graph, config, self.use_stress)
-
-        self._train_step = jax.jit(train_step)
-        self._eval_step = jax.jit(eval_step)
 
     # ------------------------------------------------------------- preparation
     def _fit_normalization(self, model: NequIPConfig) -> NequIPConfig:
@@ -189,6 +173,10 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             weight += n
         return {k: v / max(weight, 1) for k, v in totals.items()}
+
+    def evaluate_on(self, data: Crystal, params=None) -> dict:
+        """MAEs (energy per atom, force and stress components) on another labelled set."""
+        return self.evaluate(params, self._batches(data.to_host(), shuffle_seed=None))
 
     def fit(self, checkpoint_dir: str | None = None) -> Potential:
         opt_state = self.optimizer.init(self.params)
@@ -234,6 +222,29 @@ class Trainer:
         if ckpt is not None:
             ckpt.close()
         return nequip_potential(self.model, self.params, name="nequip-trained")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_steps(model: NequIPConfig, config: TrainConfig, use_stress: bool, steps_per_epoch: int):
+    """Optimizer and jitted train/eval steps, shared by trainers with equal settings
+    (a resumed run in the same process does not compile again)."""
+    energy_fn = nequip_energy_fn(model)
+    total = max(1, steps_per_epoch * config.epochs)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(1, steps_per_epoch * config.warmup_epochs), total,
+        config.learning_rate * config.final_lr_fraction)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+
+    def train_step(params, opt_state, crystal, graph):
+        (loss, metrics), grads = jax.value_and_grad(_batch_loss, argnums=1, has_aux=True)(
+            energy_fn, params, crystal, graph, config, use_stress)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, metrics
+
+    def eval_step(params, crystal, graph):
+        return _batch_loss(energy_fn, params, crystal, graph, config, use_stress)
+
+    return optimizer, jax.jit(train_step), jax.jit(eval_step)
 
 
 def save_potential(potential: Potential, folder) -> Path:

@@ -11,9 +11,14 @@ independent: each has its own time step, mixing, convergence test and status,
 and a structure that converges, fails or hits the step limit freezes while the
 others continue. Padded atoms never move (their forces and velocities are 0).
 
-Convergence: max atomic force below ``fmax`` (eV/Å) **and**, unless the cell
-is fixed, every component of ``stress + pressure`` below ``stress_tol``
-(eV/Å^3; default 0.005 ≈ 0.8 GPa). Failures are flagged, never raised:
+Convergence (``criterion="stress"``, the default): max atomic force below
+``fmax`` (eV/Å) **and**, unless the cell is fixed, every component of
+``stress + pressure`` below ``stress_tol`` (eV/Å^3; default 0.005 ≈ 0.8 GPa).
+``criterion="ase"`` applies ASE's test instead: every row of the filter's
+generalized forces (atoms, and the three cell rows, whose scale is
+``V |sigma| / N``) below ``fmax``, so a run stops where ASE's
+FIRE + FrechetCellFilter at the same ``fmax`` would. Failures are flagged,
+never raised:
 
 * ``FAILED_NAN``: energy, forces or stress became NaN/inf (the last finite
   configuration is kept);
@@ -63,6 +68,7 @@ class FireConfig:
     max_steps: int = 500
     pressure: float = 0.0  # eV/Å^3 (use GPA * p_in_gpa)
     cell: str = "frechet"  # frechet | fixed | volume | shape
+    criterion: str = "stress"  # stress: fmax on atoms + stress_tol on stress | ase: fmax on all filter rows
     skin: float = 0.25  # Å added to the potential's cutoff when building graphs
     min_volume_ratio: float = 0.25
     max_volume_ratio: float = 4.0
@@ -79,6 +85,8 @@ class FireConfig:
     def __post_init__(self):
         if self.cell not in CELL_MODES:
             raise ValueError(f"cell={self.cell!r}; choose one of {CELL_MODES}")
+        if self.criterion not in ("stress", "ase"):
+            raise ValueError(f"criterion={self.criterion!r}; choose 'stress' or 'ase'")
         for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -170,7 +178,13 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         f_cell = project_cell_force(-dlam, cfg.cell)
         return e, forces, stress, f_q, f_cell, volume
 
-    def converged(forces, stress, mask, crit: Criteria):
+    def converged(forces, stress, f_q, f_cell, mask, crit: Criteria):
+        if cfg.criterion == "ase":
+            # ASE's test on the filter's N + 3 rows: atoms (f_q = F_phys deform_grad) and the
+            # generalized cell force (virial-derived, divided by exp_cell_factor = N)
+            rows = jnp.maximum(jnp.max(jnp.where(mask, jnp.sum(f_q**2, -1), 0.0), axis=-1),
+                               jnp.max(jnp.sum(f_cell**2, -1), axis=-1))
+            return jnp.sqrt(rows) < crit.fmax
         fmax = jnp.sqrt(jnp.max(jnp.where(mask, jnp.sum(forces**2, -1), 0.0), axis=-1))
         ok = fmax < crit.fmax
         if cfg.cell != "fixed":
@@ -204,7 +218,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         geometry = jnp.where(crystal.mask[..., None], crystal.frac, 0.0)
         ok = finite(e, forces, stress, geometry, lattice)  # a NaN coordinate would silently lose its edges
         present = crystal.mask.any(-1)
-        done = converged(forces, stress, crystal.mask, crit)
+        done = converged(forces, stress, f_q, f_cell, crystal.mask, crit)
         status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
         status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
         status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
@@ -286,7 +300,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
-        done = converged(forces, stress, s.crystal.mask, s.criteria)
+        done = converged(forces, stress, f_q, f_cell, s.crystal.mask, s.criteria)
         status = jnp.where(accept & ~bad_cell & done, CONVERGED, status)
         status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
         return out.replace(status=status.astype(jnp.int32), needs_graph=s.needs_graph | overflow,

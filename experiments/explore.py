@@ -1,6 +1,6 @@
-"""Quickstart: load a dataset, build all-image neighbor graphs, summarize, export.
+"""Explore a dataset: load it, build all-image neighbor graphs, summarize, export.
 
-    jaxinv run quickstart [data=carbon_24] [cutoff=6.0] [n_export=20]
+    jaxinv run explore [data=carbon_24] [cutoff=6.0] [n_export=20]
 """
 from __future__ import annotations
 

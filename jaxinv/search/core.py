@@ -1,0 +1,337 @@
+"""Pieces every search algorithm shares: the problem, population pytrees, evaluation, survival.
+
+Algorithms are ``(init, step)`` pairs over dataclass states, as in jax-md::
+
+    search = evolutionary(problem, EAConfig())
+    state = search.init(jax.random.PRNGKey(0))
+    for _ in range(20):
+        state = search.step(state)
+
+A step is not one jitted function, because local relaxation runs through a
+host-side loop (graph regrowth, early exit when a batch has converged). Each
+step is therefore ``propose`` (pure, jitted: variation operators on the whole
+population) -> ``deduplicate`` (jitted fingerprints and distances; duplicates
+never reach the relaxer) -> ``relax`` (:class:`~jaxinv.search.evaluate.Relaxer`,
+one fixed-shape batch) -> ``select`` (pure, jitted: fitness, duplicates,
+survival). Everything a step needs lives in its state (population, PRNG key,
+counters and the algorithm's own arrays), so a state saved after any step
+resumes the run exactly.
+
+Fitness is minimised: the enthalpy per atom after relaxation for a fixed
+composition, the distance to the convex hull (eV/atom) for a composition range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxinv.crystal import Crystal
+from jaxinv.potentials.base import Potential, check_species
+from jaxinv.relax.fire import FireConfig
+from jaxinv.search.composition import SearchSpace, StickyGraph, graph_floor
+from jaxinv.search.evaluate import Relaxer
+from jaxinv.search.fingerprint import compute_fingerprints, novel_mask, unique_mask
+from jaxinv.search.pareto import nsga2_order
+from jaxinv.search.seeds import random_structures
+
+__all__ = ["OPERATORS", "Problem", "Population", "SearchState", "Search", "evaluate_candidates", "survive",
+           "empty_population", "concat", "take", "host_seed", "pick_novel"]
+
+log = logging.getLogger("jaxinv.search")
+
+# operator codes recorded for every evaluated structure (history column "operator")
+OPERATORS = ("seed", "random", "heredity", "strain", "permutation", "soft", "transmutation", "rattle", "pso",
+             "md")
+OP = {name: k for k, name in enumerate(OPERATORS)}
+
+
+@dataclass
+class FingerprintConfig:
+    """Fingerprint range and duplicate thresholds (see :mod:`jaxinv.search.fingerprint`)."""
+
+    r_max: float = 0.0  # Å; 0: 2.5 x the space's bond length
+    n_bins: int = 128
+    sigma: float = 0.01  # Gaussian width as a fraction of r_max
+    threshold: float = 0.002  # cosine distance below which two structures may be duplicates
+    energy_tol: float = 0.002  # eV/atom: relaxed duplicates must also agree in enthalpy
+
+
+@dataclass
+class Problem:
+    """What to search and how to evaluate a structure (host objects; not part of the state).
+
+    ``objective`` is an optional second objective, a function of a host
+    :class:`Crystal` batch returning (B,) values to *minimise* (negate a property
+    to maximise it); with it, survival is NSGA-II over (fitness, objective).
+    ``seeds`` are user or dataset structures placed in the first population.
+    """
+
+    space: SearchSpace
+    potential: Potential
+    relax: FireConfig = field(default_factory=FireConfig)
+    batch: int = 16  # structures relaxed per step
+    fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
+    objective: Callable[[Crystal], np.ndarray] | None = None
+    seeds: Crystal | None = None
+    random_options: dict = field(default_factory=dict)  # for seeds.random_crystals (p1_fraction, symmetric)
+
+    def __post_init__(self):
+        if self.space.cluster and self.relax.cell != "fixed":
+            self.relax = dataclasses.replace(self.relax, cell="fixed")  # a vacuum box must not relax
+        z = np.array(self.space.elements)[None]
+        check_species(self.potential, Crystal(np.eye(3)[None], np.zeros((1, len(self.space.elements), 3)), z,
+                                              np.ones_like(z, bool), {}))
+        self._relaxer = None
+        self._fp_graphs = None
+
+    @property
+    def relaxer(self) -> Relaxer:
+        if self._relaxer is None:
+            cutoff = self.potential.cutoff + self.relax.skin
+            self._relaxer = Relaxer(self.potential, self.relax, self.batch, images=graph_floor(self.space, cutoff)[0],
+                                    capacity=graph_floor(self.space, cutoff)[1])
+        return self._relaxer
+
+    @property
+    def fingerprint_graphs(self) -> StickyGraph:
+        if self._fp_graphs is None:
+            self._fp_graphs = StickyGraph(self.r_max, *graph_floor(self.space, self.r_max))
+        return self._fp_graphs
+
+    @property
+    def r_max(self) -> float:
+        return self.fingerprint.r_max or 2.5 * self.space.bond_length
+
+    @property
+    def n_objectives(self) -> int:
+        return 1 if self.objective is None else 2
+
+    def fingerprints(self, crystal: Crystal) -> np.ndarray:
+        return compute_fingerprints(crystal, self.space.elements, self.r_max, self.fingerprint.n_bins,
+                                    self.fingerprint.sigma, graphs=self.fingerprint_graphs)
+
+    def random(self, n: int, seed: int) -> Crystal:
+        c, _ = random_structures(self.space, n, np.random.default_rng(seed), **self.random_options)
+        return c
+
+    def composition_indices(self, crystal: Crystal) -> np.ndarray:
+        c = crystal.to_host()
+        return np.array([self.space.composition_index(c.numbers[b], c.mask[b]) for b in range(c.batch_size)],
+                        np.int64)
+
+
+@struct.dataclass
+class Population:
+    """A fixed-size set of evaluated structures, one padded batch (leading axis P)."""
+
+    crystal: Crystal
+    energy: jax.Array  # (P,) eV per cell
+    enthalpy: jax.Array  # (P,) eV/atom
+    fitness: jax.Array  # (P,) minimised; inf when invalid
+    objectives: jax.Array  # (P, M): fitness and, in multi-objective runs, the property
+    fingerprint: jax.Array  # (P, F)
+    ident: jax.Array  # (P,) history id, -1 for empty slots
+    valid: jax.Array  # (P,) bool
+
+    @property
+    def size(self) -> int:
+        return self.valid.shape[0]
+
+
+@struct.dataclass
+class Evaluated:
+    """The structures relaxed in the last step, as written to the history."""
+
+    population: Population
+    operator: jax.Array  # (B,) index into OPERATORS
+    parents: jax.Array  # (B, 2) history ids of the parents, -1 for none
+    status: jax.Array  # (B,) relaxation status
+    steps: jax.Array  # (B,) FIRE steps
+
+
+@struct.dataclass
+class SearchState:
+    """State of any search: the population, the PRNG key, counters, the best
+    structure found, the last evaluated batch, and ``aux``, the algorithm's own
+    arrays (PSO velocities, walker temperatures, ...)."""
+
+    key: jax.Array
+    generation: jax.Array  # () int
+    relaxations: jax.Array  # () int: local relaxations so far
+    next_id: jax.Array  # () int: next history id
+    population: Population
+    best: Population  # size 1
+    evaluated: Evaluated
+    aux: dict
+
+
+class Search(NamedTuple):
+    """An algorithm: ``init(key) -> state`` and ``step(state) -> state``."""
+
+    init: Callable[[jax.Array], SearchState]
+    step: Callable[[SearchState], SearchState]
+    name: str = ""
+    problem: Any = None
+
+
+# ------------------------------------------------------------------ pytrees
+def take(tree, idx):
+    """Rows ``idx`` of every leaf (host or device)."""
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
+def concat(a, b):
+    """Two populations (or any pytrees with matching structure) joined along axis 0."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([jnp.asarray(x), jnp.asarray(y)]), a, b)
+
+
+def to_host(tree):
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def empty_population(problem: Problem, size: int) -> Population:
+    """``size`` invalid slots (used to pad populations to a fixed shape)."""
+    n = problem.space.n_max
+    z, m = problem.space.numbers(0)
+    f = len(problem.space.elements) * (len(problem.space.elements) + 1) // 2 * problem.fingerprint.n_bins
+    box = problem.space.box if problem.space.cluster else 10.0
+    crystal = Crystal(np.broadcast_to(box * np.eye(3), (size, 3, 3)).copy(), np.zeros((size, n, 3)),
+                      np.broadcast_to(z, (size, n)).copy(), np.broadcast_to(m, (size, n)).copy(), {})
+    return Population(crystal, np.zeros(size), np.full(size, np.inf), np.full(size, np.inf),
+                      np.full((size, problem.n_objectives), np.inf), np.zeros((size, f)),
+                      np.full(size, -1, np.int64), np.zeros(size, bool))
+
+
+def host_seed(key) -> int:
+    """A NumPy seed drawn from a JAX key (host-side randomness stays reproducible)."""
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+# --------------------------------------------------------------- evaluation
+def evaluate_candidates(problem: Problem, crystal: Crystal, first_id: int, operator, parents) -> Evaluated:
+    """Relax candidates and measure them: energies, fingerprints, the optional
+    objective; fitness is the enthalpy per atom (hull distances are filled in by
+    :func:`hull_fitness` for composition ranges)."""
+    k = crystal.batch_size
+    r = problem.relaxer(crystal)
+    fp = problem.fingerprints(r.crystal)
+    valid = np.isfinite(r.enthalpy)
+    objectives = [r.enthalpy]
+    if problem.objective is not None:
+        prop = np.asarray(problem.objective(r.crystal), np.float64)
+        objectives.append(np.where(np.isfinite(prop), prop, np.inf))
+        valid &= np.isfinite(prop)
+    pop = Population(r.crystal, r.energy, r.enthalpy, np.where(valid, r.enthalpy, np.inf),
+                     np.stack(objectives, -1), fp, first_id + np.arange(k, dtype=np.int64), valid)
+    return Evaluated(pop, np.asarray(operator, np.int64), np.asarray(parents, np.int64), r.status, r.steps)
+
+
+def hull_fitness(problem: Problem, best_per_composition: np.ndarray, pops: list[Population]) -> list[Population]:
+    """Replace the fitness of composition-range populations by the distance above
+    the convex hull of the best enthalpy found per composition (pymatgen
+    ``PhaseDiagram``; every end member must have been evaluated, otherwise the
+    enthalpy per atom is kept as the fitness)."""
+    if not problem.space.variable:
+        return pops
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition, Element
+
+    space = problem.space
+    sym = [Element.from_Z(z).symbol for z in space.elements]
+    entries = [PDEntry(Composition(dict(zip(sym, comp))), float(e) * sum(comp))
+               for comp, e in zip(space.compositions, best_per_composition) if np.isfinite(e)]
+    have = {el for en in entries for el in en.composition.elements}
+    if len(have) < len(sym) or not any(len(en.composition.elements) == 1 for en in entries):
+        return pops
+    try:
+        pd = PhaseDiagram(entries)
+    except Exception as e:  # missing end members: keep enthalpies until they are found
+        log.debug("no hull yet: %s", e)
+        return pops
+    hull = {}
+    out = []
+    for p in pops:
+        c = to_host(p.crystal)
+        f = np.array(p.fitness, np.float64, copy=True)
+        for b in range(len(f)):
+            if not bool(p.valid[b]):
+                continue
+            ci = space.composition_index(c.numbers[b], c.mask[b])
+            if ci not in hull:
+                hull[ci] = pd.get_hull_energy_per_atom(Composition(dict(zip(sym, space.compositions[ci]))))
+            f[b] = float(p.enthalpy[b]) - hull[ci]
+        obj = np.array(p.objectives, copy=True)
+        obj[:, 0] = f
+        out.append(p.replace(fitness=f, objectives=obj))
+    return out
+
+
+def best_per_composition(problem: Problem, current: np.ndarray, pop: Population) -> np.ndarray:
+    """Update the lowest enthalpy per atom seen for each composition of the space."""
+    out = np.array(current, np.float64, copy=True)
+    ci = problem.composition_indices(pop.crystal)
+    for b, k in enumerate(ci):
+        if k >= 0 and bool(pop.valid[b]):
+            out[k] = min(out[k], float(pop.enthalpy[b]))
+    return out
+
+
+# ----------------------------------------------------------------- survival
+def _order(objectives, fitness, valid):
+    if objectives.shape[-1] == 1:
+        return jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
+    return nsga2_order(objectives, valid)
+
+
+def survive(pool: Population, size: int, threshold: float, energy_tol: float) -> Population:
+    """The best ``size`` distinct members of ``pool`` (pure; jit-friendly).
+
+    Members are ordered by fitness (NSGA-II rank and crowding with two
+    objectives); a member within ``threshold`` (fingerprint) and ``energy_tol``
+    (eV/atom) of a better kept one is a duplicate and dropped. Missing members
+    are invalid slots.
+    """
+    return _survive(pool, size, threshold, energy_tol)
+
+
+@jax.jit
+def _survive_order(pool: Population, threshold, energy_tol):
+    order = _order(pool.objectives, pool.fitness, pool.valid)
+    p = take(pool, order)
+    keep = unique_mask(p.fingerprint, p.valid, threshold, p.enthalpy, energy_tol)
+    # kept members first, in order; then the rest (they become invalid)
+    return order[jnp.argsort(~keep, stable=True)], keep[jnp.argsort(~keep, stable=True)]
+
+
+def _survive(pool, size, threshold, energy_tol):
+    idx, keep = _survive_order(pool, threshold, energy_tol)
+    idx, keep = np.asarray(idx)[:size], np.asarray(keep)[:size]
+    out = to_host(take(pool, idx))
+    return out.replace(valid=keep & out.valid, fitness=np.where(keep, out.fitness, np.inf))
+
+
+def pick_novel(problem: Problem, candidates: Crystal, valid: np.ndarray, reference: Population,
+               n: int) -> np.ndarray:
+    """Indices of up to ``n`` candidates, in order, that duplicate neither each other
+    nor a valid member of ``reference`` (fingerprint distance below the threshold).
+    This runs before relaxation, so no relaxation is spent on a duplicate."""
+    fp = problem.fingerprints(candidates)
+    thr = problem.fingerprint.threshold
+    novel = np.asarray(novel_mask(fp, np.asarray(reference.fingerprint), np.asarray(reference.valid), thr))
+    keep = np.asarray(unique_mask(fp, np.asarray(valid) & novel, thr))
+    return np.flatnonzero(keep)[:n]
+
+
+def update_best(best: Population, pool: Population) -> Population:
+    """The single best valid member of ``best`` and ``pool`` (by fitness)."""
+    merged = concat(best, pool)
+    f = np.where(np.asarray(merged.valid), np.asarray(merged.fitness), np.inf)
+    return to_host(take(merged, np.array([int(np.argmin(f))])))

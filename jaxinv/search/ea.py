@@ -1,0 +1,227 @@
+"""Evolutionary algorithm (USPEX-like) and AIRSS-style random search.
+
+One generation: tournament selection among the best ``parent_fraction`` of the
+population, ``oversample`` x ``problem.batch`` candidates made by operators drawn
+with ``rates`` (heredity, lattice strain, permutation, soft mutation, a fresh
+random fraction, transmutation for composition ranges), fingerprint
+de-duplication against each other and the population, relaxation of the first
+``batch`` novel ones, and (mu + lambda) survival of the best distinct structures
+(NSGA-II ranking and crowding when a second objective is set). Random search
+(AIRSS, Pickard & Needs 2011) is the same loop with only the random operator.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.crystal import Crystal
+from jaxinv.graph import capacity_bucket, neighbor_graph
+from jaxinv.search import operators as ops
+from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
+                                empty_population, evaluate_candidates, host_seed, hull_fitness, pick_novel,
+                                survive, take, to_host, update_best)
+
+__all__ = ["EAConfig", "evolutionary", "random_search", "USPEX_RATES"]
+
+log = logging.getLogger("jaxinv.search")
+
+# fractions of new structures per operator (USPEX defaults: 50% heredity, 20% random,
+# the rest split between soft, lattice and permutation mutations)
+USPEX_RATES = {"heredity": 0.5, "random": 0.2, "soft": 0.1, "strain": 0.1, "permutation": 0.1}
+
+
+@dataclass(frozen=True)
+class EAConfig:
+    population: int = 16
+    rates: dict = field(default_factory=lambda: dict(USPEX_RATES))
+    parent_fraction: float = 0.6  # only the best 60% breed (USPEX bestFrac)
+    tournament: int = 2
+    oversample: int = 2  # candidates made per relaxation slot, so duplicates can be replaced
+    strain_sigma: float = 0.1
+    max_swaps: int = 4
+    soft_amplitude: tuple = (0.3, 0.6)  # x bond length: largest atomic displacement of a soft mutation
+    transmutation: float = 0.1  # rate added for composition ranges
+
+    def __hash__(self):
+        return hash(repr(self))
+
+
+def effective_rates(problem: Problem, config: EAConfig) -> dict:
+    """Operator rates with the ones that cannot act removed (permutation on one
+    species, strain on a cluster's box) and transmutation added for ranges, normalised."""
+    rates = {k: float(v) for k, v in config.rates.items() if v > 0}
+    unknown = set(rates) - {"heredity", "random", "soft", "strain", "permutation", "transmutation", "rattle"}
+    if unknown:
+        raise ValueError(f"unknown operators {sorted(unknown)}")
+    if len(problem.space.elements) == 1 or (not problem.space.variable and sum(
+            1 for n in problem.space.compositions[0] if n) == 1):
+        rates.pop("permutation", None)
+    if problem.space.cluster:
+        rates.pop("strain", None)
+    if problem.space.variable and config.transmutation > 0:
+        rates.setdefault("transmutation", config.transmutation)
+    if not problem.space.variable:
+        rates.pop("transmutation", None)
+    total = sum(rates.values())
+    if total <= 0:
+        raise ValueError("all operator rates are zero")
+    return {k: v / total for k, v in rates.items()}
+
+
+def _select_parents(key, fitness, valid, n, fraction, tournament):
+    """Tournament selection among the best ``fraction`` of valid members; (n, 2) indices."""
+    order = jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
+    n_elig = jnp.maximum(jnp.ceil(fraction * valid.sum()).astype(jnp.int32), 1)
+    draws = jax.random.randint(key, (n, 2, tournament), 0, 1 << 30) % n_elig
+    return order[jnp.min(draws, axis=-1)]  # lower position = fitter
+
+
+_PROPOSE_CACHE: dict = {}
+
+
+def _make_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
+    """The jitted proposal function, shared by searches with the same potential and settings
+    (so a resumed or repeated search does not compile it again)."""
+    key = (id(problem.potential), problem.potential.energy_fn, problem.space, config, tuple(sorted(rates.items())),
+           images, capacity)
+    if key not in _PROPOSE_CACHE:
+        _PROPOSE_CACHE[key] = _build_propose(problem, config, rates, images, capacity)
+    return _PROPOSE_CACHE[key]
+
+
+def _build_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
+    space = problem.space
+    bond = space.bond_length
+    table = {
+        "heredity": ops.heredity(cluster=space.cluster),
+        "strain": ops.lattice_strain(config.strain_sigma),
+        "permutation": ops.permutation(config.max_swaps),
+        "rattle": ops.rattle(0.1 * bond),
+        "transmutation": ops.transmutation(space.elements),
+    }
+    if "soft" in rates:
+        pot = problem.potential
+        table["soft"] = ops.soft_mutation(pot.energy_fn, pot.params, pot.cutoff, images, capacity,
+                                          amplitude=tuple(a * bond for a in config.soft_amplitude))
+    names = [k for k in rates if k != "random"]
+
+    @jax.jit
+    def propose(key, population: Crystal, first, second, codes, randoms: Crystal):
+        """Children of the chosen parents by the drawn operators (pure)."""
+        keys = jax.random.split(key, codes.shape[0])
+        mothers, fathers = take(population, first), take(population, second)
+        child = randoms
+        for name in names:
+            made = jax.vmap(table[name])(keys, mothers, fathers)
+            use = codes == OP[name]
+            child = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(use.reshape(use.shape + (1,) * (a.ndim - 1)), a, b), made, child)
+        return child
+
+    return propose
+
+
+def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "ea") -> Search:
+    """An evolutionary search as an ``(init, step)`` pair (see the module docstring)."""
+    rates = effective_rates(problem, config)
+    codes_table = np.array([OP[k] for k in rates])
+    probs = np.array(list(rates.values()))
+    cache: dict = {"images": (1, 1, 1), "capacity": 16}
+
+    def propose_fn(pop_crystal):
+        if "soft" in rates:  # static graph sizes for the soft mode, only ever growing
+            g = neighbor_graph(to_host(pop_crystal), problem.potential.cutoff)
+            cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
+            cache["capacity"] = max(cache["capacity"],
+                                    capacity_bucket(int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8))
+        key = (cache["images"], cache["capacity"])
+        if key not in cache:
+            cache[key] = _make_propose(problem, config, rates, *key)
+        return cache[key]
+
+    def init(key) -> SearchState:
+        k_rand, k_next = jax.random.split(key)
+        p = config.population
+        pieces, n_seed = [], 0
+        if problem.seeds is not None:
+            pieces.append(problem.seeds)
+            n_seed = problem.seeds.batch_size
+        n_rand = max(p - n_seed, 0)
+        if n_rand:
+            pieces.append(problem.random(n_rand, host_seed(k_rand)))
+        crystal = Crystal.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        operator = np.array([OP["seed"]] * n_seed + [OP["random"]] * n_rand)
+        evaluated = evaluate_candidates(problem, crystal, 0, operator, -np.ones((crystal.batch_size, 2)))
+        comp_best = best_per_composition(problem, np.full(len(problem.space.compositions), np.inf),
+                                         evaluated.population)
+        (pop,) = hull_fitness(problem, comp_best, [evaluated.population])
+        evaluated = evaluated.replace(population=pop)
+        pool = concat(empty_population(problem, p), pop)
+        population = survive(pool, p, problem.fingerprint.threshold, problem.fingerprint.energy_tol)
+        best = update_best(empty_population(problem, 1), pop)
+        return SearchState(key=k_next, generation=np.int64(0), relaxations=np.int64(crystal.batch_size),
+                           next_id=np.int64(crystal.batch_size), population=population, best=best,
+                           evaluated=evaluated, aux={"comp_best": comp_best})
+
+    def step(state: SearchState) -> SearchState:
+        key, k_par, k_ops, k_prop, k_rand = jax.random.split(state.key, 5)
+        pop = state.population
+        n = config.oversample * problem.batch
+        codes = np.asarray(codes_table[np.asarray(jax.random.categorical(k_ops, jnp.log(probs), shape=(n,)))])
+        parents = np.asarray(_select_parents(k_par, jnp.asarray(pop.fitness), jnp.asarray(pop.valid), n,
+                                             config.parent_fraction, config.tournament))
+        is_random = codes == OP["random"]
+        randoms = empty_population(problem, n).crystal
+        propose = propose_fn(pop.crystal)
+        children = jax.tree_util.tree_map(np.array, propose(k_prop, pop.crystal, parents[:, 0], parents[:, 1],
+                                                            codes, randoms))
+        ci = problem.composition_indices(children)
+        finite = np.isfinite(children.frac).all((1, 2)) & np.isfinite(children.lattice).all((1, 2))
+        # de-duplicate the variation children; random structures are drawn only for the
+        # slots that end up relaxed (pyxtal is slow, and they essentially never duplicate)
+        ok = np.zeros(n, bool)
+        ok[pick_novel(problem, children, (ci >= 0) & finite & ~is_random, pop, n)] = True
+        chosen = np.flatnonzero(ok | is_random)[:problem.batch]
+        fill = chosen[is_random[chosen]]
+        if len(fill):
+            r = problem.random(len(fill), host_seed(k_rand))
+            for leaf_all, leaf_new in zip((children.lattice, children.frac, children.numbers, children.mask),
+                                          (r.lattice, r.frac, r.numbers, r.mask)):
+                leaf_all[fill] = leaf_new
+        ids = np.asarray(pop.ident)
+        parent_ids = np.where(codes[:, None] == OP["random"], -1, ids[parents])
+        single = np.isin(codes, [OP["strain"], OP["permutation"], OP["soft"], OP["rattle"], OP["transmutation"]])
+        parent_ids[:, 1] = np.where(single, -1, parent_ids[:, 1])
+        if len(chosen) == 0:  # everything was a duplicate: fall back to fresh random structures
+            log.info("generation %d: every candidate duplicated the population; relaxing random ones",
+                     int(state.generation) + 1)
+            children = problem.random(problem.batch, host_seed(k_rand) + 1)
+            chosen = np.arange(problem.batch)
+            codes = np.full(problem.batch, OP["random"])
+            parent_ids = -np.ones((problem.batch, 2), np.int64)
+        evaluated = evaluate_candidates(problem, take(children, chosen), int(state.next_id), codes[chosen],
+                                        parent_ids[chosen])
+        comp_best = best_per_composition(problem, state.aux["comp_best"], evaluated.population)
+        pop, new = hull_fitness(problem, comp_best, [pop, evaluated.population])
+        evaluated = evaluated.replace(population=new)
+        population = survive(concat(pop, new), config.population, problem.fingerprint.threshold,
+                             problem.fingerprint.energy_tol)
+        k = len(chosen)
+        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
+                             relaxations=np.int64(int(state.relaxations) + k),
+                             next_id=np.int64(int(state.next_id) + k), population=population,
+                             best=update_best(state.best, new), evaluated=evaluated,
+                             aux={**state.aux, "comp_best": comp_best})
+
+    return Search(init, step, name, problem)
+
+
+def random_search(problem: Problem, population: int = 16, name: str = "random") -> Search:
+    """AIRSS-style random search: every step relaxes ``problem.batch`` fresh random
+    (symmetric, pyxtal) structures; the population keeps the best distinct ones."""
+    return evolutionary(problem, EAConfig(population=population, rates={"random": 1.0}, oversample=1), name)

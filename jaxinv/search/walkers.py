@@ -1,0 +1,230 @@
+"""Walker methods on the energy landscape of local minima: basin hopping,
+simulated annealing and minima hopping, with a batch of independent walkers.
+
+* Basin hopping (Wales & Doye, J. Phys. Chem. A 101, 5111 (1997)): each walker
+  rattles its current minimum (Gaussian displacements plus a small cell strain),
+  relaxes, and accepts the new minimum with the Metropolis rule at temperature T.
+* Simulated annealing: the same walk with T lowered geometrically every step
+  (annealing over local minima, i.e. Monte-Carlo minimisation with a cooling
+  schedule; the Metropolis test compares relaxed enthalpies).
+* Minima hopping (Goedecker, J. Chem. Phys. 120, 9911 (2004)): escapes by a short
+  molecular-dynamics run at kinetic energy E_kin from the current minimum, then
+  relaxation; E_kin grows when the walker falls back into the same minimum or
+  into one visited before and shrinks otherwise; a new minimum is accepted when
+  it is less than E_diff higher, and E_diff shrinks on acceptance, grows on
+  rejection. Visited minima are kept as fingerprints in a fixed-size ring buffer.
+
+All walkers move together: one batched proposal, one batched relaxation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.graph import build_graph, capacity_bucket, neighbor_graph
+from jaxinv.search import operators as ops
+from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
+                                host_seed, to_host, update_best)
+from jaxinv.search.fingerprint import cosine_distances
+
+__all__ = ["MCConfig", "basin_hopping", "simulated_annealing", "MHConfig", "minima_hopping", "md_escape"]
+
+
+@dataclass(frozen=True)
+class MCConfig:
+    walkers: int = 16
+    temperature: float = 0.05  # eV per structure (Metropolis on total enthalpy differences)
+    cooling: float = 1.0  # T <- cooling * T every step (1: basin hopping)
+    min_temperature: float = 1e-4
+    rattle: float = 0.35  # x bond length: Gaussian displacement width
+    strain: float = 0.05  # cell strain width (crystals)
+
+
+def _metropolis(key, h_new, h_cur, n_atoms, temperature):
+    """Accept with probability min(1, exp(-(H_new - H_cur) / T)), per walker."""
+    dh = (h_new - h_cur) * n_atoms
+    u = jax.random.uniform(key, dh.shape)
+    return np.isfinite(h_new) & ((dh <= 0) | (np.asarray(u) < np.exp(-np.clip(dh, 0, None) / temperature)))
+
+
+def _initial_walkers(problem: Problem, key, w):
+    k_rand, k_next = jax.random.split(key)
+    crystal = problem.random(w, host_seed(k_rand))
+    ev = evaluate_candidates(problem, crystal, 0, np.full(w, OP["random"]), -np.ones((w, 2)))
+    return k_next, ev
+
+
+def _accept(state, ev, accept):
+    pop = to_host(state.population)
+    new = to_host(ev.population)
+    return jax.tree_util.tree_map(lambda a, b: np.where(accept.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b),
+                                  new, pop)
+
+
+def monte_carlo(problem: Problem, config: MCConfig = MCConfig(), name: str = "basin_hopping") -> Search:
+    """Basin hopping (``cooling=1``) or simulated annealing (``cooling<1``) with ``walkers`` walkers."""
+    w = config.walkers
+    bond = problem.space.bond_length
+    move = jax.jit(jax.vmap(ops.rattle(config.rattle * bond, 0.0 if problem.space.cluster else config.strain)))
+
+    def init(key) -> SearchState:
+        key, ev = _initial_walkers(problem, key, w)
+        return SearchState(key=key, generation=np.int64(0), relaxations=np.int64(w), next_id=np.int64(w),
+                           population=to_host(ev.population),
+                           best=update_best(empty_population(problem, 1), ev.population), evaluated=ev,
+                           aux={"temperature": np.full(w, config.temperature)})
+
+    def step(state: SearchState) -> SearchState:
+        key, k_move, k_acc = jax.random.split(state.key, 3)
+        pop = state.population
+        moved = to_host(move(jax.random.split(k_move, w), pop.crystal, pop.crystal))
+        ev = evaluate_candidates(problem, moved, int(state.next_id), np.full(w, OP["rattle"]),
+                                 np.stack([np.asarray(pop.ident), -np.ones(w, np.int64)], 1))
+        t = np.asarray(state.aux["temperature"])
+        n_atoms = np.asarray(pop.crystal.mask).sum(-1)
+        accept = _metropolis(k_acc, np.asarray(ev.population.fitness), np.asarray(pop.fitness), n_atoms, t)
+        accept |= ~np.asarray(pop.valid) & np.asarray(ev.population.valid)
+        t = np.maximum(t * config.cooling, config.min_temperature)
+        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
+                             relaxations=np.int64(int(state.relaxations) + w),
+                             next_id=np.int64(int(state.next_id) + w), population=_accept(state, ev, accept),
+                             best=update_best(state.best, ev.population), evaluated=ev,
+                             aux={"temperature": t})
+
+    return Search(init, step, name, problem)
+
+
+def basin_hopping(problem: Problem, config: MCConfig = MCConfig()) -> Search:
+    return monte_carlo(problem, config, "basin_hopping")
+
+
+def simulated_annealing(problem: Problem, config: MCConfig = MCConfig(temperature=0.3, cooling=0.9)) -> Search:
+    return monte_carlo(problem, config, "annealing")
+
+
+# ------------------------------------------------------------ minima hopping
+@dataclass(frozen=True)
+class MHConfig:
+    walkers: int = 16
+    ekin: float = 0.3  # eV/atom, initial kinetic energy of an escape
+    ediff: float = 0.05  # eV/atom, initial acceptance threshold
+    beta_same: float = 1.1  # E_kin factor when the walker fell back into its minimum
+    beta_old: float = 1.05  # ... into a minimum visited before
+    beta_new: float = 1.0 / 1.05  # ... into a new minimum
+    alpha_accept: float = 1.0 / 1.02  # E_diff factor on acceptance
+    alpha_reject: float = 1.02
+    md_steps: int = 60
+    dt: float = 0.05  # time step with unit masses (Å sqrt(mass/eV))
+    history: int = 256  # visited minima remembered (ring buffer)
+
+
+def md_escape(energy_fn, params, cutoff: float, images: tuple, capacity: int, steps: int, dt: float):
+    """A pure, vmappable escape move: velocity Verlet with unit masses and the
+    cell fixed, from random velocities of kinetic energy ``ekin`` per atom.
+    Returns ``fn(key, structure, ekin) -> structure``; the graph is rebuilt inside
+    every step with static ``images``/``capacity`` (an overflowing structure stops moving)."""
+
+    def fn(key, first, ekin):
+        c = ops.batched(first)
+        inv = jnp.linalg.inv(first.lattice)
+        m = first.mask[:, None]
+
+        def forces(x):
+            cc = c.replace(frac=(x @ inv)[None])
+            g = build_graph(cc, cutoff, images, capacity)
+            f = -jax.grad(lambda y: energy_fn(params, cc.replace(frac=(y @ inv)[None]), g)[0])(x)
+            ok = ~g.overflow[0] & jnp.all(jnp.isfinite(f))
+            return jnp.where(m & ok, f, 0.0), ok
+
+        v = jnp.where(m, jax.random.normal(key, first.frac.shape), 0.0)
+        v = v - jnp.sum(v, 0) / jnp.maximum(first.mask.sum(), 1)
+        v = jnp.where(m, v, 0.0)
+        n = jnp.maximum(first.mask.sum(), 1)
+        v = v * jnp.sqrt(2.0 * ekin * n / jnp.maximum(jnp.sum(v * v), 1e-12))
+        x0 = first.frac @ first.lattice
+        f0, _ = forces(x0)
+
+        def body(i, carry):
+            x, v, f, alive = carry
+            x_new = x + dt * v + 0.5 * dt * dt * f
+            f_new, ok = forces(x_new)
+            alive = alive & ok
+            v_new = v + 0.5 * dt * (f + f_new)
+            return (jnp.where(alive, x_new, x), jnp.where(alive, v_new, v), jnp.where(alive, f_new, f), alive)
+
+        x, _, _, _ = jax.lax.fori_loop(0, steps, body, (x0, v, f0, jnp.array(True)))
+        return first.replace(frac=jnp.where(m, x @ inv, 0.0))
+
+    return fn
+
+
+def minima_hopping(problem: Problem, config: MHConfig = MHConfig(), name: str = "minima_hopping") -> Search:
+    w = config.walkers
+    pot = problem.potential
+    cache = {"images": (1, 1, 1), "capacity": 16}
+
+    def escape_fn(crystal):
+        g = neighbor_graph(crystal, pot.cutoff)
+        cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
+        # MD compresses bonds: generous headroom so the static graph rarely overflows
+        cache["capacity"] = max(cache["capacity"], capacity_bucket(int(1.6 * int(np.max(np.asarray(g.n_edges)))) + 8))
+        key = (cache["images"], cache["capacity"])
+        if key not in cache:
+            fn = md_escape(pot.energy_fn, pot.params, pot.cutoff, *key, config.md_steps, config.dt)
+            cache[key] = jax.jit(jax.vmap(fn))
+        return cache[key]
+
+    def init(key) -> SearchState:
+        key, ev = _initial_walkers(problem, key, w)
+        f = np.asarray(ev.population.fingerprint)
+        visited = np.zeros((config.history, f.shape[1]))
+        visited_h = np.full(config.history, np.inf)
+        visited[:w], visited_h[:w] = f, np.asarray(ev.population.enthalpy)
+        return SearchState(key=key, generation=np.int64(0), relaxations=np.int64(w), next_id=np.int64(w),
+                           population=to_host(ev.population),
+                           best=update_best(empty_population(problem, 1), ev.population), evaluated=ev,
+                           aux={"ekin": np.full(w, config.ekin), "ediff": np.full(w, config.ediff),
+                                "visited": visited, "visited_enthalpy": visited_h,
+                                "n_visited": np.int64(min(w, config.history))})
+
+    def step(state: SearchState) -> SearchState:
+        key, k_md = jax.random.split(state.key)
+        pop = state.population
+        aux = state.aux
+        ekin, ediff = np.asarray(aux["ekin"]).copy(), np.asarray(aux["ediff"]).copy()
+        escape = escape_fn(pop.crystal)
+        moved = to_host(escape(jax.random.split(k_md, w), pop.crystal, ekin))
+        ev = evaluate_candidates(problem, moved, int(state.next_id), np.full(w, OP["md"]),
+                                 np.stack([np.asarray(pop.ident), -np.ones(w, np.int64)], 1))
+        new = ev.population
+        thr, tol = problem.fingerprint.threshold, problem.fingerprint.energy_tol
+        h_new, h_cur = np.asarray(new.enthalpy), np.asarray(pop.enthalpy)
+        same = (np.diag(np.asarray(cosine_distances(new.fingerprint, pop.fingerprint))) < thr) & \
+            (np.abs(h_new - h_cur) < tol)
+        nv = int(aux["n_visited"])
+        d_old = np.asarray(cosine_distances(new.fingerprint, aux["visited"]))
+        seen = np.any((d_old < thr) & (np.abs(h_new[:, None] - aux["visited_enthalpy"][None]) < tol)
+                      & (np.arange(config.history) < nv)[None], axis=1)
+        ekin = np.where(same, ekin * config.beta_same,
+                        np.where(seen, ekin * config.beta_old, ekin * config.beta_new))
+        valid = np.asarray(new.valid)
+        accept = valid & ~same & (h_new - h_cur < ediff)
+        accept |= ~np.asarray(pop.valid) & valid
+        ediff = np.where(~same & valid, np.where(accept, ediff * config.alpha_accept, ediff * config.alpha_reject),
+                         ediff)
+        visited, visited_h = np.array(aux["visited"]), np.array(aux["visited_enthalpy"])
+        for b in np.flatnonzero(valid & ~same & ~seen):  # remember new minima (ring buffer)
+            visited[nv % config.history], visited_h[nv % config.history] = new.fingerprint[b], h_new[b]
+            nv += 1
+        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
+                             relaxations=np.int64(int(state.relaxations) + w),
+                             next_id=np.int64(int(state.next_id) + w), population=_accept(state, ev, accept),
+                             best=update_best(state.best, new), evaluated=ev,
+                             aux={"ekin": ekin, "ediff": ediff, "visited": visited, "visited_enthalpy": visited_h,
+                                  "n_visited": np.int64(nv)})
+
+    return Search(init, step, name, problem)

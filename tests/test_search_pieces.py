@@ -1,0 +1,230 @@
+"""jaxinv.search building blocks: operators, fingerprints, duplicates, Pareto ranking, seeds."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from jaxinv.crystal import Crystal
+from jaxinv.search import SearchSpace
+from jaxinv.search import operators as ops
+from jaxinv.search.fingerprint import compute_fingerprints, cosine_distances, unique_mask
+from jaxinv.search.pareto import crowding_distance, nsga2_order, pareto_ranks
+from jaxinv.search.seeds import from_structures, random_clusters, random_crystals
+
+SPACE = SearchSpace.fixed("Ti2O4")
+
+
+def counts(c: Crystal):
+    c = c.to_host()
+    return [sorted(np.unique(c.numbers[b][c.mask[b]], return_counts=True)[1].tolist()) for b in range(c.batch_size)]
+
+
+@pytest.fixture(scope="module")
+def tio2():
+    c, ci = random_crystals(SPACE, 6, np.random.default_rng(0))
+    return c
+
+
+def test_random_crystals_have_the_composition_layout_and_spacing(tio2):
+    assert tio2.n_max == 6
+    np.testing.assert_array_equal(tio2.numbers, np.tile([8, 8, 8, 8, 22, 22], (6, 1)))  # sorted by Z
+    from jaxinv.search.seeds import _min_distance_fast
+
+    for b in range(6):
+        assert _min_distance_fast(tio2.lattice[b], tio2.frac[b]) >= SPACE.min_distance - 1e-9
+
+
+def test_impossible_space_group_pairs_are_skipped_not_retried(monkeypatch, caplog):
+    import logging
+
+    import pyxtal
+
+    from jaxinv.search import seeds
+
+    groups = seeds.compatible_groups(("Si",), (3,))
+    assert 1 in groups and 227 not in groups  # 3 atoms cannot fill diamond's 8a
+    # a pair pyxtal accepts on paper but cannot build: every group but P1 fails here
+    original = pyxtal.pyxtal.from_random
+    calls = []
+
+    def failing(self, dim, group, *args, **kwargs):
+        calls.append(group)
+        if group != 1:
+            raise RuntimeError("cannot place atoms")
+        return original(self, dim, group, *args, **kwargs)
+
+    monkeypatch.setattr(pyxtal.pyxtal, "from_random", failing)
+    monkeypatch.setattr(seeds, "_FAILED", set())
+    with caplog.at_level(logging.INFO, logger="jaxinv.search"):
+        c, _ = seeds.random_crystals(SearchSpace.fixed("Si3"), 6, np.random.default_rng(1), p1_fraction=0.0)
+    assert c.batch_size == 6
+    failed = [g for g in calls if g != 1]
+    assert len(failed) == len(set(failed))  # each impossible group tried once, then skipped
+    assert {("Si",), } == {k[0] for k in seeds._FAILED} and "skipped from now on" in caplog.text
+
+
+OPS = {"heredity": jax.jit(jax.vmap(ops.heredity())), "strain": jax.jit(jax.vmap(ops.lattice_strain(0.2))),
+       "permutation": jax.jit(jax.vmap(ops.permutation(3))), "rattle": jax.jit(jax.vmap(ops.rattle(0.2, 0.05)))}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_operators_keep_composition_and_vmap(tio2, name):
+    keys = jax.random.split(jax.random.PRNGKey(1), 6)
+    first = Crystal(tio2.lattice, tio2.frac, tio2.numbers, tio2.mask, {})
+    second = jax.tree_util.tree_map(lambda x: x[::-1], first)
+    child = OPS[name](keys, first, second).to_host()
+    np.testing.assert_array_equal(child.numbers, tio2.numbers)
+    np.testing.assert_array_equal(child.mask, tio2.mask)
+    assert np.isfinite(child.frac).all() and np.isfinite(child.lattice).all()
+    changed = ~np.isclose(child.frac, tio2.frac).all((1, 2)) | ~np.isclose(child.lattice, tio2.lattice).all((1, 2))
+    assert changed.all()
+    if name == "strain":
+        np.testing.assert_allclose(child.volume, tio2.volume, rtol=1e-5)
+
+
+def test_heredity_takes_atoms_from_both_parents(tio2):
+    # parents whose atoms sit in two separate clumps: children mix both clumps
+    frac = 0.1 + 0.01 * np.arange(6)[None, :, None] * np.ones((6, 6, 3))
+    a = Crystal(np.broadcast_to(4.0 * np.eye(3), (6, 3, 3)), frac, tio2.numbers, tio2.mask, {})
+    b = a.replace(frac=frac + 0.5)
+    frac = np.concatenate([np.asarray(OPS["heredity"](jax.random.split(jax.random.PRNGKey(k), 6), a, b).frac)
+                           for k in range(3)])
+    d = frac[:, :, None] - frac[:, None]
+    d = np.abs(d - np.round(d)).max(-1)  # fractional minimum-image separations
+    # a clump spans 0.05; a child of one parent only would stay within it
+    assert (d.max((1, 2)) > 0.2).any()
+    # ... and every atom still sits in a clump of one of the parents (rigidly shifted)
+    assert ((d < 0.06).sum(-1) >= 1).all()
+
+
+def test_permutation_swaps_unlike_atoms_only():
+    c = Crystal(np.eye(3)[None] * 5, np.random.default_rng(0).random((1, 4, 3)), np.array([[8, 8, 22, 22]]),
+                np.ones((1, 4), bool), {})
+    child = ops.permutation(1)(jax.random.PRNGKey(0), ops.single(c), ops.single(c))
+    moved = ~np.isclose(np.asarray(child.frac), c.frac[0]).all(-1)
+    assert moved.sum() == 2
+    assert set(c.numbers[0][moved].tolist()) == {8, 22}
+
+
+def test_transmutation_changes_one_atom_and_keeps_sorted_layout():
+    space = SearchSpace.binary("Mg", "O", 4, 4)
+    z, m = space.numbers(space.compositions.index((2, 2)))
+    c = Crystal(np.eye(3)[None] * 5, np.random.default_rng(0).random((1, 4, 3)), z[None], m[None], {})
+    child = ops.transmutation(space.elements)(jax.random.PRNGKey(2), ops.single(c), ops.single(c))
+    n = np.asarray(child.numbers)
+    assert sorted(np.unique(n, return_counts=True)[1].tolist()) == [1, 3]
+    assert np.all(np.diff(n) >= 0)
+    assert space.composition_index(n, np.asarray(child.mask)) >= 0
+
+
+def test_soft_mutation_moves_along_a_mode_and_keeps_composition():
+    from jaxinv.potentials import lennard_jones
+
+    lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
+    space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
+    c, _ = random_crystals(space, 3, np.random.default_rng(2), symmetric=False)
+    op = ops.soft_mutation(lj.energy_fn, lj.params, lj.cutoff, (3, 3, 3), 512, amplitude=(0.3, 0.3))
+    child = jax.jit(jax.vmap(op))(jax.random.split(jax.random.PRNGKey(0), 3), c, c).to_host()
+    dx = np.einsum("bni,bij->bnj", child.frac - c.frac, c.lattice)
+    np.testing.assert_allclose(np.linalg.norm(dx, axis=-1).max(-1), 0.3, rtol=1e-4)  # largest displacement
+    np.testing.assert_allclose(dx.mean(1), 0.0, atol=1e-5)  # no rigid translation
+    np.testing.assert_array_equal(child.numbers, c.numbers)
+
+
+# ---------------------------------------------------------- fingerprints
+def _rutile():
+    return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                     [[0, 0, 0], [0.3048, 0.3048, 0]])
+
+
+def _fp(structures, space):
+    c, _ = from_structures(space, structures)
+    return compute_fingerprints(c, space.elements, 6.0)
+
+
+def test_fingerprint_is_invariant_to_symmetry_operations_and_cell_choice():
+    rutile = _rutile()
+    rotated = rutile.copy()
+    from pymatgen.core.operations import SymmOp
+
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0))
+    shifted = rutile.copy()
+    shifted.translate_sites(range(len(shifted)), [0.13, 0.27, 0.41])
+    permuted = Structure(rutile.lattice, [rutile[i].species_string for i in [5, 1, 3, 0, 2, 4]],
+                         [rutile[i].frac_coords for i in [5, 1, 3, 0, 2, 4]])
+    sheared = Structure(Lattice(rutile.lattice.matrix + np.outer([0, 1, 0], rutile.lattice.matrix[0])),
+                        rutile.species, rutile.cart_coords, coords_are_cartesian=True, to_unit_cell=True)
+    supercell = rutile * (1, 1, 2)
+    space = SearchSpace.binary("Ti", "O", 6, 12)
+    fp = _fp([rutile, rotated, shifted, permuted, sheared, supercell], space)
+    d = np.asarray(cosine_distances(fp, fp))
+    assert d[0].max() < 1e-5
+
+
+def test_fingerprint_distinguishes_polymorphs():
+    rutile = _rutile()
+    anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
+                                        [[0, 0, 0], [0, 0, 0.2081]]).get_primitive_structure()
+    squeezed = rutile.copy()
+    squeezed.apply_strain([0.05, 0.0, -0.05])
+    fp = _fp([rutile, anatase, squeezed], SPACE)
+    d = np.asarray(cosine_distances(fp, fp))
+    assert d[0, 1] > 0.02  # polymorphs: far apart
+    assert 0.002 < d[0, 2] < d[0, 1]  # a 5% strain: above the default duplicate threshold
+
+
+def test_unique_mask_keeps_the_first_of_each_group():
+    fp = jnp.array([[1.0, 0.0], [1.0, 1e-4], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    valid = jnp.array([True, True, True, False, True])
+    keep = np.asarray(unique_mask(fp, valid, 0.01))
+    np.testing.assert_array_equal(keep, [True, False, True, False, True])
+    energy = jnp.array([0.0, 1.0, 0.0, 0.0, 0.0])  # same fingerprint, different energy: not a duplicate
+    np.testing.assert_array_equal(np.asarray(unique_mask(fp, valid, 0.01, energy, 0.1)), [True, True, True, False, True])
+
+
+# ---------------------------------------------------------------- Pareto
+def test_pareto_ranks_and_crowding_on_hand_made_points():
+    f = jnp.array([[0.0, 4.0], [1.0, 2.0], [2.0, 1.0], [4.0, 0.0],  # front 0
+                   [2.0, 3.0], [3.0, 2.0],  # front 1
+                   [4.0, 4.0],  # front 2
+                   [jnp.nan, 0.0]])  # invalid
+    rank = np.asarray(pareto_ranks(f))
+    np.testing.assert_array_equal(rank, [0, 0, 0, 0, 1, 1, 2, 8])
+    crowd = np.asarray(crowding_distance(f, jnp.asarray(rank)))
+    assert np.isinf(crowd[[0, 3, 4, 5, 6]]).all()
+    # interior points of front 0: (2 - 0)/4 + (4 - 1)/4 and (4 - 1)/4 + (2 - 0)/4
+    np.testing.assert_allclose(crowd[[1, 2]], [1.25, 1.25])
+    order = np.asarray(nsga2_order(f))
+    assert set(order[:4]) == {0, 1, 2, 3} and list(order[4:]) == [4, 5, 6, 7] or set(order[4:6]) == {4, 5}
+    assert order[-1] == 7
+
+
+def test_random_clusters_are_centred_and_spaced():
+    space = SearchSpace.fixed("Ar13", cluster=True, box=15.0, bond_length=1.12, min_distance=0.9)
+    c, _ = random_clusters(space, 4, np.random.default_rng(0))
+    x = np.einsum("bni,bij->bnj", c.frac, c.lattice)
+    np.testing.assert_allclose(c.lattice, np.broadcast_to(15.0 * np.eye(3), (4, 3, 3)))
+    d = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1) + 100 * np.eye(13)
+    assert d.min() >= 0.9
+    assert np.abs(x.mean(1) - 7.5).max() < 2.0
+
+
+def test_hull_fitness_is_the_distance_above_the_binary_hull():
+    from jaxinv.potentials import lennard_jones
+    from jaxinv.search import Problem
+    from jaxinv.search.core import empty_population, hull_fitness
+
+    space = SearchSpace.binary("Ar", "Kr", 2, 2, bond_length=1.2)  # Kr2, ArKr, Ar2
+    problem = Problem(space, lennard_jones(species=["Ar", "Kr"]))
+    # best enthalpies per atom: Ar2 -1, ArKr -2.5, Kr2 -2 -> ArKr is 1 eV/atom below the tie line
+    best = np.full(len(space.compositions), np.inf)
+    for comp, e in {(2, 0): -1.0, (1, 1): -2.5, (0, 2): -2.0}.items():
+        best[space.compositions.index(comp)] = e
+    pop = empty_population(problem, 3)
+    numbers = np.array([space.numbers(space.compositions.index(c))[0] for c in [(2, 0), (1, 1), (1, 1)]])
+    pop = pop.replace(crystal=pop.crystal.replace(numbers=numbers), enthalpy=np.array([-1.0, -2.5, -2.0]),
+                      fitness=np.array([-1.0, -2.5, -2.0]), valid=np.ones(3, bool))
+    (out,) = hull_fitness(problem, best, [pop])
+    np.testing.assert_allclose(out.fitness, [0.0, 0.0, 0.5], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(out.objectives)[:, 0], out.fitness)
