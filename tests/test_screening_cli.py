@@ -32,6 +32,17 @@ def test_configs_compose():
     assert compose("castelli", ["seeds=3"]).seeds == 3
 
 
+def test_quickstart_is_the_screen_experiment_with_small_defaults():
+    from jaxinv.cli import load_experiment
+    from jaxinv.config import validate
+
+    module = load_experiment("quickstart")
+    cfg = validate(compose("quickstart"), module.Config)
+    screen = validate(compose("screen"), load_experiment("screen").Config)
+    assert cfg.candidates.n_prototypes == 50 and cfg.model is None
+    assert [s["type"] for s in cfg.stages] == [s["type"] for s in screen.stages] == ["composition", "property", "rank"]
+
+
 def test_train_property_experiment_reports_calibration(tmp_path):
     """A tiny run of the experiment: held-out metrics for every target, σ scale, saved model."""
     from jaxinv.screening.train import PropertyModel
