@@ -48,10 +48,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--gap", default="dir_gap")
-    ap.add_argument("--features", default="magpie_site_ionic")
+    ap.add_argument("--features", default="magpie_site_oxi")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--strategies", default="p_window,random")
+    ap.add_argument("--initial-fraction", type=float, default=0.02)
+    ap.add_argument("--calibrate", action="store_true", help="scale σ on earlier batches' held-out predictions")
+    ap.add_argument("--diversity", type=float, default=0.0, help="batch diversity length (0: plain top-k)")
     ap.add_argument("--out", default=str(HERE / "screening_castelli"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -60,13 +63,14 @@ def main() -> None:
     x = featurize(ds.crystal(), args.features)
     t_feat = time.perf_counter() - t0
     cfg = ActiveConfig(train=TrainConfig(n_members=args.members, epochs=args.epochs, batch_size=128,
-                                         min_capacity=1024), model_kwargs={"hidden": (64, 32)})
+                                         min_capacity=1024), model_kwargs={"hidden": (64, 32)},
+                       calibrate_sigma=args.calibrate, diversity=args.diversity)
     out = Path(args.out)
     res = None
     # one seed at a time, saved as it goes: a long run killed early still leaves its seeds
     for seed in range(args.seeds):
         one = replay(x, ds.labels, seeds=[seed], strategies=tuple(args.strategies.split(",")), gap=args.gap,
-                     config=cfg)
+                     initial_fraction=args.initial_fraction, config=cfg)
         if res is None:
             res = one
         else:
@@ -89,6 +93,9 @@ def main() -> None:
             j = int(np.flatnonzero(np.isclose(f * 100, k))[0])
             cells.append(f"{c[:, j].mean():.3f} ± {c[:, j].std():.3f}")
         print(f"| {name} | " + " | ".join(cells) + f" | {res['seconds'][name]:.0f} |")
+    for name, curves in res["curves"].items():
+        c = np.asarray(curves)
+        print(f"{name} per seed, recall at {100 * f[-1]:.0f}%: " + ", ".join(f"{v:.3f}" for v in c[:, -1]))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,40 @@ def case(name):
         space = SearchSpace.fixed("Ti2O4")
         return space, load_potential("buckingham_tio2"), FireConfig(fmax=0.02, max_steps=1000), 16, 400, \
             {"tol": 2e-3, "structure": "tio2_min"}
+    if name in SEVENNET_CASES:  # SevenNet-0 rungs: formula per cell
+        space = SearchSpace.fixed(SEVENNET_CASES[name])
+        return space, load_potential("sevennet0"), FireConfig(fmax=0.05, max_steps=500), 16, 128, \
+            {"tol": 5e-3, "structure": "sevennet_min"}
+    raise KeyError(name)
+
+
+# formula per cell of the SevenNet-0 rungs (two formula units where the known ground state has two)
+SEVENNET_CASES = {"nacl_7net": "Na4Cl4", "tio2_7net": "Ti2O4", "zno_7net": "Zn2O2", "srtio3_7net": "SrTiO3"}
+
+
+def _sevennet_candidates(name):
+    """Known polymorphs of a SevenNet-0 rung (experimental geometries; relaxed before use)."""
+    from pymatgen.core import Lattice, Structure
+
+    if name == "nacl_7net":
+        rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])
+        cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])
+        return {"rocksalt": rocksalt, "CsCl-type": cscl * (2, 2, 1)}
+    if name == "tio2_7net":
+        rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                           [[0, 0, 0], [0.3048, 0.3048, 0]])
+        anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
+                                            [[0, 0, 0], [0, 0, 0.2081]]).get_primitive_structure()
+        return {"rutile": rutile, "anatase": anatase}
+    if name == "zno_7net":
+        wurtzite = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.207), ["Zn", "O"],
+                                             [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
+        zincblende = Structure.from_spacegroup("F-43m", Lattice.cubic(4.58), ["Zn", "O"],
+                                               [[0, 0, 0], [.25, .25, .25]]).get_primitive_structure()
+        return {"wurtzite": wurtzite, "zincblende": zincblende * (2, 1, 1)}
+    if name == "srtio3_7net":
+        return {"cubic perovskite": Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                                              [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])}
     raise KeyError(name)
 
 
@@ -110,6 +144,8 @@ def reference_structures(name, potential):
         anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
                                             [[0, 0, 0], [0, 0, 0.2081]])
         cands["anatase"] = anatase.get_primitive_structure()
+    elif name in SEVENNET_CASES:
+        cands = _sevennet_candidates(name)
     from jaxinv.relax import relax
 
     out = {}

@@ -1,7 +1,7 @@
 """Issue 4 validation: jaxinv batched relaxation against ASE FIRE + FrechetCellFilter,
 both with the jaxinv SevenNet-0 potential, on rattled and strained structures.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/validate_relax.py [--perov 20] [--carbon 10] [--fmax 0.02]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/validate_relax.py [--perov 20] [--carbon 10] [--fmax 0.005]
 
 jaxinv stops on ASE's test (``criterion="ase"``: every row of the
 FrechetCellFilter generalized forces below ``fmax``), so both stop at the same
@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--carbon", type=int, default=10)
     ap.add_argument("--rattle", type=float, default=0.05)
     ap.add_argument("--strain", type=float, default=0.03)
-    ap.add_argument("--fmax", type=float, default=0.02)
+    ap.add_argument("--fmax", type=float, default=0.005)
     args = ap.parse_args()
     from jaxinv.potentials.sevennet import load_sevennet
 

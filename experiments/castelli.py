@@ -21,13 +21,15 @@ class Config(RunConfig):
     seeds: int = 10
     strategies: List[str] = field(default_factory=lambda: ["p_window", "random"])
     gap: str = "dir_gap"
-    features: str = "magpie_site_ionic"
+    features: str = "magpie_site_oxi"
     initial_fraction: float = 0.02
     batch_fraction: float = 0.01
     budget_fraction: float = 0.2
     members: int = 4
     epochs: int = 40
     hidden: List[int] = field(default_factory=lambda: [64, 32])
+    calibrate_sigma: bool = False  # scale σ on earlier batches' held-out predictions (hurt here: see RESULTS.md)
+    diversity: float = 0.0  # batch diversity length; 0 = plain top-k
 
 
 def main(cfg, run):
@@ -42,7 +44,8 @@ def main(cfg, run):
     x = featurize(ds.crystal(), cfg.features)
     print(f"features ({cfg.features}, {x.shape[1]} columns) in {time.perf_counter() - t0:.1f} s")
     ac = ActiveConfig(train=TrainConfig(n_members=cfg.members, epochs=cfg.epochs, batch_size=128, min_capacity=1024),
-                      model_kwargs={"hidden": list(cfg.hidden)})
+                      model_kwargs={"hidden": list(cfg.hidden)}, calibrate_sigma=cfg.calibrate_sigma,
+                      diversity=cfg.diversity)
     res = replay(x, ds.labels, seeds=range(cfg.seeds), strategies=tuple(cfg.strategies), gap=cfg.gap,
                  initial_fraction=cfg.initial_fraction, batch_fraction=cfg.batch_fraction,
                  budget_fraction=cfg.budget_fraction, config=ac, progress=cfg.progress)

@@ -38,6 +38,7 @@ class Config(RunConfig):
     max_steps: int = 500
     pressure_gpa: float = 0.0
     cell: str = "frechet"
+    criterion: str = "stress"
     max_edges: int = 60000
     max_batch: int = 128
     checkpoint: bool = True
@@ -59,7 +60,7 @@ def main(cfg, run):
     print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
           f"stress_tol {cfg.stress_tol} eV/Å^3, cell {cfg.cell}, P = {cfg.pressure_gpa} GPa)")
     results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
-                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, progress=cfg.progress,
+                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, criterion=cfg.criterion, progress=cfg.progress,
                     checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
                     max_edges=cfg.max_edges, max_batch=cfg.max_batch)
     with open(run.path("relaxed.csv"), "w", newline="") as fh:

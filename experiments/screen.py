@@ -39,8 +39,9 @@ class CandidateConfig:
     prototypes: str = "perov_5"  # dataset name (optionally name:split) or a folder/file of CIFs
     n_prototypes: Optional[int] = 100  # a seeded sample of the prototypes (null: all)
     threshold: float = 1e-3  # minimum substitution probability (product over site classes)
-    max_per_prototype: int = 4096
-    budget: int = 65536  # combinations scored per prototype (m^k)
+    method: str = "exhaustive"  # exhaustive (every substitution above threshold) | top_k (JAX, m^k per prototype)
+    max_per_prototype: Optional[int] = 4096  # best kept per prototype (null: all)
+    budget: int = 65536  # top_k only: combinations scored per prototype (m^k)
     dls_volume: bool = False  # rescale survivors of the composition stage with pymatgen's DLS
 
 
@@ -110,7 +111,7 @@ def main(cfg, run):
         protos = prepare_prototypes(structures, names)
         t_proto = time.perf_counter() - t0
         cands, stats = enumerate_substitutions(protos, cfg.candidates.threshold, cfg.candidates.max_per_prototype,
-                                               cfg.candidates.budget)
+                                               cfg.candidates.budget, method=cfg.candidates.method)
         stats["prototype_seconds"] = t_proto
         stats["prototypes_usable"] = len(protos)
         stats["prototypes_given"] = len(structures)

@@ -27,6 +27,7 @@ class ModelConfig:
     hidden: List[int] = field(default_factory=lambda: [128, 64])
     cgcnn_features: int = 64
     n_conv: int = 3
+    n_rbf: int = 40  # Gaussian distance expansion of the CGCNN edges
     cutoff: float = 5.0
 
 
@@ -37,6 +38,7 @@ class TrainSection:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    chunk_epochs: int = 50  # epochs per compiled call; progress is logged and checkpointed after each
 
 
 @dataclass
@@ -54,7 +56,7 @@ def build_model(cfg):
 
     m = cfg.model
     if m.kind == "cgcnn":
-        kw = {"features": m.cgcnn_features, "n_conv": m.n_conv, "cutoff": m.cutoff}
+        kw = {"features": m.cgcnn_features, "n_conv": m.n_conv, "n_rbf": m.n_rbf, "cutoff": m.cutoff}
     else:
         kw = {"hidden": list(m.hidden)}
     return PropertyModel(m.kind, tuple(cfg.targets), kw, features=m.features, cutoff=m.cutoff)
@@ -80,7 +82,8 @@ def main(cfg, run):
     y = {s: np.stack([d.labels[t] for t in cfg.targets], 1) for s, d in splits.items()}
     t_inputs = time.perf_counter() - t0
     tc = TrainConfig(n_members=cfg.train.n_members, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=cfg.seed)
+                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, chunk_epochs=cfg.train.chunk_epochs,
+                     seed=cfg.seed)
     t0 = time.perf_counter()
     hist = model.fit(raw["train"], y["train"], tc, val=(raw["valid"], y["valid"]),
                      checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True)

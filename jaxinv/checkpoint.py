@@ -65,12 +65,22 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def restore(self) -> tuple[int, Any] | None:
-        """(step, pytree) of the latest complete checkpoint, or None."""
+    def restore(self, target: Any = None) -> tuple[int, Any] | None:
+        """(step, pytree) of the latest complete checkpoint, or None.
+
+        Without ``target`` the tree comes back as orbax stored it (dicts and
+        lists of NumPy arrays). With ``target`` (a pytree of the saved
+        structure, e.g. ``(params, opt_state)`` freshly initialized) the leaves
+        are restored into that structure, so NamedTuples such as optax states
+        keep their types; only the target's structure, shapes and dtypes are used."""
         step = self._manager.latest_step()
         if step is None:
             return None
-        tree = self._manager.restore(step, args=self._ocp.args.StandardRestore())
+        if target is None:
+            args = self._ocp.args.StandardRestore()
+        else:
+            args = self._ocp.args.StandardRestore(_to_numpy(target))
+        tree = self._manager.restore(step, args=args)
         log.info("resumed from %s step %d", self.directory, step)
         return step, tree
 

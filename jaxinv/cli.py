@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="jaxinv",
         description="jaxinv: inverse design of inorganic crystals in JAX (screening, global optimization, "
                     "generative models).",
-        epilog="Examples:\n  jaxinv run quickstart\n  jaxinv run quickstart data=carbon_24 cutoff=6\n"
+        epilog="Examples:\n  jaxinv run quickstart\n  jaxinv run explore data=carbon_24 cutoff=6\n"
                "  jaxinv data info perov_5\n  jaxinv run --list",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

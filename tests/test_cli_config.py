@@ -14,7 +14,7 @@ from jaxinv.config import ConfigError, compose, validate
     (["n_export=1.5"], "n_export"),
 ])
 def test_config_errors_name_the_field(overrides, field, capsys):
-    assert main(["run", "quickstart", *overrides]) == 2
+    assert main(["run", "explore", *overrides]) == 2
     err = capsys.readouterr().err
     assert f"field '{field}'" in err
     assert "Traceback" not in err
@@ -47,9 +47,9 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-def test_quickstart_writes_a_run_folder(tmp_path):
+def test_explore_writes_a_run_folder(tmp_path):
     out = tmp_path / "run"
-    summary = run_experiment("quickstart", ["data=carbon_24", "data.limit=40", "n_export=5", f"out_dir={out}",
+    summary = run_experiment("explore", ["data=carbon_24", "data.limit=40", "n_export=5", f"out_dir={out}",
                                             "progress=false"])
     assert summary["structures"] == 40
     assert (out / "config.yaml").read_text().count("carbon_24") >= 1
@@ -57,5 +57,5 @@ def test_quickstart_writes_a_run_folder(tmp_path):
     assert len(list((out / "structures" / "cif").glob("*.cif"))) == 5
     saved = json.loads((out / "summary.json").read_text())
     assert saved["graphs"]["mean_degree"] > 10
-    cfg = compose("quickstart", ["cutoff=6"])
+    cfg = compose("explore", ["cutoff=6"])
     assert cfg.cutoff == 6.0 and cfg.data.name == "perov_5"

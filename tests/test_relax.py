@@ -241,3 +241,33 @@ def test_stillinger_weber_silicon_relaxes_to_its_known_minimum():
     assert abs(r.energy_per_atom - (-4.3366)) < 5e-4
     np.testing.assert_allclose(r.structure.lattice.abc, 5.431, atol=2e-3)
     assert StructureMatcher().fit(r.structure, diamond)
+
+
+def test_relax_experiment_writes_results_and_resumes(tmp_path):
+    """`jaxinv run relax structures=<CIFs> potential=sw_si` writes the CSV, CIFs and extxyz;
+    the same command again resumes from its checkpoint and reports the same results."""
+    import csv
+
+    from jaxinv.cli import run_experiment
+
+    diamond = Structure(Lattice.cubic(5.431), ["Si"] * 8,
+                        [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+                         [0.25, 0.25, 0.25], [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]])
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for k, s in enumerate(perturb([diamond] * 3, rattle=0.05, strain=0.03, seed=4)):
+        s.to(filename=str(folder / f"si_{k}.cif"))
+    out = tmp_path / "run"
+    args = [f"structures={folder}", "potential=sw_si", "fmax=0.005", "stress_tol=1e-4", f"out_dir={out}",
+            "progress=false"]
+    summary = run_experiment("relax", args)
+    assert summary["statuses"] == {"converged": 3}
+    rows = list(csv.DictReader(open(out / "relaxed.csv")))
+    assert len(rows) == 3
+    for row in rows:
+        assert abs(float(row["energy_per_atom_eV"]) - (-4.3366)) < 1e-3  # SW diamond
+        assert float(row["max_force_eV_A"]) < 0.005
+    assert len(list((out / "cif").glob("*.cif"))) == 3 and (out / "relaxed.extxyz").stat().st_size > 0
+    again = run_experiment("relax", args)
+    assert again["statuses"] == summary["statuses"]
+    assert list(csv.DictReader(open(out / "relaxed.csv"))) == rows

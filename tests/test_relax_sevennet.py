@@ -18,7 +18,9 @@ def sevennet():
 
 
 def test_sevennet_relaxation_agrees_with_ase(sevennet):
-    rows = compare(sample(4, 2, rattle=0.03, strain=0.02, seed=3), sevennet, fmax=0.02)
+    # fmax 0.005: at 0.02 the generalized cell force allows ~0.3 GPa of residual stress, and
+    # two correct runs can stop 0.03-0.06 Å apart along a soft cell direction
+    rows = compare(sample(3, 1, rattle=0.03, strain=0.02, seed=3), sevennet, fmax=0.005)
     for r in rows:
         assert r["status"] == "converged", r
         assert r["match"], r

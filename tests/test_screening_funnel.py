@@ -47,7 +47,9 @@ def test_enumeration_count_on_rocksalt_matches_brute_force(rocksalt):
     protos = prepare_prototypes([rocksalt], ["NaCl"])
     assert len(protos) == 1 and protos[0].signature == ((4, 6), (4, 6))
     cands, stats = enumerate_substitutions(protos, threshold=threshold, dedup=False)
-    assert stats["not_exhaustive"] == 0  # k = 2: m = 256 covers all species
+    dense, st = enumerate_substitutions(protos, threshold=threshold, dedup=False, method="top_k")
+    assert st["not_exhaustive"] == 0  # k = 2: m = 256 covers all species, so both methods are exact
+    assert sorted(dense.table["species"]) == sorted(cands.table["species"])
     t = substitution_table()
     sp = SubstitutionProbability()
     expected = set()
@@ -70,6 +72,45 @@ def test_enumeration_count_on_rocksalt_matches_brute_force(rocksalt):
              / (Species("Na", 1).ionic_radius + Species("Cl", -1).ionic_radius)) ** 3
     assert cands.table["volume_scale"][k] == pytest.approx(ratio, rel=1e-6)
     assert cands.crystal.volume[k] == pytest.approx(rocksalt.volume * ratio, rel=1e-6)
+
+
+def test_exhaustive_enumeration_matches_brute_force_on_batio3(batio3):
+    """Three site classes (Ba2+, Ti4+, O2- x3): branch and bound returns exactly the
+    substitutions a full loop over all n^3 species triples finds; the JAX top-k path
+    returns a subset of them, the most probable ones."""
+    from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes, substitution_table
+
+    threshold = 1e-4
+    t = substitution_table()
+    protos = prepare_prototypes([batio3], ["BaTiO3"])
+    p = protos[0]
+    cands, stats = enumerate_substitutions(protos, threshold=threshold, dedup=False, max_per_prototype=None)
+    assert stats["not_exhaustive"] == 0 and stats["truncated"] == 0
+    cols = t.log_cond[:, p.class_species]
+    q = t.oxidation[:, None] * p.class_counts[None, :]
+    expected = {}
+    for a in range(len(t.species)):  # brute force, one species of the first class at a time
+        s = cols[a, 0] + cols[:, 1][:, None] + cols[:, 2][None, :]
+        ok = (s >= np.log(threshold)) & (q[a, 0] + q[:, 1][:, None] + q[:, 2][None, :] == 0)
+        ok &= (t.element[:, None] != t.element[None, :]) & (t.element[a] != t.element[:, None]) \
+            & (t.element[a] != t.element[None, :])
+        for b, c in zip(*np.nonzero(ok)):
+            if (a, b, c) != tuple(p.class_species):
+                expected[" ".join(t.species[i] for i in (a, b, c))] = s[b, c]
+    assert len(expected) > 100
+    got = dict(zip(cands.table["species"].tolist(), cands.table["log_prob"].tolist()))
+    assert set(got) == set(expected)
+    assert all(got[k] == pytest.approx(v, rel=1e-12) for k, v in expected.items())
+    top, st = enumerate_substitutions(protos, threshold=threshold, dedup=False, method="top_k", budget=20**3)
+    assert st["not_exhaustive"] == 1  # 20 species per class are too few at this threshold
+    assert 0 < len(top) < len(cands) and set(top.table["species"]) <= set(got)
+    # what top_k misses is less probable than what it found
+    missed = [v for k, v in got.items() if k not in set(top.table["species"])]
+    assert max(missed) <= top.table["log_prob"].max()
+    # a cap keeps the most probable
+    capped, st = enumerate_substitutions(protos, threshold=threshold, dedup=False, max_per_prototype=50)
+    assert len(capped) <= 50 and st["truncated"] == 1
+    assert capped.table["log_prob"].min() >= np.sort(list(got.values()))[-51] - 1e-12
 
 
 def test_dedup_across_prototypes(rocksalt, batio3):

@@ -8,6 +8,25 @@ import jax
 import jax.numpy as jnp
 
 
+@pytest.fixture(scope="module")
+def toy_fit(tmp_path_factory):
+    """One small ensemble, trained once with checkpoints after each of its two chunks;
+    the σ, save/load, resume and active-learning tests share it and, with it, one
+    compilation of the training program (the chunk function is cached on its shapes)."""
+    from types import SimpleNamespace
+
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(200, 3)).astype(np.float32)
+    y = np.sin(2 * x[:, :1]) + 0.05 * rng.normal(size=(200, 1))
+    cfg = TrainConfig(n_members=4, epochs=60, batch_size=32, chunk_epochs=30)
+    ckpt = tmp_path_factory.mktemp("toy") / "ck"
+    m = PropertyModel("composition", ("y",), {"hidden": [32, 32]})
+    hist = m.fit(x, y, cfg, checkpoint=str(ckpt))
+    return SimpleNamespace(model=m, x=x, y=y, cfg=cfg, ckpt=ckpt, hist=hist)
+
+
 def test_magpie_features_match_matminer(batio3):
     from matminer.featurizers.composition import ElementProperty
     from pymatgen.core import Composition
@@ -45,12 +64,51 @@ def test_site_features_distinguish_a_b_swap(batio3):
 
 
 def test_ionic_flags_closed_shell():
-    from jaxinv.screening.features import _ionic_flags
+    from jaxinv.screening.features import _assignment, _ionic_flags
 
     # BaTiO3: Ba2+ (noble gas) Ti4+ (d0) O2-: balanced and closed-shell
     assert _ionic_flags(((8, 3), (22, 1), (56, 1))) == (1.0, 1.0)
     # LaMnO3: balanced (La3+ Mn3+), but Mn3+ is d4 and no closed-shell assignment balances
     assert _ionic_flags(((8, 3), (25, 1), (57, 1))) == (1.0, 0.0)
+    # 5d and 6p cations behind a full 4f shell: Cu+ (d10) Ta5+ (d0); Bi3+ (6s2 lone pair) Ti4+ N3- O2-;
+    # Hg2+ (d10) Nb5+ N3- O2-. Magpie's NValence counts the 4f14 electrons; these must still pass.
+    assert _ionic_flags(((8, 3), (29, 1), (73, 1))) == (1.0, 1.0)
+    assert _ionic_flags(((7, 1), (8, 2), (22, 1), (83, 1))) == (1.0, 1.0)
+    assert _ionic_flags(((7, 1), (8, 2), (41, 1), (80, 1))) == (1.0, 1.0)
+    # the chosen assignment is the closed-shell one: Cu+ Ta5+, not Cu3+ Ta3+ (also balanced)
+    assert _assignment(((8, 3), (29, 1), (73, 1)))[2] == (-2, 1, 5)
+    # no balancing assignment at all (Na and Cl3)
+    assert _ionic_flags(((11, 1), (17, 3))) == (0.0, 0.0)
+
+
+def test_oxidation_features_by_hand(batio3):
+    """Ideal cubic BaTiO3 (a = 4 Å): Goldschmidt's t and the octahedral factor from
+    pymatgen's radii; LaMnO3 in the same cell has an open-shell cation."""
+    from pymatgen.core import Species
+
+    from jaxinv.crystal import Crystal
+    from jaxinv.graph import neighbor_graph
+    from jaxinv.screening.features import OXIDATION_FEATURES, featurize, oxidation_features
+
+    lamno3 = batio3.copy()
+    lamno3.replace(0, "La")
+    lamno3.replace(1, "Mn")
+    c = Crystal.from_structures([batio3, lamno3], labels={})
+    f = oxidation_features(c, neighbor_graph(c, 5.0))
+    col = {k: j for j, k in enumerate(OXIDATION_FEATURES)}
+    r_ba, r_ti, r_o = (float(Species(*a).ionic_radius) for a in (("Ba", 2), ("Ti", 4), ("O", -2)))
+    t = (r_ba + r_o) / (np.sqrt(2) * (r_ti + r_o))
+    assert f[0, col["log_tolerance"]] == pytest.approx(np.log(t), abs=1e-5)
+    assert f[0, col["r_ratio_low_cn"]] == pytest.approx(r_ti / r_o, rel=1e-5)  # octahedral factor
+    # (r + r_O) / d: Ti-O at a/2 is slightly compressed, Ba-O at a/sqrt2 slightly stretched
+    assert f[0, col["bond_strain_max"]] == pytest.approx((r_ti + r_o) / 2.0, rel=1e-5)
+    assert f[0, col["bond_strain_min"]] == pytest.approx((r_ba + r_o) / (2 * np.sqrt(2)), rel=1e-5)
+    assert f[0, col["frac_d0"]] == 1.0 and f[0, col["frac_open"]] == 0.0 and f[0, col["closed_shell"]] == 1.0
+    assert f[1, col["frac_open"]] == 0.5 and f[1, col["closed_shell"]] == 0.0  # Mn3+ d4, La3+ closed
+    assert f[0, col["ie_cation_max"]] == pytest.approx(43.27, abs=0.05)  # Ti's 4th ionization energy
+    full = featurize(c, "magpie_site_oxi")
+    assert full.shape == (2, 132 + 24 + len(OXIDATION_FEATURES))
+    np.testing.assert_allclose(full[:, -len(OXIDATION_FEATURES):], f, rtol=1e-6)
 
 
 def test_calibration_on_synthetic_gaussian_errors():
@@ -75,14 +133,9 @@ def test_calibration_on_synthetic_gaussian_errors():
     assert small["mae"] == pytest.approx(1.5)
 
 
-def test_ensemble_sigma_positive_and_grows_off_data():
-    from jaxinv.screening.train import PropertyModel, TrainConfig
-
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, size=(200, 3)).astype(np.float32)
-    y = np.sin(2 * x[:, :1]) + 0.05 * rng.normal(size=(200, 1))
-    m = PropertyModel("composition", ("y",), {"hidden": [32, 32]})
-    m.fit(x, y, TrainConfig(n_members=4, epochs=60, batch_size=32, chunk_epochs=60))
+def test_ensemble_sigma_positive_and_grows_off_data(toy_fit):
+    m = toy_fit.model
+    assert len(toy_fit.hist["train_loss"]) == 60
     xt = np.array([[0.2, 0.0, 0.0], [6.0, 6.0, 6.0]], np.float32)
     mean, std, members = m.predict_inputs(m.scale_inputs(xt), members=True)
     assert np.all(std > 0)
@@ -102,44 +155,42 @@ def test_mixture_moments_by_hand():
     assert float(sd[0, 0]) == pytest.approx(math.sqrt(2.0 + 1.0))  # mean var 2 + var of means 1
 
 
-def test_property_model_save_load_roundtrip(tmp_path):
-    from jaxinv.screening.train import PropertyModel, TrainConfig
+def test_property_model_save_load_roundtrip(toy_fit, tmp_path):
+    import dataclasses
 
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(64, 5)).astype(np.float32)
-    y = np.stack([x[:, 0], x[:, 1] ** 2], 1)
-    m = PropertyModel("composition", ("a", "b"), {"hidden": [16]})
-    m.fit(x, y, TrainConfig(n_members=2, epochs=2, batch_size=16, chunk_epochs=2))
-    m.sigma_scale = np.array([1.5, 0.5])
+    from jaxinv.screening.train import PropertyModel
+
+    m = dataclasses.replace(toy_fit.model, sigma_scale=np.array([1.5]))
     m.save(tmp_path / "model")
     m2 = PropertyModel.load(tmp_path / "model")
-    a = m.predict_inputs(m.scale_inputs(x))
-    b = m2.predict_inputs(m2.scale_inputs(x))
+    assert m2.targets == ("y",) and m2.module_kwargs == {"hidden": [32, 32]}
+    a = m.predict_inputs(m.scale_inputs(toy_fit.x))
+    b = m2.predict_inputs(m2.scale_inputs(toy_fit.x))
     np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    base = toy_fit.model.predict_inputs(toy_fit.model.scale_inputs(toy_fit.x))
+    np.testing.assert_allclose(b[1], 1.5 * base[1], rtol=1e-6)  # the σ scale is saved and applied
 
 
-def test_training_resumes_from_checkpoint(tmp_path):
+def test_training_resumes_from_checkpoint(toy_fit):
     """Kill after the first chunk (drop the last checkpoint): the rerun resumes and
     ends with exactly the parameters of the uninterrupted run."""
     import shutil
 
-    from jaxinv.screening.models import CompositionMLP
-    from jaxinv.screening.train import TrainConfig, fit
+    from jaxinv.screening.train import PropertyModel
 
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(64, 4)).astype(np.float32)
-    y = x[:, :1].astype(np.float32)
-    module = CompositionMLP(1, (8,))
-    cfg = TrainConfig(n_members=2, epochs=4, batch_size=16, chunk_epochs=2)
-    full, _ = fit(module, x, y, cfg, checkpoint=str(tmp_path / "ck"))
-    steps = sorted(int(p.name) for p in (tmp_path / "ck" / "orbax").iterdir() if p.name.isdigit())
-    assert steps == [2, 4]
-    shutil.rmtree(tmp_path / "ck" / "orbax" / "4")  # as if killed before the second save
-    resumed, hist = fit(module, x, y, cfg, checkpoint=str(tmp_path / "ck"))
-    assert len(hist["train_loss"]) == 2  # only the second chunk ran again
-    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+    steps = sorted(int(p.name) for p in (toy_fit.ckpt / "orbax").iterdir() if p.name.isdigit())
+    assert steps == [30, 60]
+    shutil.rmtree(toy_fit.ckpt / "orbax" / "60")  # as if killed before the second save
+    m = PropertyModel("composition", ("y",), {"hidden": [32, 32]})
+    hist = m.fit(toy_fit.x, toy_fit.y, toy_fit.cfg, checkpoint=str(toy_fit.ckpt))
+    assert len(hist["train_loss"]) == 30  # only the second chunk ran again
+    for a, b in zip(jax.tree_util.tree_leaves(toy_fit.model.params), jax.tree_util.tree_leaves(m.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    # other data in the same directory are refused rather than mixed in
+    with pytest.raises(ValueError, match="different run"):
+        PropertyModel("composition", ("y",), {"hidden": [32, 32]}).fit(toy_fit.x, 2 * toy_fit.y, toy_fit.cfg,
+                                                                       checkpoint=str(toy_fit.ckpt))
 
 
 def test_cgcnn_ensemble_runs_on_graph(batio3):
@@ -152,10 +203,10 @@ def test_cgcnn_ensemble_runs_on_graph(batio3):
         s.scale_lattice(a**3)
         structs.append(s)
     c = Crystal.from_structures(structs, labels={})
-    m = PropertyModel("cgcnn", ("e",), {"features": 16, "n_conv": 2, "n_rbf": 8, "cutoff": 4.5}, cutoff=4.5)
+    m = PropertyModel("cgcnn", ("e",), {"features": 8, "n_conv": 1, "n_rbf": 8, "cutoff": 4.5}, cutoff=4.5)
     raw = m.raw_inputs(c)
     y = np.array([[0.0], [0.1], [0.2], [0.3]])
-    m.fit(raw, y, TrainConfig(n_members=2, epochs=2, batch_size=4, chunk_epochs=2))
+    m.fit(raw, y, TrainConfig(n_members=2, epochs=1, batch_size=4, chunk_epochs=1))
     mean, std = m.predict(c)
     assert mean.shape == (4, 1) and np.all(std > 0) and np.all(np.isfinite(mean))
 
@@ -185,21 +236,70 @@ def test_acquisitions_pick_expected_items():
     assert float(p[0]) == pytest.approx(0.6827 * 0.5, rel=1e-3)
 
 
-def test_active_learning_beats_random_on_a_toy_pool():
-    """A pool where hits are y in [0.8, 1] of a smooth function: p_window finds more than random."""
+def test_active_learning_beats_random_on_a_toy_pool(toy_fit):
+    """A pool where hits are y in [0.8, 1] of a smooth function: p_window finds more than random.
+
+    Training settings and input width match ``toy_fit`` (capacity 256, 3 columns, the
+    third irrelevant), so the rounds reuse its compiled training program."""
     from jaxinv.screening.active import ActiveConfig, active_learning
     from jaxinv.screening.train import TrainConfig
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    x = rng.uniform(-1, 1, size=(400, 3)).astype(np.float32)
     y = (np.exp(-4 * ((x[:, 0] - 0.5) ** 2 + (x[:, 1] + 0.3) ** 2)))[:, None]
     hits = (y[:, 0] >= 0.8)
     found = {}
     for acq in ("p_window", "random"):
         cfg = ActiveConfig(targets=("y",), windows={"y": (0.8, 1.0)}, acquisition=acq, n_initial=20, batch_size=20,
-                           budget=80, seed=0, train=TrainConfig(n_members=3, epochs=30, batch_size=32, chunk_epochs=30,
-                                                                min_capacity=128), model_kwargs={"hidden": [32]})
+                           budget=80, seed=0, train=TrainConfig(**{**toy_fit.cfg.__dict__, "min_capacity": 256}),
+                           model_kwargs={"hidden": [32, 32]})
         hist = active_learning(x, lambda idx: y[idx], cfg, hits=hits, initial=np.arange(20))
         assert len(hist["order"]) == 80 and len(set(hist["order"].tolist())) == 80
+        assert [r["labelled"] for r in hist["rounds"]] == [20, 40, 60, 80]
         found[acq] = hist["rounds"][-1]["hits_found"]
     assert found["p_window"] > found["random"]
+    # σ recalibrated on earlier batches (from the 2nd model on: 20 held-out points) and diverse batches
+    cfg = ActiveConfig(targets=("y",), windows={"y": (0.8, 1.0)}, acquisition="p_window", n_initial=20,
+                       batch_size=20, budget=80, seed=0, train=TrainConfig(**{**toy_fit.cfg.__dict__,
+                                                                              "min_capacity": 256}),
+                       model_kwargs={"hidden": [32, 32]}, calibrate_sigma=True, calibrate_min=20, diversity=0.5)
+    hist = active_learning(x, lambda idx: y[idx], cfg, hits=hits, initial=np.arange(20))
+    assert len(hist["sigma_scales"]) == 2 and all(0 < v[0] < np.inf for v in hist["sigma_scales"])
+    assert len(set(hist["order"].tolist())) == 80
+    assert hist["rounds"][-1]["hits_found"] > found["random"]
+
+
+def test_diverse_batch_skips_near_copies():
+    from jaxinv.screening.acquisition import select_diverse, select_top
+
+    x = np.array([[0.0, 0.0], [0.0, 0.01], [5.0, 5.0], [10.0, 0.0], [0.0, 10.0]])
+    scores = np.array([1.0, 0.99, 0.5, 0.1, 0.05])
+    assert select_top(scores, np.zeros(5, bool), 2).tolist() == [0, 1]
+    assert select_diverse(scores, np.zeros(5, bool), 2, x).tolist() == [0, 2]  # row 1 is a copy of row 0
+    assert select_diverse(scores, np.array([True, False, False, False, False]), 2, x).tolist() == [1, 2]
+    # shifted scores (negative UCB values) behave the same
+    assert select_diverse(scores - 3.0, np.zeros(5, bool), 2, x).tolist() == [0, 2]
+
+
+def test_castelli_hits_units_and_recall_curve():
+    from jaxinv.screening.castelli import castelli_hits, castelli_windows, recall_curve, replay
+
+    labels = {"heat_ref": np.array([1.0, 1.01, 0.2, -0.5, 0.9]), "dir_gap": np.array([1.5, 2.0, 3.0, 3.01, 1.0]),
+              "ind_gap": np.array([1.5, 2.0, 1.0, 2.0, 2.0])}
+    # 0.2 eV/atom on a 5-atom cell is 1.0 eV per cell; the gap window is closed on both ends
+    assert castelli_hits(labels).tolist() == [True, False, True, False, False]
+    assert castelli_hits(labels, gap="ind_gap").tolist() == [True, False, False, True, True]
+    assert castelli_windows() == {"heat_ref": (None, 1.0), "dir_gap": (1.5, 3.0)}
+    hits = np.array([False, True, False, True])
+    # labelled in the order 3, 0, 1, 2: recall 1/2 after one call, 1 after three
+    np.testing.assert_allclose(recall_curve(np.array([3, 0, 1, 2]), hits, 4, np.array([0, 0.25, 0.5, 0.75, 1.0])),
+                               [0, 0.5, 0.5, 1.0, 1.0])
+    # replay plumbing with the random baseline (no training): curves per seed, budget respected
+    rng = np.random.default_rng(0)
+    pool = {"heat_ref": rng.uniform(-1, 3, 500), "dir_gap": rng.uniform(0, 4, 500)}
+    res = replay(rng.normal(size=(500, 4)).astype(np.float32), pool, seeds=[0, 1], strategies=("random",),
+                 initial_fraction=0.02, batch_fraction=0.02, budget_fraction=0.1, progress=False)
+    curves = np.asarray(res["curves"]["random"])
+    assert res["n_hits"] == int(castelli_hits(pool).sum()) and curves.shape == (2, 6)
+    assert res["config"]["budget"] == 50 and res["config"]["initial"] == 10
+    assert np.all(np.diff(curves, axis=1) >= 0) and curves[:, -1].max() <= 1.0

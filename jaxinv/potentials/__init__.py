@@ -17,6 +17,8 @@ _LAZY = {
     "nequip_potential": "jaxinv.potentials.nequip",
     "load_sevennet": "jaxinv.potentials.sevennet",
     "JaxinvCalculator": "jaxinv.potentials.calculator",
+    "load_potential": "jaxinv.potentials.registry",
+    "available_potentials": "jaxinv.potentials.registry",
 }
 
 __all__ = ["Outputs", "Potential", "UnsupportedElementError", "check_species", "energy_forces_stress",

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import neighbor_graph
+from jaxinv.graph import capacity_bucket, neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,19 @@ def label_structures(potential: Potential, structures: Sequence | Crystal, batch
     energy = np.full(len(crystal), np.nan)
     stress = np.full((len(crystal), 3, 3), np.nan)
     forces: list = [None] * len(crystal)
-    chunks = [(n_slot, members[s:s + batch_size]) for n_slot, members in group_by_bucket(n_atoms).items()
-              for s in range(0, len(members), batch_size)]
+    chunks = []
+    for n_slot, members in group_by_bucket(n_atoms).items():
+        # one graph shape per size bucket (edge capacity and images that fit all its members),
+        # so the potential compiles once per bucket rather than once per batch
+        whole = neighbor_graph(crystal[members], potential.cutoff)
+        shape = (capacity_bucket(int(np.max(np.asarray(whole.n_edges)))), whole.images)
+        chunks += [(n_slot, shape, members[s:s + batch_size]) for s in range(0, len(members), batch_size)]
     compute = potential.compute_fn(True)
-    for n_slot, idx in tqdm(chunks, desc=f"label ({potential.name})", disable=not progress):
+    for n_slot, (capacity, images), idx in tqdm(chunks, desc=f"label ({potential.name})", disable=not progress):
         # full-size batches keep one shape per bucket; the tail is padded with empty cells
         batch = crystal[idx].pad(n_max=n_slot, batch_size=batch_size)
-        out = compute(potential.params, batch, neighbor_graph(batch, potential.cutoff))
+        graph = neighbor_graph(batch, potential.cutoff, capacity=capacity, images=images)
+        out = compute(potential.params, batch, graph)
         e, f, s = np.asarray(out.energy), np.asarray(out.forces), np.asarray(out.stress)
         for k, i in enumerate(idx):
             energy[i], stress[i] = e[k], s[k]

@@ -11,7 +11,8 @@ an objective (negate a property to minimize it):
   window, multiplied over targets (independent Gaussians), the natural score
   when a hit is defined by thresholds, as in Castelli's screen.
 
-:func:`select_top` picks a batch from the unlabelled pool.
+:func:`select_top` picks a batch from the unlabelled pool, :func:`select_diverse` a batch
+spread out in feature space.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 __all__ = ["ucb", "expected_improvement", "probability_of_improvement", "window_probability", "select_top",
-           "ACQUISITIONS"]
+           "select_diverse", "ACQUISITIONS"]
 
 
 def ucb(mean, std, beta: float = 2.0):
@@ -54,6 +55,44 @@ def select_top(scores, labelled, k: int) -> np.ndarray:
     k = min(int(k), int((~np.asarray(labelled, bool)).sum()))
     order = np.argsort(-s, kind="stable")
     return order[:k]
+
+
+def select_diverse(scores, labelled, k: int, x, length: float = 0.5, sample: int = 2000) -> np.ndarray:
+    """Greedy batch of ``k`` unlabelled rows: take the best score, then damp every
+    other row's score by ``1 - exp(-d^2 / (2 l^2))`` with ``d`` its distance (rows of
+    ``x``) to the nearest row already in the batch, repeat. ``l`` is ``length`` times
+    the median nearest-neighbour distance among up to ``sample`` pool rows, so it
+    adapts to the feature scale. A batch of near-copies (an A/B-swapped twin, the
+    same cations with one anion changed) would otherwise spend several oracle calls
+    on one question. Scores are shifted to a minimum of 0 first, so damping always
+    lowers them."""
+    labelled = np.asarray(labelled, bool)
+    s = np.where(labelled, -np.inf, np.asarray(scores, np.float64))
+    s = np.where(np.isnan(s), -np.inf, s)
+    finite = np.isfinite(s)
+    if finite.any():
+        s[finite] -= s[finite].min()
+    k = min(int(k), int((~labelled).sum()))
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(0)
+    sub = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
+    sq = (sub**2).sum(-1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * sub @ sub.T, 0.0)  # Gram form: no (S, S, F) array
+    np.fill_diagonal(d2, np.inf)
+    ell2 = float(np.median(d2.min(1))) * length**2
+    xsq = (x**2).sum(-1)
+    damp = np.ones(len(s))
+    out = []
+    for _ in range(k):
+        damped = np.full(len(s), -np.inf)
+        damped[np.isfinite(s)] = s[np.isfinite(s)] * damp[np.isfinite(s)]
+        j = int(np.argmax(damped))
+        out.append(j)
+        s[j] = -np.inf
+        if ell2 > 0:
+            dj = np.maximum(xsq + xsq[j] - 2.0 * x @ x[j], 0.0)
+            damp *= 1.0 - np.exp(-dj / (2.0 * ell2))
+    return np.asarray(out, np.int64)
 
 
 ACQUISITIONS = ("p_window", "ucb", "ei", "random")

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxinv.screening.acquisition import expected_improvement, select_top, ucb, window_probability
+from jaxinv.screening.acquisition import expected_improvement, select_diverse, select_top, ucb, window_probability
 from jaxinv.screening.train import PropertyModel, TrainConfig
+from jaxinv.screening.uncertainty import fit_sigma_scale
 
 __all__ = ["ActiveConfig", "active_learning", "acquisition_scores"]
 
@@ -47,6 +48,14 @@ class ActiveConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(n_members=5, epochs=150, batch_size=64))
     model_kind: str = "composition"
     model_kwargs: dict = field(default_factory=dict)
+    # scale σ per target by fit_sigma_scale on every earlier batch's predictions made
+    # before its labels came (honest held-out points); needs this many of them
+    calibrate_sigma: bool = False
+    calibrate_min: int = 30
+    # batch diversity: greedily damp the score of rows near (in standardized feature
+    # space) rows already picked this round, by 1 - exp(-d^2 / (2 l^2)) with l this
+    # fraction of the median nearest-neighbour distance over the pool; 0 = plain top-k
+    diversity: float = 0.0
 
 
 def _bounds(windows: dict, targets: Sequence[str]):
@@ -99,6 +108,11 @@ def active_learning(pool_x: np.ndarray, oracle: Callable[[np.ndarray], np.ndarra
         rounds.append({"labelled": int(labelled.sum()), "hits_found": found, "seconds": time.perf_counter() - t0})
 
     record(time.perf_counter())
+    # predictions each labelled row had when it was picked (NaN for the random start)
+    pred_mean = np.full_like(y, np.nan)
+    pred_std = np.full_like(y, np.nan)
+    scales = []
+    scaled_x = None
     r = 0
     while labelled.sum() < budget:
         t0 = time.perf_counter()
@@ -110,15 +124,29 @@ def active_learning(pool_x: np.ndarray, oracle: Callable[[np.ndarray], np.ndarra
             train = TrainConfig(**{**cfg.train.__dict__, "seed": cfg.seed * 1000 + r})
             model.fit(pool_x[labelled], y[labelled], train)
             mean, std = model.predict_inputs(model.scale_inputs(pool_x))
+            held = labelled & np.isfinite(pred_std).all(-1)
+            if cfg.calibrate_sigma and held.sum() >= cfg.calibrate_min:
+                s = np.array([fit_sigma_scale(y[held, j], pred_mean[held, j], pred_std[held, j])
+                              for j in range(y.shape[1])])
+                std = std * s
+                scales.append(s.tolist())
             best = None
             if cfg.acquisition == "ei":
                 ym = objective(y[labelled], np.zeros_like(y[labelled]))[0] if objective else y[labelled][:, 0]
                 best = float(np.nanmax(ym))
             scores = acquisition_scores(cfg.acquisition, mean, std, cfg, best, objective, rng)
-        pick = select_top(scores, labelled, k)
+        if cfg.diversity > 0 and cfg.acquisition != "random":
+            if scaled_x is None:
+                mu, sd = pool_x.mean(0), pool_x.std(0)
+                scaled_x = ((pool_x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+            pick = select_diverse(scores, labelled, k, scaled_x, cfg.diversity)
+        else:
+            pick = select_top(scores, labelled, k)
+        if cfg.acquisition != "random":
+            pred_mean[pick], pred_std[pick] = mean[pick], std[pick]
         labelled[pick] = True
         y[pick] = oracle(pick)
         order.extend(pick.tolist())
         record(t0)
         r += 1
-    return {"order": np.asarray(order), "rounds": rounds, "labels": y}
+    return {"order": np.asarray(order), "rounds": rounds, "labels": y, "sigma_scales": scales}

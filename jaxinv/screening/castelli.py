@@ -84,7 +84,8 @@ def replay(features: np.ndarray, labels: dict, seeds=range(10), strategies=("p_w
     fractions = np.linspace(0, budget_fraction, int(round(budget_fraction / batch_fraction)) + 1)
     out = {"n_pool": n, "n_hits": int(hits.sum()), "gap": gap, "fractions": fractions.tolist(), "curves": {},
            "seconds": {}, "config": {"initial": base.n_initial, "batch": base.batch_size, "budget": base.budget,
-                                     "members": base.train.n_members, "epochs": base.train.epochs}}
+                                     "members": base.train.n_members, "epochs": base.train.epochs,
+                                     "calibrate_sigma": base.calibrate_sigma, "diversity": base.diversity}}
     for strategy in strategies:
         curves, t0 = [], time.perf_counter()
         for seed in seeds:

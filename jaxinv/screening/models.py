@@ -22,6 +22,7 @@ Two models:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -111,6 +112,13 @@ class CGCNN(nn.Module):
 
 def ensemble_init(module: nn.Module, key, n_members: int, example):
     """Parameters of ``n_members`` independently initialized copies, stacked on axis 0."""
+    return _ensemble_init(module, key, int(n_members), example)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _ensemble_init(module, key, n_members, example):
+    # jitted: run eagerly, a vmapped flax init dispatches (and compiles) every op on
+    # its own, which took 20 s for a small CGCNN; an active-learning loop inits every round
     keys = jax.random.split(key, n_members)
     return jax.vmap(lambda k: module.init(k, example))(keys)
 

@@ -10,12 +10,21 @@ structure is the conditional probability
 
 (``SubstitutionProbability.cond_prob``), and a substitution of every distinct
 species of a prototype scores the product over its site classes. Here the λ
-table is a dense (n_species x n_species) matrix and ``log P`` a JAX array, so a
-prototype with k site classes is scored against all substitutions at once:
-the top ``m`` replacements per class are combined by broadcasting (m^k combinations),
-masked by the probability threshold, charge neutrality (the candidate's
-oxidation states sum to zero) and distinct elements per class, and the best
-``max_per_prototype`` are kept with ``lax.top_k``.
+table is a dense (n_species x n_species) matrix. Two ways to enumerate:
+
+* ``method='exhaustive'`` (default): *every* substitution with product >= the
+  threshold, charge neutral (the candidate's oxidation states sum to zero) and
+  with distinct elements per class, by branch and bound over the classes as
+  array ops: partial products are extended one class at a time and a partial
+  is dropped as soon as even the best species on every remaining class cannot
+  reach the threshold, or the remaining classes cannot cancel its charge. The
+  work scales with the number of answers, not with n_species^k (at 1e-5 a
+  5-class prototype has up to 10^9 combinations and a few thousand answers).
+* ``method='top_k'``: the top ``m = floor(budget^(1/k))`` replacements per
+  class combined by broadcasting in JAX (m^k combinations per prototype, many
+  prototypes per call), masked the same way, best ``max_per_prototype`` kept
+  with ``lax.top_k``; exact only where no class has more than m species above
+  the threshold (``stats['not_exhaustive']`` counts the others).
 
 Volumes are scaled with pymatgen's reference lattice scaling (RLS) rule,
 V = V_ref (Σ_i r(t_i) n_i^(1/3) / Σ_i r(s_i) n_i^(1/3))^3 with Shannon ionic radii
@@ -286,52 +295,110 @@ def _radius_scale(table, orig, counts, new):
     return (num / den[:, None]) ** 3
 
 
+def _exhaustive_one(log_cond, oxidation, element, p: Prototype, log_threshold: float):
+    """Every valid substitution of one prototype: (species (C, k), log_prob (C,)).
+
+    Classes are extended most-constrained first. Bounds: a partial sum plus the
+    best log P of every remaining class must reach the threshold; the partial
+    charge must lie within the range the remaining classes can cancel."""
+    k = p.n_classes
+    cols = log_cond[:, p.class_species]  # (n, k): log P(new | old class i)
+    best = cols.max(0)
+    lists = []
+    for i in range(k):
+        # the other classes contribute at most their best: a species below this
+        # cannot be part of any product above the threshold
+        c = np.flatnonzero(cols[:, i] >= log_threshold - (best.sum() - best[i]))
+        lists.append(c[np.argsort(-cols[c, i], kind="stable")])
+    if min(len(c) for c in lists) == 0:
+        return np.zeros((0, k), np.int64), np.zeros(0)
+    order = np.argsort([len(c) for c in lists], kind="stable")
+    counts = p.class_counts.astype(np.int64)
+    after = lambda v: np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0]])  # sum over later steps
+    rest_best = after(best[order])
+    rest_qmin = after(np.array([counts[i] * oxidation[lists[i]].min() for i in order]))
+    rest_qmax = after(np.array([counts[i] * oxidation[lists[i]].max() for i in order]))
+    species = np.zeros((1, 0), np.int64)
+    score = np.zeros(1)
+    charge = np.zeros(1, np.int64)
+    for step, i in enumerate(order):
+        cand = lists[i]
+        s = score[:, None] + cols[cand, i][None, :]
+        q = charge[:, None] + counts[i] * oxidation[cand][None, :]
+        ok = (s + rest_best[step] >= log_threshold) & (q + rest_qmin[step] <= 0) & (q + rest_qmax[step] >= 0)
+        for j in range(species.shape[1]):
+            ok &= element[species[:, j]][:, None] != element[cand][None, :]
+        a, b = np.nonzero(ok)
+        species = np.concatenate([species[a], cand[b][:, None]], axis=1)
+        score, charge = s[a, b], q[a, b]
+    out = np.empty_like(species)
+    out[:, order] = species
+    return out, score
+
+
 def enumerate_substitutions(prototypes: Sequence[Prototype], threshold: float = 1e-3,
-                            max_per_prototype: int = 4096, budget: int = 2**16, table=None,
-                            include_identity: bool = False, dedup: bool = True) -> tuple[Candidates, dict]:
+                            max_per_prototype: int | None = 4096, budget: int = 2**16, table=None,
+                            include_identity: bool = False, dedup: bool = True,
+                            method: str = "exhaustive") -> tuple[Candidates, dict]:
     """All substitutions of the prototypes with probability >= ``threshold``.
 
-    Per prototype of k classes the top ``m = floor(budget^(1/k))`` replacements
-    per class are combined; the best ``max_per_prototype`` valid combinations are
-    kept (``stats['truncated']`` counts prototypes that had more). Returns the
+    ``method``: ``'exhaustive'`` (every valid substitution) or ``'top_k'``
+    (per prototype of k classes the top ``m = floor(budget^(1/k))`` replacements
+    per class are combined in JAX; ``stats['not_exhaustive']`` counts prototypes
+    where some class had more than m replacements above the threshold). Either
+    way at most the best ``max_per_prototype`` per prototype are kept (None: all;
+    ``stats['truncated']`` counts prototypes that had more). Returns the
     candidates (volume-scaled, columns: id, prototype, family, formula,
-    species, log_prob, volume_scale, dedup_key) and statistics with timings;
-    ``stats['not_exhaustive']`` counts prototypes where some class had more than
-    m replacements above the threshold (raise ``budget`` to enumerate them all)."""
+    species, log_prob, volume_scale, dedup_key) and statistics with timings."""
+    if method not in ("exhaustive", "top_k"):
+        raise ValueError(f"unknown method {method!r}; use 'exhaustive' or 'top_k'")
     table = table or substitution_table()
     t0 = time.perf_counter()
-    stats = {"prototypes": len(prototypes), "valid": 0, "truncated": 0, "not_exhaustive": 0, "kept": 0}
-    by_k = defaultdict(list)
-    for p in prototypes:
-        by_k[p.n_classes].append(p)
-    log_cond, ox, elem = (jnp.asarray(a) for a in (table.log_cond, table.oxidation, table.element))
+    stats = {"method": method, "prototypes": len(prototypes), "valid": 0, "truncated": 0, "not_exhaustive": 0,
+             "kept": 0}
     parts = []
-    for k, group in sorted(by_k.items()):
-        m = max(2, int(np.floor(budget ** (1.0 / k) + 1e-9)))
-        m = min(m, len(table.species))
-        top = min(max_per_prototype, m**k)
-        orig = np.stack([p.class_species for p in group])
-        counts = np.stack([p.class_counts for p in group])
-        # prototypes of one k are scored in chunks to bound the (P, m^k) arrays
-        chunk = max(1, 2**22 // m**k)
-        for s in range(0, len(group), chunk):
-            sl = slice(s, s + chunk)
-            best, species, n_valid, cut = (np.asarray(a) for a in _score(log_cond, ox, elem, jnp.asarray(orig[sl]),
-                                                                     jnp.asarray(counts[sl]), float(np.log(threshold)),
-                                                                     m, top))
-            stats["valid"] += int(n_valid.sum())
-            stats["truncated"] += int((n_valid > top).sum())
-            stats["not_exhaustive"] += int(cut.sum())
-            for j, p in enumerate(group[sl]):
-                keep = np.isfinite(best[j])
-                new = species[j][keep]
-                if not include_identity:
-                    same = (new == p.class_species[None]).all(-1)
-                    new, logp = new[~same], best[j][keep][~same]
-                else:
-                    logp = best[j][keep]
-                if len(new):
-                    parts.append((p, new, logp))
+
+    def add(p, new, logp):
+        if not include_identity:
+            same = (new == p.class_species[None]).all(-1)
+            new, logp = new[~same], logp[~same]
+        if len(new):
+            parts.append((p, new, logp))
+
+    if method == "exhaustive":
+        log_threshold = float(np.log(threshold))
+        for p in prototypes:
+            new, logp = _exhaustive_one(table.log_cond, table.oxidation, table.element, p, log_threshold)
+            stats["valid"] += len(logp)
+            if max_per_prototype is not None and len(logp) > max_per_prototype:
+                stats["truncated"] += 1
+                top = np.argsort(-logp, kind="stable")[:max_per_prototype]
+                new, logp = new[top], logp[top]
+            add(p, new, logp)
+    else:
+        by_k = defaultdict(list)
+        for p in prototypes:
+            by_k[p.n_classes].append(p)
+        log_cond, ox, elem = (jnp.asarray(a) for a in (table.log_cond, table.oxidation, table.element))
+        for k, group in sorted(by_k.items()):
+            m = max(2, int(np.floor(budget ** (1.0 / k) + 1e-9)))
+            m = min(m, len(table.species))
+            top = m**k if max_per_prototype is None else min(max_per_prototype, m**k)
+            orig = np.stack([p.class_species for p in group])
+            counts = np.stack([p.class_counts for p in group])
+            # prototypes of one k are scored in chunks to bound the (P, m^k) arrays
+            chunk = max(1, 2**22 // m**k)
+            for s in range(0, len(group), chunk):
+                sl = slice(s, s + chunk)
+                best, species, n_valid, cut = (np.asarray(a) for a in _score(
+                    log_cond, ox, elem, jnp.asarray(orig[sl]), jnp.asarray(counts[sl]), float(np.log(threshold)),
+                    m, top))
+                stats["valid"] += int(n_valid.sum())
+                stats["truncated"] += int((n_valid > top).sum())
+                stats["not_exhaustive"] += int(cut.sum())
+                for j, p in enumerate(group[sl]):
+                    keep = np.isfinite(best[j])
+                    add(p, species[j][keep], best[j][keep])
     stats["score_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     cands = _build(parts, table)

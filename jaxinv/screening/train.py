@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: float = 0.3  # fraction of epochs with the MSE mean loss
-    chunk_epochs: int = 50  # epochs per jitted call (and between checkpoints)
+    chunk_epochs: int = 50  # at most this many epochs per jitted call (and between checkpoints)
     seed: int = 0
     min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
 
@@ -136,7 +136,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
     def run(carry):
         return jax.lax.scan(one_epoch, carry, None, length=n_epochs)
 
-    return run, tx
+    return run, tx, jax.jit(jax.vmap(tx.init))
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
@@ -161,14 +161,16 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         xv, yv = jax.tree_util.tree_map(lambda a: a[:1], xp), np.full((1,) + yp.shape[1:], np.nan, np.float32)
     steps = max(1, cap // cfg.batch_size)
     total_steps = steps * cfg.epochs
-    chunk = max(1, min(cfg.chunk_epochs, cfg.epochs))
-    run, tx = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
+    # a divisor of the epochs: every chunk is one compiled call of the same length, and
+    # a last partial chunk would otherwise run past ``epochs``
+    chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
+    run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
                         float(cfg.weight_decay), total_steps)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
     example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
     params = ensemble_init(module, k_init, cfg.n_members, example)
-    opt_state = jax.vmap(tx.init)(params)
+    opt_state = tx_init(params)
     best_val = jnp.full((cfg.n_members,), jnp.inf)
     warm_epochs = int(cfg.warmup * cfg.epochs)
     carry = (params, opt_state, params, best_val, k_train, jnp.asarray(0), jnp.asarray(n), xp, yp, xv, yv,
@@ -178,12 +180,11 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((x, y))]
         fp = fingerprint_arrays(*leaves, np.frombuffer(repr((cfg, module)).encode(), np.uint8))
         ckpt = Checkpointer(checkpoint, fp, every_seconds=0.0)
-        if ckpt.latest_step is not None:
-            # restore onto the live structure (optax states are namedtuples, which a
-            # target-less restore would return as plain containers)
-            start = int(ckpt.latest_step)
-            like = jax.tree_util.tree_map(np.asarray, carry[:6])
-            state = ckpt._manager.restore(start, args=ckpt._ocp.args.StandardRestore(like))
+        # restore into the live structure: optax states are NamedTuples, which a
+        # target-less restore would return as plain containers
+        restored = ckpt.restore(target=carry[:6])
+        if restored is not None:
+            start, state = int(restored[0]), restored[1]
             carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
             log.info("training resumed at epoch %d", start)
     history = []
