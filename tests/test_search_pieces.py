@@ -132,6 +132,22 @@ def test_soft_mutation_moves_along_a_mode_and_keeps_composition():
     np.testing.assert_array_equal(child.numbers, c.numbers)
 
 
+def test_soft_mutation_with_numpy_nequip_parameters():
+    """Checkpoint-loaded NequIP parameters are NumPy arrays closed over by the operator (the
+    SevenNet-0 search rungs failed on this: NumPy embedding indexed by traced species)."""
+    from jaxinv.potentials.nequip import NequIPConfig, init_params, nequip_potential
+
+    cfg = NequIPConfig.simple(species=(18,), channels=4, lmax=1, num_layers=1, cutoff=2.5, radial_hidden=(8,))
+    params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
+    pot = nequip_potential(cfg, params)
+    space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
+    c, _ = random_crystals(space, 2, np.random.default_rng(2), symmetric=False)
+    op = ops.soft_mutation(pot.energy_fn, pot.params, pot.cutoff, (3, 3, 3), 512, amplitude=(0.2, 0.2))
+    child = jax.jit(jax.vmap(op))(jax.random.split(jax.random.PRNGKey(0), 2), c, c).to_host()
+    dx = np.einsum("bni,bij->bnj", child.frac - c.frac, c.lattice)
+    np.testing.assert_allclose(np.linalg.norm(dx, axis=-1).max(-1), 0.2, rtol=1e-4)
+
+
 # ---------------------------------------------------------- fingerprints
 def _rutile():
     return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],

@@ -574,6 +574,9 @@ def nequip_atomic_energy_fn(config: NequIPConfig):
         senders = (graph.senders + offset).reshape(-1)
         receivers = (graph.receivers + offset).reshape(-1)
         species = jnp.asarray(table)[crystal.numbers].reshape(-1)
+        # NumPy parameters (e.g. loaded from a checkpoint) closed over inside a jitted
+        # function stay NumPy; indexing them by traced species would fail
+        params = jax.tree_util.tree_map(jnp.asarray, params)
         e = model.apply(params, species, vec, senders, receivers, graph.mask.reshape(-1)).reshape(b, n)
         return jnp.where(crystal.mask, e, 0.0)
 

@@ -247,7 +247,8 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
         grad = jax.grad(energy)
 
         def hvp(v):
-            return jnp.where(m, jax.jvp(grad, (x0,), (v,))[1], 0.0)
+            # reverse over reverse: potentials with custom VJPs (NequIP/SevenNet) have no jvp rule
+            return jnp.where(m, jax.grad(lambda x: jnp.vdot(grad(x), v))(x0), 0.0)
 
         def project(v):
             mean = jnp.sum(jnp.where(m, v, 0.0), 0) / jnp.maximum(first.mask.sum(), 1)
