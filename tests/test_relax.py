@@ -127,6 +127,31 @@ def test_a_broken_structure_does_not_disturb_the_batch():
         np.testing.assert_allclose(r.structure.lattice.matrix, ref.structure.lattice.matrix, atol=1e-5)
 
 
+def test_a_collapse_into_a_potential_hole_is_flagged_and_isolated():
+    """A short-range 'hole' (as ML potentials have) swallows two close atoms: that structure
+    fails with failed_collapse instead of winning on energy, and the others are untouched."""
+    from jaxinv.potentials import Potential, pair_energy_sum
+
+    def holed(params, crystal, graph):
+        def pair(r, zi, zj):
+            sr6 = (2.0 / jnp.maximum(r, 1.5)) ** 6  # LJ with a flat core below 1.5 Å ...
+            return 4 * 0.1 * (sr6 * sr6 - sr6) - 10.0 * jnp.exp(-(r / 0.5) ** 2)  # ... and a hole at 0
+        return pair_energy_sum(pair, crystal, graph)
+
+    import jax.numpy as jnp
+
+    pot = Potential("holed-lj", holed, {}, cutoff=5.0)
+    good = rattled(2, seed=6)
+    close = FCC.copy()
+    close.replace(1, "Si", close.lattice.get_fractional_coords(close[0].coords + [1.0, 0, 0]))
+    results = relax([good[0], close, good[1]], pot, fmax=1e-3, progress=False)
+    alone = relax(good, pot, fmax=1e-3, progress=False)
+    assert results[1].status == "failed_collapse" and results[1].failed
+    for r, ref in zip([results[0], results[2]], alone):
+        assert r.converged and r.steps == ref.steps
+        np.testing.assert_allclose(r.energy, ref.energy, rtol=1e-6)
+
+
 def test_cell_modes():
     s = rattled(1, seed=5, strain=0.08)[0]
     fixed, volume, shape = (relax([s], LJ, cell=m, fmax=1e-3, progress=False)[0] for m in ("fixed", "volume", "shape"))

@@ -25,6 +25,10 @@ never raised:
 * ``FAILED_CELL``: the volume left [min_volume_ratio, max_volume_ratio] times
   its initial value (a collapsed or exploded cell);
 * ``FAILED_GRAPH``: the cell became so thin that no neighbor search could cover it;
+* ``FAILED_COLLAPSE``: a step brought two atoms closer than ``min_distance``
+  (0.5 Å, CDVAE's structural-validity limit): machine-learned potentials have
+  unphysical "holes" at short range where the energy falls without bound, and a
+  structure sliding into one would otherwise win any energy ranking;
 * ``MAX_STEPS``: not converged within ``max_steps``.
 
 The neighbor graph is built with a skin (``cutoff + skin``) and rebuilt inside
@@ -47,15 +51,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import Graph, build_graph, trim_graph
+from jaxinv.graph import Graph, build_graph, edge_vectors, trim_graph
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
-           "FAILED_CELL", "FAILED_GRAPH", "STATUS_NAMES", "GPA"]
+           "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "STATUS_NAMES", "GPA"]
 
-RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH = range(6)
+RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE = range(7)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
-                FAILED_CELL: "failed_cell", FAILED_GRAPH: "failed_graph"}
+                FAILED_CELL: "failed_cell", FAILED_GRAPH: "failed_graph", FAILED_COLLAPSE: "failed_collapse"}
 GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å^3
 
 
@@ -71,6 +75,7 @@ class FireConfig:
     criterion: str = "stress"  # stress: fmax on atoms + stress_tol on stress | ase: fmax on all filter rows
     skin: float = 0.25  # Å added to the potential's cutoff when building graphs
     min_volume_ratio: float = 0.25
+    min_distance: float = 0.5  # Å; a step closer than this fails the structure (0 disables)
     max_volume_ratio: float = 4.0
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
@@ -300,6 +305,12 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
+        if cfg.min_distance > 0:
+            r2 = jnp.sum(edge_vectors(crystal, graph) ** 2, -1)
+            closest = jnp.min(jnp.where(graph.mask, r2, jnp.inf), axis=-1)
+            collapsed = closest < cfg.min_distance**2
+            status = jnp.where(accept & ~bad_cell & collapsed, FAILED_COLLAPSE, status)
+            bad_cell = bad_cell | collapsed
         done = converged(forces, stress, f_q, f_cell, s.crystal.mask, s.criteria)
         status = jnp.where(accept & ~bad_cell & done, CONVERGED, status)
         status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)

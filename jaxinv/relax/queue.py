@@ -54,7 +54,7 @@ class RelaxResult:
     forces: np.ndarray  # (n, 3) eV/Å
     stress: np.ndarray  # (3, 3) eV/Å^3, ASE sign
     steps: int
-    status: str  # converged | max_steps | failed_nan | failed_cell | failed_graph
+    status: str  # converged | max_steps | failed_nan | failed_cell | failed_graph | failed_collapse
     trajectory: dict | None = None  # lattice (T,3,3), frac (T,n,3), energy (T,)
 
     @property

@@ -138,7 +138,7 @@ class Relaxer:
         n = np.maximum(c.mask.sum(-1), 1)
         volume = np.abs(np.linalg.det(lattice))
         enthalpy = (energy.astype(np.float64) + self.config.pressure * volume) / n
-        failed = (status >= 3) | ~np.isfinite(enthalpy)  # FAILED_NAN, FAILED_CELL, FAILED_GRAPH
+        failed = (status >= 3) | ~np.isfinite(enthalpy)  # FAILED_NAN, _CELL, _GRAPH, _COLLAPSE
         enthalpy = np.where(failed, np.inf, enthalpy)
         frac = np.where(c.mask[..., None], frac, 0.0)
         return lattice[:k], frac[:k], energy[:k].astype(np.float64), enthalpy[:k], status[:k], steps[:k]
