@@ -41,3 +41,10 @@ def float64():
 
     with jax.enable_x64(True):
         yield
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the SevenNet cross-check first. Its large XLA compilation (50 carbon_24 cells in one
+    batch) crashed natively inside backend_compile when it ran after the rest of the suite in
+    the same process, and passes on its own; the cause is not understood yet."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_sevennet.py" else 1)
