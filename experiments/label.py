@@ -19,7 +19,7 @@ from typing import List
 
 import numpy as np
 
-from jaxinv.config import DataConfig, PotentialConfig, RunConfig
+from jaxinv.config import ConfigError, DataConfig, PotentialConfig, RunConfig
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.potentials.label import label_structures
@@ -50,7 +50,7 @@ def label_split(cfg, potential, split: str, seed: int):
     for copy in range(cfg.copies):
         structures += perturb(base, rattle=cfg.rattle, strain=cfg.strain, seed=seed * 1000 + copy + 1)
     t0 = time.perf_counter()
-    labelled, kept = label_structures(potential, structures, batch_size=cfg.batch_size, progress=cfg.progress)
+    labelled, _ = label_structures(potential, structures, batch_size=cfg.batch_size, progress=cfg.progress)
     return labelled, len(structures), time.perf_counter() - t0
 
 
@@ -58,7 +58,6 @@ def main(cfg, run):
     from ase.io import write
 
     if cfg.copies < 0:
-        from jaxinv.config import ConfigError
         raise ConfigError("copies", f"must be >= 0, not {cfg.copies}")
     potential = load_potential(cfg.potential.name, **cfg.potential.options)
     summary = {"potential": potential.name, "dataset": cfg.data.name, "rattle": cfg.rattle, "strain": cfg.strain,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+import jax
 import numpy as np
 
 from jaxinv.config import ConfigError, RunConfig
@@ -97,7 +98,7 @@ def main(cfg, run):
     trainer = Trainer(model, tcfg, train, data.get("valid"), progress=cfg.progress)
     potential = trainer.fit(checkpoint_dir=str(run.out_dir / "checkpoint"))
     save_potential(potential, run.out_dir / "model")
-    n_params = int(sum(np.size(x) for x in __import__("jax").tree_util.tree_leaves(potential.params)))
+    n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(potential.params)))
     results = {"n_train": len(train), "n_params": n_params, "species": list(species), "history": trainer.history,
                "seconds": float(sum(h["seconds"] for h in trainer.history))}
     for split in ("valid", "test"):

@@ -213,8 +213,9 @@ for path in sys.argv[1:]:
 @pytest.fixture(scope="module")
 def sevenn_reference(crosscheck_structures, tmp_path_factory):
     """sevenn's own energies, forces, stresses and atomic energies for the cross-check sets,
-    computed in a separate process: torch and XLA in one pytest process crashed later XLA
-    compilations in the full suite (a native abort inside backend_compile)."""
+    computed in a separate process, so that torch never shares the test process with XLA (this
+    was a suspect for a native crash in the full suite; the crash persisted without torch, see
+    conftest.py, but keeping the two runtimes apart costs nothing)."""
     import importlib.util
     import subprocess
     import sys
