@@ -43,8 +43,22 @@ def float64():
         yield
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Run the SevenNet cross-check first. Its large XLA compilation (50 carbon_24 cells in one
-    batch) crashed natively inside backend_compile when it ran after the rest of the suite in
-    the same process, and passes on its own; the cause is not understood yet."""
-    items.sort(key=lambda item: 0 if item.path.name == "test_sevennet.py" else 1)
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    XLA's CPU backend maps every compiled executable into memory as a few dozen
+    anonymous regions, and they live as long as the jit caches hold them. The
+    whole suite compiles thousands of programs in one process; without this the
+    process passed Linux's limit of 65,530 memory maps (``vm.max_map_count``)
+    late in the suite, the next mmap failed inside an XLA compilation, and
+    pytest died with SIGSEGV. Clearing after each module keeps the count at a
+    few thousand; modules recompile what they use.
+    """
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

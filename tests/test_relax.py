@@ -183,10 +183,36 @@ def test_step_limit_and_padded_atoms_and_input_order():
 def test_refilled_slots_give_the_same_results_as_one_batch():
     structures = rattled(7, seed=9)
     small = RelaxQueue(LJ, FireConfig(fmax=1e-3), max_batch=2, progress=False).run(structures)
-    big = RelaxQueue(LJ, FireConfig(fmax=1e-3), max_batch=16, progress=False).run(structures)
+    big = RelaxQueue(LJ, FireConfig(fmax=1e-3), max_batch=16, batch_fraction=1.0, compact=False,
+                     progress=False).run(structures)
     for a, b in zip(small, big):
         assert a.steps == b.steps
         np.testing.assert_allclose(a.energy, b.energy, rtol=1e-6)
+
+
+def test_compacted_batches_give_the_same_results():
+    """The last running structures move into a smaller batch; nothing about them changes."""
+    structures = rattled(12, seed=13, sigma=0.15)  # 42 to 81 steps
+    kwargs = dict(max_batch=16, batch_fraction=1.0, chunk_steps=5, progress=False)
+    compacting = RelaxQueue(LJ, FireConfig(fmax=1e-3), compact=True, **kwargs)
+    compacted = compacting.run(structures)
+    whole = RelaxQueue(LJ, FireConfig(fmax=1e-3), compact=False, **kwargs).run(structures)
+    assert compacting.stats["compactions"] >= 1
+    assert len({r.steps for r in whole}) > 1  # structures finish at different steps
+    for a, b in zip(compacted, whole):
+        assert a.converged and a.steps == b.steps
+        np.testing.assert_allclose(a.energy, b.energy, rtol=1e-6)
+        np.testing.assert_allclose(a.structure.frac_coords, b.structure.frac_coords, atol=1e-5)
+
+
+def test_cpu_batches_hold_a_quarter_of_the_list():
+    queue = RelaxQueue(LJ, FireConfig(), progress=False)
+    crystal = Crystal.from_structures(rattled(40, seed=14))
+    assert queue.batch_fraction == 0.25  # the test machine is a CPU
+    assert queue._batch_size(crystal, np.arange(40), 40) == 10
+    assert RelaxQueue(LJ, batch_fraction=1.0, progress=False)._batch_size(crystal, np.arange(40), 40) == 40
+    with pytest.raises(ValueError, match="batch_fraction"):
+        RelaxQueue(LJ, batch_fraction=0.0)
 
 
 def test_graph_grows_when_the_cell_shrinks():

@@ -8,6 +8,15 @@ from an edge budget (``max_edges``): message-passing cost and memory scale with
 edges, so a batch of small cells holds many more structures than a batch of
 large ones.
 
+Finished slots still cost a full evaluation per step (a batch is one SIMD
+program), so two rules keep slots busy. On a CPU, where a batch costs about
+the sum of its structures, the batch holds at most ``batch_fraction`` of the
+pending list (default 1/4), so finished slots are refilled from the rest of
+the list instead of idling until the slowest structure converges. Once the
+list is empty and at most a quarter of the slots are still running, the
+running ones are gathered into a smaller batch (``compact``); each smaller
+size compiles once.
+
 With ``checkpoint`` set, finished results are saved with orbax every
 ``checkpoint_every`` seconds and at the end; a killed run restarted with the
 same inputs and settings skips everything already finished. Structures that
@@ -31,7 +40,7 @@ from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
 from jaxinv.graph import MAX_IMAGES, capacity_bucket, images_needed, neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
-from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
+from jaxinv.relax.fire import (CONVERGED, FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
                                fire_relaxer, tree_select)
 
 __all__ = ["RelaxQueue", "RelaxResult", "as_crystal"]
@@ -115,17 +124,27 @@ class RelaxQueue:
     Parameters: ``potential`` (any :class:`~jaxinv.potentials.Potential`),
     ``config`` (:class:`~jaxinv.relax.fire.FireConfig`), ``max_edges`` (edge
     budget per batch, the memory knob), ``max_batch`` (upper bound on slots),
-    ``chunk_steps`` (steps between harvests), ``trajectory`` (keep every
-    accepted frame), ``checkpoint`` (a directory) and ``progress``.
+    ``chunk_steps`` (steps between harvests), ``batch_fraction`` (largest
+    batch as a fraction of the pending list; None: 1/4 on a CPU, 1 on an
+    accelerator), ``compact`` (shrink the batch for the last few running
+    structures), ``trajectory`` (keep every accepted frame), ``checkpoint``
+    (a directory) and ``progress``.
     """
 
     def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = 60_000,
-                 max_batch: int = 128, chunk_steps: int = 20, trajectory: bool = False,
+                 max_batch: int = 128, chunk_steps: int = 20, batch_fraction: float | None = None,
+                 compact: bool = True, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True):
         self.potential = potential
         self.config = config
         self.max_edges = int(max_edges)
         self.max_batch = int(max_batch)
+        if batch_fraction is None:
+            batch_fraction = 0.25 if jax.default_backend() == "cpu" else 1.0
+        if not 0.0 < batch_fraction <= 1.0:
+            raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction}")
+        self.batch_fraction = float(batch_fraction)
+        self.compact = bool(compact)
         self.chunk_steps = int(chunk_steps)
         self.trajectory = bool(trajectory)
         self.checkpoint = checkpoint
@@ -134,7 +153,7 @@ class RelaxQueue:
         self.graph_cutoff = potential.cutoff + config.skin
         self._init, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
                                             self.chunk_steps, self.trajectory)
-        self.stats = {"graph_regrowths": 0, "chunks": 0}
+        self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0}
 
     def _criteria(self, b: int, dtype) -> Criteria:
         return Criteria.from_config(self.config, b, dtype)
@@ -145,7 +164,8 @@ class RelaxQueue:
         n = c.n_atoms.astype(float)
         edges = n * n * 4.0 / 3.0 * np.pi * self.graph_cutoff**3 / np.maximum(c.volume, 1e-3)
         per_structure = max(float(np.percentile(edges, 90)), 1.0)
-        return int(np.clip(self.max_edges // per_structure, 1, min(self.max_batch, n_pending)))
+        by_list = int(np.ceil(self.batch_fraction * n_pending))
+        return int(np.clip(self.max_edges // per_structure, 1, min(self.max_batch, by_list)))
 
     def _graph(self, crystal: Crystal, capacity: int | None = None, images: tuple | None = None):
         """A graph with at least ``capacity`` slots; when it must grow, it grows with 20% headroom
@@ -246,6 +266,25 @@ class RelaxQueue:
                 state = self._regrow(state)
             if self._harvest(state, slots, store, frames, bar):
                 save()  # only when something new has finished
+                if self.compact and not pending:
+                    state, slots = self._compacted(state, slots)
+
+    def _compacted(self, state: RelaxState, slots: list[int]):
+        """The running slots gathered into a batch a quarter the size or smaller, once at most a
+        quarter of the slots still run (finished slots would otherwise be evaluated every step)."""
+        running = [k for k, i in enumerate(slots) if i >= 0]
+        b = len(slots)
+        if not running or 4 * len(running) > b:
+            return state, slots
+        size = 1 << (len(running) - 1).bit_length()  # power of two: few distinct shapes to compile
+        keep = np.asarray(running + [running[0]] * (size - len(running)))
+        state = jax.tree_util.tree_map(lambda x: x[keep], state)
+        # the padding slots are frozen copies of a running one: valid inputs, never harvested
+        pad = np.arange(size) >= len(running)
+        state = state.replace(status=jnp.where(jnp.asarray(pad), CONVERGED, state.status))
+        self.stats["compactions"] += 1
+        log.debug("compacted the batch from %d to %d slots", b, size)
+        return state, [slots[k] for k in running] + [-1] * (size - len(running))
 
     def _refill(self, params, state, slots, free, pending, crystal, n_slot):
         changed = np.zeros(len(slots), bool)
