@@ -12,7 +12,11 @@ Three ways to relax the same structures (rattled by 0.05 Å, strained by up to
 
 Reported: wall time, structures per second, mean FIRE steps, and the energy
 agreement between methods. jaxinv's time is given cold (with compilation) and
-warm (a second identical call). All three stop on the same test: jaxinv runs
+warm (a second identical call), with the queue's defaults (on a CPU: batches of
+a quarter of the list, refilled, and compacted for the last few structures),
+and cold as one 64-slot batch without refill or compaction (the earlier
+default; ``--no-one-batch`` skips it). One thread per library (XLA single-threaded,
+``torch.set_num_threads(1)``), as in ``bench_potentials.py``. All three stop on the same test: jaxinv runs
 with ``criterion="ase"`` (every row of the FrechetCellFilter generalized
 forces, atoms and cell, below fmax), so the step counts are comparable.
 """
@@ -24,6 +28,8 @@ import platform
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 
 import numpy as np
 
@@ -52,6 +58,7 @@ def main():
     ap.add_argument("--fmax", type=float, default=0.05)
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--no-one-batch", action="store_true", help="skip the single-batch jaxinv row")
     args = ap.parse_args()
 
     from jaxinv.data import load_dataset
@@ -76,11 +83,22 @@ def main():
     n_conv = sum(r.converged for r in res)
     rows.append(("jaxinv batched (warm)", t_warm, steps_jax.mean(), n_conv))
     rows.append(("jaxinv batched (cold, incl. compile)", t_cold, steps_jax.mean(), n_conv))
+    if not args.no_one_batch:
+        one = dict(fmax=args.fmax, max_steps=args.max_steps, criterion="ase", progress=False,
+                   batch_fraction=1.0, compact=False)
+        t0 = time.perf_counter()
+        res_one = relax(structures, potential, **one)
+        t_one = time.perf_counter() - t0
+        rows.append((f"jaxinv, one {args.n}-slot batch, no refill or compaction (cold)", t_one,
+                     np.mean([r.steps for r in res_one]), sum(r.converged for r in res_one)))
 
     t_ase, e_ase, steps_ase = ase_loop(structures, lambda: JaxinvCalculator(potential), args.fmax, args.max_steps)
     rows.append(("ASE FIRE+Frechet loop, jaxinv calculator", t_ase, steps_ase.mean(), int((steps_ase < args.max_steps).sum())))
     if not args.skip_torch:
+        import torch
         from sevenn.calculator import SevenNetCalculator
+
+        torch.set_num_threads(1)
 
         t_torch, e_torch, steps_torch = ase_loop(structures, lambda: SevenNetCalculator("7net-0", device="cpu"),
                                                  args.fmax, args.max_steps)

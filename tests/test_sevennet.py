@@ -213,9 +213,9 @@ for path in sys.argv[1:]:
 @pytest.fixture(scope="module")
 def sevenn_reference(crosscheck_structures, tmp_path_factory):
     """sevenn's own energies, forces, stresses and atomic energies for the cross-check sets,
-    computed in a separate process, so that torch never shares the test process with XLA (this
-    was a suspect for a native crash in the full suite; the crash persisted without torch, see
-    conftest.py, but keeping the two runtimes apart costs nothing)."""
+    computed in a separate process, so that torch never shares the test process with XLA. (Torch
+    was once suspected of a native crash late in the full suite; the cause was XLA's memory maps
+    passing Linux's limit, see ``conftest.py``. Keeping the two runtimes apart costs nothing.)"""
     import importlib.util
     import subprocess
     import sys
