@@ -7,7 +7,9 @@ crystals, matching the reference structure with pymatgen's StructureMatcher).
 The number of relaxations at the first hit of every run gives the success-rate
 curve; wall time is measured per run on the same machine.
 
-Methods: jaxinv EA (``jaxinv``), jaxinv random search (``jaxinv-random``),
+Methods: jaxinv EA (``jaxinv``), jaxinv random search (``jaxinv-random``), particle
+swarm (``jaxinv-pso``), basin hopping (``jaxinv-bh``), simulated annealing
+(``jaxinv-sa``) and minima hopping (``jaxinv-mh``), each with its defaults;
 ASE-GA (PyPI ``ase-ga``, operators and weights of its bulk / cluster tutorials,
 serial SQLite loop, ASE FIRE relaxation), and pyxtal random search (pyxtal
 symmetric random structures relaxed one by one with ASE FIRE). All use the same
@@ -179,17 +181,31 @@ def prepare(name):
 
 
 # ------------------------------------------------------------------ jaxinv
-def run_jaxinv(name, seed, method="jaxinv", budget=None):
+# benchmark method name -> (jaxinv.search algorithm, its population-size field);
+# every algorithm runs with its own defaults and one batch of `batch` structures per step
+JAXINV_METHODS = {
+    "jaxinv": ("ea", "population"),
+    "jaxinv-random": ("random", "population"),
+    "jaxinv-pso": ("pso", "particles"),
+    "jaxinv-bh": ("basin_hopping", "walkers"),
+    "jaxinv-sa": ("annealing", "walkers"),
+    "jaxinv-mh": ("minima_hopping", "walkers"),
+}
+
+
+def run_jaxinv(name, seed, method="jaxinv", budget=None, batch=None):
     import jax
 
-    from jaxinv.search import EAConfig, Problem, evolutionary, random_search
+    from jaxinv.search import Problem, make_search
 
-    space, pot, fire, batch, default_budget, ref = PREPARED[name]
+    space, pot, fire, default_batch, default_budget, ref = PREPARED[name]
+    label = method if batch is None else f"{method}-b{batch}"
+    batch = batch or default_batch
     budget = budget or default_budget
     ok = success_check(name, ref)
     problem = Problem(space, pot, fire, batch=batch)
-    search = random_search(problem, population=batch) if method == "jaxinv-random" else \
-        evolutionary(problem, EAConfig(population=batch))
+    algorithm, size_field = JAXINV_METHODS[method]
+    search = make_search(algorithm, problem, **{size_field: batch})
     hit = {"at": None}
     t0 = time.perf_counter()
     state = search.init(jax.random.PRNGKey(seed))
@@ -210,8 +226,8 @@ def run_jaxinv(name, seed, method="jaxinv", budget=None):
             break
         state = search.step(state)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    state.best.crystal.to_host().to_structures()[0].to(filename=str(RESULTS / f"{name}__{method}__{seed}.cif"))
-    return {"case": name, "method": method, "seed": seed, "hit_at": hit["at"], "budget": budget,
+    state.best.crystal.to_host().to_structures()[0].to(filename=str(RESULTS / f"{name}__{label}__{seed}.cif"))
+    return {"case": name, "method": label, "seed": seed, "hit_at": hit["at"], "budget": budget,
             "relaxations": int(state.relaxations), "wall_s": time.perf_counter() - t0,
             "time_to_hit_s": hit.get("time"), "best": float(state.best.enthalpy[0]),
             "reference": ref["energy_per_atom"]}
@@ -334,7 +350,12 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
                                       rng=rng)
         strainmut = StrainMutation(blmin, stddev=0.7, cellbounds=cellbounds, use_tags=False, rng=rng)
         blmin_soft = closest_distances_generator(unique, 0.1)
-        softmut = SoftMutation(blmin_soft, bounds=[2.0, 5.0], use_tags=False)
+        # its record of modes already used is keyed by database id: one file per run, or a later
+        # run would skip modes that an earlier run used for the same id
+        modes_file = f"{workdir}/{name}_{seed}_used_modes.json"
+        if os.path.exists(modes_file):
+            os.remove(modes_file)
+        softmut = SoftMutation(blmin_soft, bounds=[2.0, 5.0], use_tags=False, used_modes_file=modes_file)
         softmut.rng = rng
         rattlemut = RattleMutation(blmin, n_top, rattle_prop=0.8, rattle_strength=1.5, use_tags=False, rng=rng)
         ops, weights = [pairing, softmut, strainmut, rattlemut], [4.0, 3.0, 3.0, 2.0]
@@ -450,6 +471,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budget", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="jaxinv population = batch size instead of the case's (results labelled METHOD-bN)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
@@ -463,11 +486,12 @@ def main():
               f"{ref.get('candidates', '')}", flush=True)
         for method in args.method:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                out = RESULTS / f"{name}__{method}__{seed}.json"
+                label = method if args.batch is None or not method.startswith("jaxinv") else f"{method}-b{args.batch}"
+                out = RESULTS / f"{name}__{label}__{seed}.json"
                 if out.exists():
                     continue
                 if method.startswith("jaxinv"):
-                    r = run_jaxinv(name, seed, method, args.budget)
+                    r = run_jaxinv(name, seed, method, args.budget, args.batch)
                 elif method == "ase-ga":
                     r = run_ase_ga(name, seed, args.budget)
                 else:

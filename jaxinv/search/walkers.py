@@ -46,7 +46,8 @@ class MCConfig:
 
 def _metropolis(key, h_new, h_cur, n_atoms, temperature):
     """Accept with probability min(1, exp(-(H_new - H_cur) / T)), per walker."""
-    dh = (h_new - h_cur) * n_atoms
+    with np.errstate(invalid="ignore"):  # inf - inf where both are failed relaxations: rejected below
+        dh = (h_new - h_cur) * n_atoms
     u = jax.random.uniform(key, dh.shape)
     return np.isfinite(h_new) & ((dh <= 0) | (np.asarray(u) < np.exp(-np.clip(dh, 0, None) / temperature)))
 
