@@ -64,6 +64,25 @@ def test_min_distances_agree_with_pymatgen(perov, carbon, rng):
             assert d == pytest.approx(min(dm.min(), min(s.lattice.abc)), abs=1e-9)
 
 
+def test_skewed_and_needle_cells(perov):
+    """Cells beyond the graph's image range: a heavily skewed basis of an ordinary
+    lattice gives the same distances as pymatgen on its Niggli cell, and a cell thinner
+    than the validity cutoff is invalid (quickly; such cells come out of generative models)."""
+    s = perov.structures([0])[0]
+    a, b, c = s.lattice.matrix
+    skewed = Structure(Lattice([a, b + 60 * a, c - 45 * b]), s.species, s.cart_coords, coords_are_cartesian=True)
+    assert skewed.volume == pytest.approx(s.volume)
+    reference = skewed.get_reduced_structure()
+    for cutoff in (0.5, 4.0):
+        _, _, _, dist = reference.get_neighbor_list(cutoff)
+        expected = dist.min() if len(dist) else np.inf
+        assert min_distances([skewed], cutoff=cutoff)[0] == pytest.approx(expected, abs=1e-9)
+    needle = Structure(Lattice([[0.004, 0, 0], [0, 6, 0], [0, 0, 6]]), ["C", "C"], [[0, 0, 0], [0, 0.5, 0.5]])
+    d = min_distances([needle], cutoff=0.5)[0]
+    assert d == pytest.approx(0.004)  # the atom and its own image along the 0.004 Å vector
+    assert structure_validity([needle, s]).valid.tolist() == [False, True]
+
+
 def test_crystal_input_matches_structures(perov):
     idx = np.arange(0, 300, 7)
     a = structure_validity(perov.structures(idx))

@@ -66,10 +66,18 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     ``nan`` for a non-finite or zero-volume cell. Pairs are found with
     :func:`jaxinv.graph.neighbor_graph` (batched by padded size); distances are then
     recomputed in float64 on the host, so the comparison with a threshold is exact.
+
+    Cells too thin or skewed for the graph's image range are LLL-reduced first
+    (the same crystal in a better basis). A cell still that thin after reduction
+    gets the length of its shortest lattice vector: an upper bound of its
+    shortest distance (each atom to its own image) and below ``cutoff``, because
+    an LLL-reduced basis has no vector longer than 2^1.5 times the spacing of
+    its thinnest lattice planes. Generative models do produce such cells.
     """
     from jaxinv.graph import MAX_IMAGES, images_needed, neighbor_graph
 
     lattices, fracs, numbers = as_arrays(structures)
+    lattices, fracs = list(lattices), list(fracs)  # thin cells are replaced by reduced ones below
     n = len(lattices)
     out = np.full(n, np.inf)
     ok = np.zeros(n, bool)
@@ -83,8 +91,13 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     idx_ok = np.flatnonzero(ok)
     lat_ok = np.stack([lattices[k] for k in idx_ok]) if len(idx_ok) else np.zeros((0, 3, 3))
     thin = (images_needed(lat_ok, search) > MAX_IMAGES).any(-1) if len(idx_ok) else np.zeros(0, bool)
-    for k in idx_ok[thin]:  # absurdly thin cells: pymatgen's cell list copes, slowly
-        out[k] = _min_distance_pymatgen(lattices[k], fracs[k], numbers[k], search)
+    for k in idx_ok[thin]:
+        lattices[k], fracs[k] = _lll_reduced(lattices[k], fracs[k])
+        if (images_needed(lattices[k][None], search) > MAX_IMAGES).any():
+            thin[np.searchsorted(idx_ok, k)] = True
+            out[k] = float(np.linalg.norm(lattices[k], axis=1).min())
+        else:
+            thin[np.searchsorted(idx_ok, k)] = False
     idx_graph = idx_ok[~thin]
     sizes = np.array([len(numbers[k]) for k in idx_graph], int)
     for size, members in group_by_bucket(sizes).items():
@@ -101,12 +114,12 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def _min_distance_pymatgen(lattice, frac, numbers, cutoff: float) -> float:
-    from pymatgen.core import Lattice, Structure
+def _lll_reduced(lattice, frac) -> tuple[np.ndarray, np.ndarray]:
+    """The same crystal in an LLL-reduced basis (rows are lattice vectors)."""
+    from pymatgen.core import Lattice
 
-    s = Structure(Lattice(lattice), numbers.tolist(), frac)
-    _, _, _, dist = s.get_neighbor_list(cutoff)
-    return float(dist.min()) if len(dist) else float("inf")
+    reduced = Lattice(lattice).get_lll_reduced_lattice().matrix
+    return reduced, np.mod(frac @ lattice @ np.linalg.inv(reduced), 1.0)
 
 
 def structure_validity(structures, min_distance: float = MIN_DISTANCE, min_volume: float = MIN_VOLUME,
