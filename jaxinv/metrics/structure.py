@@ -71,8 +71,10 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     (the same crystal in a better basis). A cell still that thin after reduction
     gets the length of its shortest lattice vector: an upper bound of its
     shortest distance (each atom to its own image) and below ``cutoff``, because
-    an LLL-reduced basis has no vector longer than 2^1.5 times the spacing of
-    its thinnest lattice planes. Generative models do produce such cells.
+    in an LLL-reduced basis each vector is at most 2^1.5 times the spacing of
+    the lattice planes it crosses (the orthogonality-defect bound), and these
+    planes are closer than ``cutoff / MAX_IMAGES``. Generative models do
+    produce such cells.
     """
     from jaxinv.graph import MAX_IMAGES, images_needed, neighbor_graph
 
@@ -91,13 +93,12 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     idx_ok = np.flatnonzero(ok)
     lat_ok = np.stack([lattices[k] for k in idx_ok]) if len(idx_ok) else np.zeros((0, 3, 3))
     thin = (images_needed(lat_ok, search) > MAX_IMAGES).any(-1) if len(idx_ok) else np.zeros(0, bool)
-    for k in idx_ok[thin]:
+    for pos in np.flatnonzero(thin):
+        k = idx_ok[pos]
         lattices[k], fracs[k] = _lll_reduced(lattices[k], fracs[k])
-        if (images_needed(lattices[k][None], search) > MAX_IMAGES).any():
-            thin[np.searchsorted(idx_ok, k)] = True
+        thin[pos] = (images_needed(lattices[k][None], search) > MAX_IMAGES).any()
+        if thin[pos]:
             out[k] = float(np.linalg.norm(lattices[k], axis=1).min())
-        else:
-            thin[np.searchsorted(idx_ok, k)] = False
     idx_graph = idx_ok[~thin]
     sizes = np.array([len(numbers[k]) for k in idx_graph], int)
     for size, members in group_by_bucket(sizes).items():
