@@ -114,6 +114,19 @@ def test_fingerprints_match_matminer_and_the_cache(perov, tmp_path):
     np.testing.assert_allclose(comp[1], ElementProperty.from_preset("magpie").featurize(structures[1].composition))
 
 
+def test_a_fingerprint_over_its_time_limit_counts_as_failed(perov):
+    from jaxinv.metrics.fingerprints import _featurize
+
+    s = perov.structures([0])[0]
+    args = (s.lattice.matrix, np.array([site.specie.Z for site in s]), s.frac_coords)
+    vec, _ = _featurize(args)
+    assert vec is not None and vec.shape == (N_STRUCT_FEATURES,)
+    vec, seconds = _featurize(args, time_limit=1e-4)  # CrystalNN needs ~10 ms per site
+    assert vec is None and seconds < 1.0
+    # the timer is off again: a later call is not interrupted
+    assert _featurize(args)[0] is not None
+
+
 def test_parallel_fingerprints_equal_serial(perov, tmp_path):
     structures = perov.structures(np.arange(5, 3000, 300))
     serial = structure_fingerprints(structures, n_jobs=1, cache=False, progress=False)

@@ -125,17 +125,40 @@ def _crystalnn():
     return _CNN
 
 
-def _featurize(args) -> tuple[np.ndarray | None, float]:
-    """Mean CrystalNN fingerprint of one structure (None when CrystalNN fails: CDVAE
-    then drops the sample from coverage and counts it invalid), and the CPU seconds
-    it took (to tell slow code from a busy machine)."""
+# CPU seconds one structure may take. CrystalNN needs well under a second for a sane
+# crystal, but a degenerate generated cell (a needle or a pancake) can keep its Voronoi
+# neighbour search busy for many minutes; such a structure counts as failed, like one
+# where CrystalNN raises.
+TIME_LIMIT_S = 60.0
+
+
+class _TimeLimit(Exception):
+    pass
+
+
+def _raise_time_limit(signum, frame):
+    raise _TimeLimit()
+
+
+def _featurize(args, time_limit: float = TIME_LIMIT_S) -> tuple[np.ndarray | None, float]:
+    """Mean CrystalNN fingerprint of one structure (None when CrystalNN fails or
+    takes more than ``time_limit`` CPU seconds: CDVAE then drops the sample from
+    coverage and counts it invalid), and the CPU seconds it took (to tell slow code
+    from a busy machine). The limit is a profiling timer, so it only applies in a
+    main thread on Unix (worker processes and the serial path both are)."""
+    import signal
+    import threading
     import time
 
     lattice, numbers, frac = args
     from pymatgen.core import Lattice, Structure
 
+    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     t0 = time.process_time()
+    previous = signal.signal(signal.SIGPROF, _raise_time_limit) if timed else None
     try:
+        if timed:
+            signal.setitimer(signal.ITIMER_PROF, time_limit)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             s = Structure(Lattice(lattice), [int(z) for z in numbers], frac)
@@ -143,8 +166,12 @@ def _featurize(args) -> tuple[np.ndarray | None, float]:
             site_fps = [fp.featurize(s, i) for i in range(len(s))]
         v = np.array(site_fps, np.float64).mean(axis=0)
         v = v if v.shape == (N_STRUCT_FEATURES,) else None
-    except Exception:
+    except (Exception, _TimeLimit):
         v = None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.signal(signal.SIGPROF, previous)
     return v, time.process_time() - t0
 
 
@@ -155,7 +182,8 @@ def _worker_init():
 def _version_tag() -> str:
     from importlib.metadata import version
 
-    return f"crystalnn-ops-mean|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
+    return (f"crystalnn-ops-mean|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
+            f"|limit {TIME_LIMIT_S:g} s")  # a timed-out structure is cached as failed
 
 
 def structure_key(lattice, numbers, frac, tag: str = "") -> str:
