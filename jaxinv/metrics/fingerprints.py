@@ -125,40 +125,40 @@ def _crystalnn():
     return _CNN
 
 
-# CPU seconds one structure may take. CrystalNN needs well under a second for a sane
-# crystal, but a degenerate generated cell (a needle or a pancake) can keep its Voronoi
-# neighbour search busy for many minutes; such a structure counts as failed, like one
-# where CrystalNN raises.
-TIME_LIMIT_S = 60.0
+# Most periodic images CrystalNN may have to visit around one site. A sane crystal needs
+# a few hundred to a few thousand; a degenerate generated cell (a needle or a pancake,
+# lattice planes hundredths of an Å apart) needs millions, and pymatgen's image search
+# then runs for many minutes inside compiled code. Such a structure counts as failed,
+# like one where CrystalNN raises.
+MAX_IMAGE_CELLS = 1_000_000
+_SEARCH_RADIUS = 13.0  # Å, the Voronoi cutoff CrystalNN searches within
 
 
-class _TimeLimit(Exception):
-    pass
+def _image_cells(lattice) -> float:
+    """Number of cells in the box of periodic images within ``_SEARCH_RADIUS``."""
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)  # between lattice planes
+    return float(np.prod(2 * np.ceil(_SEARCH_RADIUS / spacing) + 1))
 
 
-def _raise_time_limit(signum, frame):
-    raise _TimeLimit()
-
-
-def _featurize(args, time_limit: float = TIME_LIMIT_S) -> tuple[np.ndarray | None, float]:
-    """Mean CrystalNN fingerprint of one structure (None when CrystalNN fails or
-    takes more than ``time_limit`` CPU seconds: CDVAE then drops the sample from
+def _featurize(args) -> tuple[np.ndarray | None, float]:
+    """Mean CrystalNN fingerprint of one structure (None when CrystalNN fails, or the
+    cell is so thin that even its LLL-reduced basis has more than
+    ``MAX_IMAGE_CELLS`` image cells to search: CDVAE then drops the sample from
     coverage and counts it invalid), and the CPU seconds it took (to tell slow code
-    from a busy machine). The limit is a profiling timer, so it only applies in a
-    main thread on Unix (worker processes and the serial path both are)."""
-    import signal
-    import threading
+    from a busy machine). The fingerprint is computed in the reduced basis: the same
+    crystal, so the same fingerprint, with fewer images to visit."""
     import time
+
+    from jaxinv.metrics.structure import _lll_reduced
 
     lattice, numbers, frac = args
     from pymatgen.core import Lattice, Structure
 
-    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     t0 = time.process_time()
-    previous = signal.signal(signal.SIGPROF, _raise_time_limit) if timed else None
     try:
-        if timed:
-            signal.setitimer(signal.ITIMER_PROF, time_limit)
+        lattice, frac = _lll_reduced(np.asarray(lattice, np.float64), np.asarray(frac, np.float64))
+        if not _image_cells(lattice) <= MAX_IMAGE_CELLS:
+            return None, time.process_time() - t0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             s = Structure(Lattice(lattice), [int(z) for z in numbers], frac)
@@ -166,12 +166,8 @@ def _featurize(args, time_limit: float = TIME_LIMIT_S) -> tuple[np.ndarray | Non
             site_fps = [fp.featurize(s, i) for i in range(len(s))]
         v = np.array(site_fps, np.float64).mean(axis=0)
         v = v if v.shape == (N_STRUCT_FEATURES,) else None
-    except (Exception, _TimeLimit):
+    except Exception:
         v = None
-    finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_PROF, 0)
-            signal.signal(signal.SIGPROF, previous)
     return v, time.process_time() - t0
 
 
@@ -183,7 +179,7 @@ def _version_tag() -> str:
     from importlib.metadata import version
 
     return (f"crystalnn-ops-mean|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
-            f"|limit {TIME_LIMIT_S:g} s")  # a timed-out structure is cached as failed
+            f"|lll|max cells {MAX_IMAGE_CELLS}")  # reduced basis; thin cells cached as failed
 
 
 def structure_key(lattice, numbers, frac, tag: str = "") -> str:
