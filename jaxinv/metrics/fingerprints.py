@@ -131,7 +131,7 @@ def _crystalnn():
 # then runs for many minutes inside compiled code. Such a structure counts as failed,
 # like one where CrystalNN raises.
 MAX_IMAGE_CELLS = 1_000_000
-_SEARCH_RADIUS = 13.0  # Å, the Voronoi cutoff CrystalNN searches within
+_SEARCH_RADIUS = 7.0  # Å, CrystalNN's search_cutoff (VoronoiNN widens it when a Voronoi cell is not closed)
 
 
 def _image_cells(lattice) -> float:
@@ -149,14 +149,14 @@ def _featurize(args) -> tuple[np.ndarray | None, float]:
     crystal, so the same fingerprint, with fewer images to visit."""
     import time
 
-    from jaxinv.metrics.structure import _lll_reduced
+    from jaxinv.metrics.structure import lll_reduced
 
     lattice, numbers, frac = args
     from pymatgen.core import Lattice, Structure
 
     t0 = time.process_time()
     try:
-        lattice, frac = _lll_reduced(np.asarray(lattice, np.float64), np.asarray(frac, np.float64))
+        lattice, frac = lll_reduced(np.asarray(lattice, np.float64), np.asarray(frac, np.float64))
         if not _image_cells(lattice) <= MAX_IMAGE_CELLS:
             return None, time.process_time() - t0
         with warnings.catch_warnings():

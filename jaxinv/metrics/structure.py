@@ -95,7 +95,7 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     thin = (images_needed(lat_ok, search) > MAX_IMAGES).any(-1) if len(idx_ok) else np.zeros(0, bool)
     for pos in np.flatnonzero(thin):
         k = idx_ok[pos]
-        lattices[k], fracs[k] = _lll_reduced(lattices[k], fracs[k])
+        lattices[k], fracs[k] = lll_reduced(lattices[k], fracs[k])
         thin[pos] = (images_needed(lattices[k][None], search) > MAX_IMAGES).any()
         if thin[pos]:
             out[k] = float(np.linalg.norm(lattices[k], axis=1).min())
@@ -115,7 +115,7 @@ def min_distances(structures, cutoff: float, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def _lll_reduced(lattice, frac) -> tuple[np.ndarray, np.ndarray]:
+def lll_reduced(lattice, frac) -> tuple[np.ndarray, np.ndarray]:
     """The same crystal in an LLL-reduced basis (rows are lattice vectors)."""
     from pymatgen.core import Lattice
 
