@@ -136,8 +136,10 @@ _SEARCH_RADIUS = 7.0  # Å, CrystalNN's search_cutoff (VoronoiNN widens it when 
 
 def _image_cells(lattice) -> float:
     """Number of cells in the box of periodic images within ``_SEARCH_RADIUS``."""
-    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)  # between lattice planes
-    return float(np.prod(2 * np.ceil(_SEARCH_RADIUS / spacing) + 1))
+    from jaxinv.graph import images_needed
+
+    n = images_needed(np.asarray(lattice, np.float64)[None], _SEARCH_RADIUS)[0]
+    return float(np.prod(2.0 * n + 1))
 
 
 def _featurize(args) -> tuple[np.ndarray | None, float]:
