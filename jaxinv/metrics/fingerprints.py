@@ -131,6 +131,10 @@ def _crystalnn():
 # then runs for many minutes inside compiled code. Such a structure counts as failed,
 # like one where CrystalNN raises.
 MAX_IMAGE_CELLS = 1_000_000
+# Wall seconds one structure's fingerprint may take in a worker process before the worker
+# is killed and the structure counts as failed (sane structures take well under 1 s; the
+# image guard above misses some degenerate cells, where CrystalNN then runs for minutes).
+FINGERPRINT_TIMEOUT = 120.0
 _SEARCH_RADIUS = 7.0  # Å, CrystalNN's search_cutoff (VoronoiNN widens it when a Voronoi cell is not closed)
 
 
@@ -181,7 +185,7 @@ def _version_tag() -> str:
     from importlib.metadata import version
 
     return (f"crystalnn-ops-mean|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
-            f"|lll|max cells {MAX_IMAGE_CELLS}")  # reduced basis; thin cells cached as failed
+            f"|lll|max cells {MAX_IMAGE_CELLS}|timeout {FINGERPRINT_TIMEOUT:g}")  # failures are cached
 
 
 def structure_key(lattice, numbers, frac, tag: str = "") -> str:
@@ -230,16 +234,21 @@ def default_cache_path() -> Path:
 
 def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.PathLike = True,
                            progress: bool = True, skip: np.ndarray | None = None, desc: str = "CrystalNN",
-                           min_parallel: int = 64, stats: dict | None = None) -> np.ndarray:
+                           min_parallel: int = 64, stats: dict | None = None,
+                           timeout: float | None = FINGERPRINT_TIMEOUT) -> np.ndarray:
     """Mean CrystalNN fingerprints (n, 61); rows of NaN where CrystalNN failed.
 
     ``skip`` marks structures not to fingerprint (NaN rows), e.g. degenerate cells.
     ``cache``: True for the default file (``$JAXINV_CACHE/metrics/fingerprints.sqlite``),
     a path, or False. Identical structures are fingerprinted once. Worker
     processes start only for at least ``min_parallel`` structures (each costs a few
-    seconds of imports). ``stats``, if given, is updated with the numbers of
-    structures computed and read from the cache and the CPU seconds CrystalNN took.
+    seconds of imports). With at least ``min_parallel`` structures each runs in a
+    worker that is killed after ``timeout`` wall seconds, and the structure counts as
+    failed (None disables the limit). ``stats``, if given, is updated with the
+    numbers of structures computed, read from the cache and timed out, and the CPU
+    seconds CrystalNN took.
     """
+    from jaxinv.metrics._parallel import TaskTimeout
     from jaxinv.metrics._parallel import parallel_map
     from jaxinv.metrics.structure import as_arrays
 
@@ -268,10 +277,15 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
     if todo:
         items = list(todo.items())
         args = [v for _, v in items]
-        results, pending, cpu = {}, {}, 0.0
-        for (key, _), (vec, seconds) in zip(items, parallel_map(_featurize, args, n_jobs, initializer=_worker_init,
-                                                                progress=progress, desc=desc,
-                                                                min_tasks=min_parallel)):
+        results, pending, cpu, timed_out = {}, {}, 0.0, 0
+        for (key, _), out in zip(items, parallel_map(_featurize, args, n_jobs, initializer=_worker_init,
+                                                     progress=progress, desc=desc, min_tasks=min_parallel,
+                                                     timeout=timeout)):
+            if isinstance(out, TaskTimeout):
+                vec, seconds = None, 0.0
+                timed_out += 1
+            else:
+                vec, seconds = out
             results[key] = pending[key] = vec
             cpu += seconds
             if db is not None and len(pending) >= 256:  # keep finished work if interrupted
@@ -279,6 +293,7 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
                 pending.clear()
         if stats is not None:
             stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu
+            stats["timed_out"] = stats.get("timed_out", 0) + timed_out
         if db is not None and pending:
             db.put_many(pending)
         known.update(results)

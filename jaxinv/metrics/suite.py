@@ -113,7 +113,7 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
         timings["fingerprints"] = time.perf_counter() - t0
         timings["fingerprints_cpu"] = fp_stats.get("cpu_s", 0.0)  # summed over workers
         out["fingerprints"] = {"computed": fp_stats.get("computed", 0), "from_cache": fp_stats.get("cached", 0),
-                               "n_jobs": n_jobs}
+                               "timed_out": fp_stats.get("timed_out", 0), "n_jobs": n_jobs}
         t0 = time.perf_counter()
         cov = coverage(g_s, scale_composition(g_c, scaler), r_s, scale_composition(r_c, scaler),
                        struct_cutoff, comp_cutoff, n_generated=len(samples))
