@@ -80,7 +80,8 @@ def main():
         ds = load_dataset(name)
         for split in args.splits:
             r = round_trip(ds, split, args.grid, args.sigma)
-            results[f"{name}/{split}"] = r
+            grid_tag = "" if args.grid == 32 and args.sigma == 0.26 else f"@grid{args.grid}-sigma{args.sigma:g}"
+            results[f"{name}/{split}{grid_tag}"] = r
             RESULTS.write_text(json.dumps(results, indent=1))
             print(f"{name} {split}: {r['matched']}/{r['n']} = {100 * r['match_rate']:.2f}% recovered "
                   f"(same n atoms {100 * r['same_n_atoms']:.2f}%, same composition {100 * r['same_composition']:.2f}%,"

@@ -94,6 +94,29 @@ def test_voxel_round_trip_perov(perov):
         assert matcher.get_rms_dist(a, b)[0] < 1e-4
 
 
+def test_voxel_decoding_to_a_predicted_atom_count(perov):
+    # a faint image (peaks at 0.1, under the fixed 0.25 threshold) decodes to nothing by
+    # threshold, but to its atoms when the model says how many there are
+    test = perov.subset("test")
+    c = test.crystal(np.arange(4), bucket=False)
+    spec = VoxelSpec(Vocabulary.from_dataset(perov.subset("train")))
+    images = voxelize(c, spec)
+    faint = images.copy()
+    faint *= 0.1  # every channel: the element descriptors are density-weighted
+    assert decode_voxels(faint, c.lattice, spec).mask.sum() == 0
+    out = decode_voxels(faint, c.lattice, spec, counts=np.full(4, 5))
+    for a, b in zip(c.to_structures(), out.to_structures()):
+        assert a.composition == b.composition and StructureMatcher().fit(a, b)
+    # fewer atoms asked: three of the true sites are kept
+    three = decode_voxels(images, c.lattice, spec, counts=np.full(4, 3))
+    assert (three.mask.sum(-1) == 3).all()
+    for b in range(4):
+        true = np.asarray(c.frac[b])[np.asarray(c.mask[b])]
+        d = three.frac[b][three.mask[b]][:, None] - true[None]
+        d -= np.round(d)
+        assert np.linalg.norm(d @ np.asarray(c.lattice[b]), axis=-1).min(1).max() < 1e-3
+
+
 def test_voxel_round_trip_skewed_carbon(carbon):
     # the most skewed test cells: the windowed smearing must still see every image
     test = carbon.subset("test")

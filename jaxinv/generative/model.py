@@ -53,6 +53,9 @@ class ModelConfig:
     width: int = 32  # voxel VAE convolution width
     grid: int = 32  # voxel grid points per axis
     sigma: float = 0.26  # voxel Gaussian width (Å)
+    # voxel VAE: predict the atom count and decode that many peaks (False in the dataclass
+    # so that run folders saved before the head existed still load; the presets set it)
+    count_head: bool = False
     critic_hidden: int = 128
     niggli: bool = False  # Niggli-reduce cells before encoding
     # losses
@@ -125,7 +128,7 @@ class GenerativeModel:
                                    self.cond_dim, c.encoder)
         elif c.kind == "voxel_vae":
             self.module = VoxelVAE(c.grid, self.voxel_spec.channels, c.latent, c.width, c.hidden, n_props,
-                                   self.cond_dim)
+                                   self.cond_dim, self.n_slots if c.count_head else 0)
         else:
             self.module = CoordGenerator(self.n_slots, vocab.n_classes, c.hidden)
             self.critic = CoordCritic(c.critic_hidden)
@@ -297,8 +300,9 @@ class GenerativeModel:
         lat[:, 3:] = np.clip(lat[:, 3:], 20.0, 160.0)
         if self.config.kind == "voxel_vae":
             image = np.asarray(out["image"], np.float32)
+            counts = np.asarray(out["count_logits"]).argmax(-1) + 1 if "count_logits" in out else None
             return decode_voxels(image, params_to_lattice(lat), self.voxel_spec, threshold=threshold,
-                                 n_max=self.n_slots)
+                                 n_max=self.n_slots, counts=counts)
         frac = np.asarray(vec_to_frac(out["frac_vec"]), np.float64)
         scores = np.asarray(out["probs"] if "probs" in out else out["logits"])
         if "count_logits" in out:

@@ -108,7 +108,12 @@ class CoordVAE(nn.Module):
 
 class VoxelVAE(nn.Module):
     """VAE on voxel images (periodic 3D convolutions), lattice parameters carried
-    beside the image: encoded with it and decoded from the latent by an MLP."""
+    beside the image: encoded with it and decoded from the latent by an MLP.
+
+    With ``n_slots`` > 0 a count head also predicts the number of atoms (scores of
+    1..n_slots), and decoding keeps that many of the highest density peaks: early in
+    training the decoded densities are too flat for a fixed peak threshold.
+    """
 
     grid: int = 32
     channels: int = 3
@@ -117,12 +122,15 @@ class VoxelVAE(nn.Module):
     hidden: int = 256
     n_props: int = 0
     cond_dim: int = 0
+    n_slots: int = 0
 
     def setup(self):
         self.encoder = VoxelEncoder(self.width, self.hidden)
         self.enc_mlp = MLP((self.hidden, 2 * self.latent))
         self.dec_image = VoxelDecoder(self.grid, self.channels, self.width)
         self.dec_lattice = MLP((self.hidden, self.hidden, 6))
+        if self.n_slots:
+            self.dec_count = MLP((self.hidden, self.n_slots))
         if self.n_props:
             self.head = MLP((128, 128, self.n_props))
 
@@ -133,7 +141,10 @@ class VoxelVAE(nn.Module):
 
     def decode(self, z, cond=None):
         zc = _with_cond(z, cond)
-        return {"image": self.dec_image(zc), "lattice": self.dec_lattice(zc)}
+        out = {"image": self.dec_image(zc), "lattice": self.dec_lattice(zc)}
+        if self.n_slots:
+            out["count_logits"] = self.dec_count(zc)
+        return out
 
     def predict(self, z):
         return self.head(z)

@@ -184,21 +184,29 @@ def _species_at(image: np.ndarray, idx: np.ndarray, vocab: Vocabulary) -> np.nda
 
 
 def decode_voxels(images: np.ndarray, lattices: np.ndarray, spec: VoxelSpec, threshold: float = 0.25,
-                  merge_distance: float = 0.5, n_max: int | None = None, labels: dict | None = None) -> Crystal:
+                  merge_distance: float = 0.5, n_max: int | None = None, labels: dict | None = None,
+                  counts: np.ndarray | None = None, count_threshold: float = 0.02) -> Crystal:
     """(B, G, G, G, C) images and (B, 3, 3) lattices -> a :class:`Crystal` batch.
 
-    Structures with more than ``n_max`` peaks keep the ``n_max`` highest; a
-    structure with no peak decodes to an empty slot (``mask`` all False).
+    Without ``counts``, every peak above ``threshold`` is an atom. With ``counts``
+    (B,) (a model's predicted numbers of atoms), each structure keeps its
+    ``counts[b]`` highest peaks above the much lower ``count_threshold`` (fewer if
+    the image has fewer). Structures with more than ``n_max`` atoms keep the
+    ``n_max`` highest peaks; a structure with no peak decodes to an empty slot
+    (``mask`` all False).
     """
     images = np.asarray(images)
     lattices = np.asarray(lattices, np.float64)
     fracs, numbers = [], []
     for b in range(len(images)):
-        f, idx = find_peaks(images[b, ..., 0], lattices[b], threshold, merge_distance)
+        cut = threshold if counts is None else count_threshold
+        f, idx = find_peaks(images[b, ..., 0], lattices[b], cut, merge_distance)
         z = _species_at(images[b], idx, spec.vocab) if len(idx) else np.zeros(0, np.int32)
-        if n_max is not None and len(f) > n_max:
+        keep = len(f) if counts is None else int(counts[b])
+        keep = keep if n_max is None else min(keep, n_max)
+        if len(f) > keep:
             h = images[b, idx[:, 0], idx[:, 1], idx[:, 2], 0]
-            top = np.sort(np.argsort(-h)[:n_max])
+            top = np.sort(np.argsort(-h, kind="stable")[:keep])
             f, z = f[top], z[top]
         fracs.append(f)
         numbers.append(z)
