@@ -51,7 +51,27 @@ def train_run(dataset: str, model: str, runs: Path, extra: list[str]) -> Path:
     return out
 
 
-def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None) -> dict:
+def relax_samples(samples, potential: str, pressure_gpa: float, steps: int) -> tuple[list, dict]:
+    """Relax every non-empty sample with a jaxinv potential (batched FIRE, cell
+    included); a sample whose relaxation fails keeps its decoded geometry."""
+    from jaxinv.potentials.registry import load_potential
+    from jaxinv.relax import relax
+
+    structures = samples.to_structures()
+    todo = [k for k, s in enumerate(structures) if len(s)]
+    t0 = time.perf_counter()
+    results = relax([structures[k] for k in todo], load_potential(potential), pressure_gpa=pressure_gpa,
+                    max_steps=steps, progress=True)
+    statuses = {}
+    for k, r in zip(todo, results):
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        if not r.status.startswith("failed"):
+            structures[k] = r.structure
+    return structures, {"potential": potential, "pressure_gpa": pressure_gpa, "max_steps": steps,
+                        "relaxed": len(todo), "statuses": statuses, "seconds": time.perf_counter() - t0}
+
+
+def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dict | None = None) -> dict:
     import jax
 
     from jaxinv.data import load_dataset
@@ -62,6 +82,9 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None) -> dict:
     train_info = json.loads((run / "results.json").read_text())
     ds = load_dataset(dataset)
     samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(7), n)
+    relax_info = None
+    if relax:
+        samples, relax_info = relax_samples(samples, **relax)
     t0 = time.perf_counter()
     gen, _ = generation_metrics(samples, dataset, ds.subset("test").structures(), ds.subset("train").structures(),
                                 n_jobs=n_jobs, progress=True, metrics=metrics)
@@ -70,6 +93,8 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None) -> dict:
            "scoring_seconds": time.perf_counter() - t0, "steps": train_info["steps"],
            "n_params": train_info["n_params"], "history_last": train_info["history"][-1] if train_info["history"]
            else {}}
+    if relax_info:
+        out["relaxation"] = relax_info
     log = run / "run.log"
     if log.exists():  # wall time of training from the run log (first line to the last validation line)
         lines = [ln for ln in log.read_text().splitlines() if ln[:4].isdigit()]
@@ -79,7 +104,7 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None) -> dict:
 
             t = [datetime.datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S,%f") for ln in (lines[0], lines[-1])]
             out["run_wall_seconds"] = (t[1] - t[0]).total_seconds()
-    if model.is_vae:
+    if model.is_vae and not relax:  # reconstruction does not depend on relaxing samples
         test = ds.subset("test")
         test = test.subset(np.flatnonzero(model.supported(test)))
         out["reconstruction"] = reconstruction_metrics(model, params, test.crystal(bucket=False), n_jobs=n_jobs,
@@ -168,6 +193,11 @@ def main():
                     help="generation metrics (default all; uniqueness/novelty are slow on carbon_24: one formula)")
     ap.add_argument("--n-relax", type=int, default=0, help="relax this many valid design hits with SevenNet-0")
     ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the result keys (e.g. a preset variant)")
+    ap.add_argument("--relax-samples", default=None, metavar="POTENTIAL",
+                    help="relax the samples with this jaxinv potential before scoring (a separate row, '+relax')")
+    ap.add_argument("--relax-pressure", type=float, default=0.0, help="GPa, for --relax-samples")
+    ap.add_argument("--relax-steps", type=int, default=300, help="FIRE steps at most, for --relax-samples")
     args = ap.parse_args()
 
     import jax
@@ -181,7 +211,13 @@ def main():
         for model in args.models:
             print(f"=== {dataset} / {model}", flush=True)
             run = train_run(dataset, model, runs, args.train_args)
-            results["models"][f"{dataset}/{model}"] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics)
+            relax = None
+            key = f"{dataset}/{model}{args.tag}"
+            if args.relax_samples:
+                relax = {"potential": args.relax_samples, "pressure_gpa": args.relax_pressure,
+                         "steps": args.relax_steps}
+                key += f"+relax-{args.relax_samples}@{args.relax_pressure:g}GPa"
+            results["models"][key] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics, relax)
             RESULTS.write_text(json.dumps(results, indent=1, default=float))
     if args.design_n and "perov_5" in args.datasets:
         run = train_run("perov_5", "coord_vae", runs, args.train_args)
