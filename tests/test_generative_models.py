@@ -44,13 +44,13 @@ def test_hungarian_matches_brute_force(rng):
 
 @pytest.mark.parametrize("kind", ["coord_vae", "voxel_vae", "coord_gan"])
 def test_shapes_and_generation(perov_small, kind):
-    model = tiny(kind, perov_small, encoder="set", count_head=True)
+    model = tiny(kind, perov_small, encoder="set", composition_head=True)
     params = model.init(jax.random.PRNGKey(0))
     z = jnp.zeros((3, model.latent_dim))
     out = model._decode_fn(params, z, jax.random.PRNGKey(1), None)
     if kind == "voxel_vae":
         assert out["image"].shape == (3, 8, 8, 8, 3)
-        assert out["count_logits"].shape == (3, 5)  # scores of 1..5 atoms
+        assert out["composition_logits"].shape == (3, 5, model.vocab.n_classes)  # element multiset
     else:
         key = "probs" if kind == "coord_gan" else "logits"
         assert out[key].shape == (3, 5, model.vocab.n_classes)
@@ -67,7 +67,7 @@ def test_shapes_and_generation(perov_small, kind):
 
 @pytest.mark.parametrize("kind", ["coord_vae", "voxel_vae"])
 def test_vae_loss_decreases(perov_small, kind):
-    model = tiny(kind, perov_small, lr=3e-3, beta=1e-3, count_head=True)
+    model = tiny(kind, perov_small, lr=3e-3, beta=1e-3, composition_head=True)
     arrays = model.arrays(perov_small)
     batch = jax.tree_util.tree_map(jnp.asarray, Batcher(arrays, 32, 0)(0))
     step = make_train_step(model)

@@ -117,6 +117,24 @@ def test_voxel_decoding_to_a_predicted_atom_count(perov):
         assert np.linalg.norm(d @ np.asarray(c.lattice[b]), axis=-1).min(1).max() < 1e-3
 
 
+def test_voxel_decoding_with_a_predicted_composition(perov):
+    # a faint image decodes, with a predicted element multiset, to its crystal: the
+    # elements are matched one-to-one to the peaks by their descriptor channels
+    test = perov.subset("test")
+    c = test.crystal(np.arange(6), bucket=False)
+    vocab = Vocabulary.from_dataset(perov.subset("train"))
+    spec = VoxelSpec(vocab)
+    images = voxelize(c, spec)
+    species = np.asarray(c.numbers) * np.asarray(c.mask)
+    out = decode_voxels(images * 0.1, c.lattice, spec, species=species[:, ::-1])  # any order
+    for a, b in zip(c.to_structures(), out.to_structures()):
+        assert a.composition == b.composition and StructureMatcher().fit(a, b)
+    # a wrong multiset is taken as given: the elements come from the prediction
+    wrong = np.where(species > 0, species[:, :1], 0)  # every site the first site's element
+    bad = decode_voxels(images, c.lattice, spec, species=wrong)
+    assert all(len(set(s.atomic_numbers)) == 1 for s in bad.to_structures())
+
+
 def test_voxel_round_trip_skewed_carbon(carbon):
     # the most skewed test cells: the windowed smearing must still see every image
     test = carbon.subset("test")

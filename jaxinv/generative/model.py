@@ -53,9 +53,10 @@ class ModelConfig:
     width: int = 32  # voxel VAE convolution width
     grid: int = 32  # voxel grid points per axis
     sigma: float = 0.26  # voxel Gaussian width (Å)
-    # voxel VAE: predict the atom count and decode that many peaks (False in the dataclass
-    # so that run folders saved before the head existed still load; the presets set it)
-    count_head: bool = False
+    # voxel VAE: predict the element multiset and decode that many peaks with those elements
+    # (False in the dataclass so that run folders saved before the head existed still load;
+    # the presets set it)
+    composition_head: bool = False
     critic_hidden: int = 128
     niggli: bool = False  # Niggli-reduce cells before encoding
     # losses
@@ -128,7 +129,7 @@ class GenerativeModel:
                                    self.cond_dim, c.encoder)
         elif c.kind == "voxel_vae":
             self.module = VoxelVAE(c.grid, self.voxel_spec.channels, c.latent, c.width, c.hidden, n_props,
-                                   self.cond_dim, self.n_slots if c.count_head else 0)
+                                   self.cond_dim, self.n_slots if c.composition_head else 0, vocab.n_classes)
         else:
             self.module = CoordGenerator(self.n_slots, vocab.n_classes, c.hidden)
             self.critic = CoordCritic(c.critic_hidden)
@@ -300,9 +301,12 @@ class GenerativeModel:
         lat[:, 3:] = np.clip(lat[:, 3:], 20.0, 160.0)
         if self.config.kind == "voxel_vae":
             image = np.asarray(out["image"], np.float32)
-            counts = np.asarray(out["count_logits"]).argmax(-1) + 1 if "count_logits" in out else None
+            species = None
+            if "composition_logits" in out:
+                classes = np.asarray(out["composition_logits"]).argmax(-1)
+                species = np.where(classes > 0, np.asarray((0,) + self.vocab.numbers)[classes], 0)
             return decode_voxels(image, params_to_lattice(lat), self.voxel_spec, threshold=threshold,
-                                 n_max=self.n_slots, counts=counts)
+                                 n_max=self.n_slots, species=species)
         frac = np.asarray(vec_to_frac(out["frac_vec"]), np.float64)
         scores = np.asarray(out["probs"] if "probs" in out else out["logits"])
         if "count_logits" in out:

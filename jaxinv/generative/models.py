@@ -110,9 +110,10 @@ class VoxelVAE(nn.Module):
     """VAE on voxel images (periodic 3D convolutions), lattice parameters carried
     beside the image: encoded with it and decoded from the latent by an MLP.
 
-    With ``n_slots`` > 0 a count head also predicts the number of atoms (scores of
-    1..n_slots), and decoding keeps that many of the highest density peaks: early in
-    training the decoded densities are too flat for a fixed peak threshold.
+    With ``n_slots`` > 0 a composition head also predicts the crystal's element
+    multiset as ``n_slots`` class scores (class 0 = no atom, targets sorted by class),
+    so decoding knows how many peaks to keep and which elements to give them: the
+    two descriptor channels alone cannot name one of dozens of elements precisely.
     """
 
     grid: int = 32
@@ -123,6 +124,7 @@ class VoxelVAE(nn.Module):
     n_props: int = 0
     cond_dim: int = 0
     n_slots: int = 0
+    n_classes: int = 0
 
     def setup(self):
         self.encoder = VoxelEncoder(self.width, self.hidden)
@@ -130,7 +132,7 @@ class VoxelVAE(nn.Module):
         self.dec_image = VoxelDecoder(self.grid, self.channels, self.width)
         self.dec_lattice = MLP((self.hidden, self.hidden, 6))
         if self.n_slots:
-            self.dec_count = MLP((self.hidden, self.n_slots))
+            self.dec_composition = MLP((self.hidden, self.n_slots * self.n_classes))
         if self.n_props:
             self.head = MLP((128, 128, self.n_props))
 
@@ -143,7 +145,7 @@ class VoxelVAE(nn.Module):
         zc = _with_cond(z, cond)
         out = {"image": self.dec_image(zc), "lattice": self.dec_lattice(zc)}
         if self.n_slots:
-            out["count_logits"] = self.dec_count(zc)
+            out["composition_logits"] = self.dec_composition(zc).reshape(z.shape[0], self.n_slots, self.n_classes)
         return out
 
     def predict(self, z):

@@ -139,12 +139,15 @@ def vae_loss(model, params, batch, key, step, train: bool = True):
         out = model.module.apply(params, image, lat, k_z, cond)
         m["image"] = jnp.mean(jnp.sum((out["image"] - image) ** 2, (1, 2, 3, 4)))
         recon = c.w_image * m["image"]
-        if "count_logits" in out:
-            n_atoms = (batch["species"] > 0).sum(-1)
-            m["count"] = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out["count_logits"],
-                                                                                   jnp.maximum(n_atoms - 1, 0)))
-            m["count_acc"] = jnp.mean(out["count_logits"].argmax(-1) == n_atoms - 1)
-            recon = recon + c.w_species * m["count"]
+        if "composition_logits" in out:
+            # the element multiset in a canonical order: atoms by class, then empty slots
+            sp = batch["species"]
+            target = jnp.sort(jnp.where(sp > 0, sp, jnp.iinfo(sp.dtype).max), -1)
+            target = jnp.where(target == jnp.iinfo(sp.dtype).max, 0, target)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out["composition_logits"], target)
+            m["composition"] = jnp.mean(jnp.sum(ce, -1))
+            m["composition_acc"] = jnp.mean(jnp.all(out["composition_logits"].argmax(-1) == target, -1))
+            recon = recon + c.w_species * m["composition"]
     m["lattice"] = jnp.mean(jnp.sum((out["lattice"] - lat) ** 2, -1))
     m["kl"] = jnp.mean(_kl(out["mu"], out["logvar"]))
     beta = c.beta * jnp.minimum(1.0, (step + 1.0) / max(c.kl_warmup, 1))

@@ -172,42 +172,75 @@ def find_peaks(density: np.ndarray, lattice: np.ndarray, threshold: float = 0.25
     return frac[keep], idx[keep]
 
 
-def _species_at(image: np.ndarray, idx: np.ndarray, vocab: Vocabulary) -> np.ndarray:
-    if image.shape[-1] == 1:
-        return np.full(len(idx), vocab.numbers[0], np.int32)
+def _descriptors_at(image: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(P, 2) density-weighted element descriptors around peaks at voxel indices ``idx``."""
     G = image.shape[0]
     nb = np.mod(idx[:, None, :] + _OFFSETS[None].astype(int), G)
     v = image[nb[..., 0], nb[..., 1], nb[..., 2]].astype(np.float64)  # (P, 27, C)
     w = np.maximum(v[..., 0], 0.0)
-    desc = (w[..., None] * v[..., 1:3]).sum(1) / np.maximum((w * v[..., 0]).sum(1)[:, None], 1e-12)
-    return vocab.nearest(desc)
+    return (w[..., None] * v[..., 1:3]).sum(1) / np.maximum((w * v[..., 0]).sum(1)[:, None], 1e-12)
+
+
+def _species_at(image: np.ndarray, idx: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    if image.shape[-1] == 1:
+        return np.full(len(idx), vocab.numbers[0], np.int32)
+    return vocab.nearest(_descriptors_at(image, idx))
+
+
+def _assign_species(image: np.ndarray, idx: np.ndarray, species: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """Give the peaks at ``idx`` the elements ``species`` (one each, as many as peaks),
+    matching descriptors one-to-one (Hungarian) so that each element goes where the
+    image's descriptor channels put it."""
+    from scipy.optimize import linear_sum_assignment
+
+    if image.shape[-1] == 1 or len(idx) <= 1:
+        return np.asarray(species[:len(idx)], np.int32)
+    want = vocab.descriptors[vocab.classes(np.asarray(species)) - 1]
+    cost = ((_descriptors_at(image, idx)[:, None, :] - want[None]) ** 2).sum(-1)  # (P, S)
+    rows, cols = linear_sum_assignment(cost)
+    out = np.zeros(len(idx), np.int32)
+    out[rows] = np.asarray(species, np.int32)[cols]
+    return out
 
 
 def decode_voxels(images: np.ndarray, lattices: np.ndarray, spec: VoxelSpec, threshold: float = 0.25,
                   merge_distance: float = 0.5, n_max: int | None = None, labels: dict | None = None,
-                  counts: np.ndarray | None = None, count_threshold: float = 0.02) -> Crystal:
+                  counts: np.ndarray | None = None, count_threshold: float = 0.02,
+                  species: np.ndarray | None = None) -> Crystal:
     """(B, G, G, G, C) images and (B, 3, 3) lattices -> a :class:`Crystal` batch.
 
-    Without ``counts``, every peak above ``threshold`` is an atom. With ``counts``
-    (B,) (a model's predicted numbers of atoms), each structure keeps its
-    ``counts[b]`` highest peaks above the much lower ``count_threshold`` (fewer if
-    the image has fewer). Structures with more than ``n_max`` atoms keep the
-    ``n_max`` highest peaks; a structure with no peak decodes to an empty slot
-    (``mask`` all False).
+    Without ``counts`` or ``species``, every peak above ``threshold`` is an atom
+    and its element is the one nearest to the descriptor channels there. With
+    ``counts`` (B,) (a model's predicted numbers of atoms), each structure keeps
+    its ``counts[b]`` highest peaks above the much lower ``count_threshold`` (fewer
+    if the image has fewer). ``species`` (B, S) (a predicted element multiset per
+    structure, 0 = none) sets the counts and gives the kept peaks those elements,
+    matched one-to-one by descriptor. Structures with more than ``n_max`` atoms
+    keep the ``n_max`` highest peaks; a structure with no peak decodes to an empty
+    slot (``mask`` all False).
     """
     images = np.asarray(images)
     lattices = np.asarray(lattices, np.float64)
+    if species is not None:
+        species = np.asarray(species)
+        counts = (species > 0).sum(-1)
     fracs, numbers = [], []
     for b in range(len(images)):
         cut = threshold if counts is None else count_threshold
         f, idx = find_peaks(images[b, ..., 0], lattices[b], cut, merge_distance)
-        z = _species_at(images[b], idx, spec.vocab) if len(idx) else np.zeros(0, np.int32)
         keep = len(f) if counts is None else int(counts[b])
         keep = keep if n_max is None else min(keep, n_max)
         if len(f) > keep:
             h = images[b, idx[:, 0], idx[:, 1], idx[:, 2], 0]
             top = np.sort(np.argsort(-h, kind="stable")[:keep])
-            f, z = f[top], z[top]
+            f, idx = f[top], idx[top]
+        if not len(idx):
+            z = np.zeros(0, np.int32)
+        elif species is not None:
+            wanted = species[b][species[b] > 0]
+            z = _assign_species(images[b], idx, wanted, spec.vocab)
+        else:
+            z = _species_at(images[b], idx, spec.vocab)
         fracs.append(f)
         numbers.append(z)
     size = max(max((len(z) for z in numbers), default=0), 1)
