@@ -216,7 +216,7 @@ def main():
             if args.relax_samples:
                 relax = {"potential": args.relax_samples, "pressure_gpa": args.relax_pressure,
                          "steps": args.relax_steps}
-                key += f"+relax-{args.relax_samples}@{args.relax_pressure:g}GPa"
+                key += f"+relax-{args.relax_samples}@{args.relax_pressure:g}GPa-{args.relax_steps}steps"
             results["models"][key] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics, relax)
             RESULTS.write_text(json.dumps(results, indent=1, default=float))
     if args.design_n and "perov_5" in args.datasets:
