@@ -193,7 +193,7 @@ def _assign_species(image: np.ndarray, idx: np.ndarray, species: np.ndarray, voc
     image's descriptor channels put it."""
     from scipy.optimize import linear_sum_assignment
 
-    if image.shape[-1] == 1 or len(idx) <= 1:
+    if image.shape[-1] == 1:  # one element: nothing to match
         return np.asarray(species[:len(idx)], np.int32)
     want = vocab.descriptors[vocab.classes(np.asarray(species)) - 1]
     cost = ((_descriptors_at(image, idx)[:, None, :] - want[None]) ** 2).sum(-1)  # (P, S)

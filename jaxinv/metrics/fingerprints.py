@@ -248,8 +248,7 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
     numbers of structures computed, read from the cache and timed out, and the CPU
     seconds CrystalNN took.
     """
-    from jaxinv.metrics._parallel import TaskTimeout
-    from jaxinv.metrics._parallel import parallel_map
+    from jaxinv.metrics._parallel import TaskTimeout, parallel_map
     from jaxinv.metrics.structure import as_arrays
 
     lattices, fracs, numbers = as_arrays(structures)
