@@ -51,31 +51,11 @@ def train_run(dataset: str, model: str, runs: Path, extra: list[str]) -> Path:
     return out
 
 
-def relax_samples(samples, potential: str, pressure_gpa: float, steps: int) -> tuple[list, dict]:
-    """Relax every non-empty sample with a jaxinv potential (batched FIRE, cell
-    included); a sample whose relaxation fails keeps its decoded geometry."""
-    from jaxinv.potentials.registry import load_potential
-    from jaxinv.relax import relax
-
-    structures = samples.to_structures()
-    todo = [k for k, s in enumerate(structures) if len(s)]
-    t0 = time.perf_counter()
-    results = relax([structures[k] for k in todo], load_potential(potential), pressure_gpa=pressure_gpa,
-                    max_steps=steps, progress=True)
-    statuses = {}
-    for k, r in zip(todo, results):
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-        if not r.status.startswith("failed"):
-            structures[k] = r.structure
-    return structures, {"potential": potential, "pressure_gpa": pressure_gpa, "max_steps": steps,
-                        "relaxed": len(todo), "statuses": statuses, "seconds": time.perf_counter() - t0}
-
-
 def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dict | None = None) -> dict:
     import jax
 
     from jaxinv.data import load_dataset
-    from jaxinv.generative.evaluation import generation_metrics, reconstruction_metrics, sample_timed
+    from jaxinv.generative.evaluation import generation_metrics, reconstruction_metrics, relax_samples, sample_timed
     from jaxinv.generative.model import load_model
 
     model, params = load_model(run)
@@ -84,7 +64,7 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dic
     samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(7), n)
     relax_info = None
     if relax:
-        samples, relax_info = relax_samples(samples, **relax)
+        samples, relax_info = relax_samples(samples, relax["potential"], relax["pressure_gpa"], relax["steps"])
     t0 = time.perf_counter()
     gen, _ = generation_metrics(samples, dataset, ds.subset("test").structures(), ds.subset("train").structures(),
                                 n_jobs=n_jobs, progress=True, metrics=metrics)

@@ -184,3 +184,22 @@ def test_known_structure_lookup(perov):
     labels = known_structure_labels(structures, test, ["heat_ref", "dir_gap"])
     np.testing.assert_allclose(labels[0], [test.labels["heat_ref"][0], test.labels["dir_gap"][0]])
     assert np.isnan(labels[1]).all()
+
+
+def test_relax_samples_keeps_failures_as_decoded(perov):
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.generative.evaluation import relax_samples
+    from jaxinv.potentials import lennard_jones
+
+    good = perov.subset("test").structures()[0]
+    broken = good.copy()  # same size, so one compiled batch shape
+    broken.translate_sites([1], broken[0].coords - broken[1].coords + [0.1, 0, 0], frac_coords=False)
+    empty = Structure(Lattice.cubic(4.0), [], [])
+    pot = lennard_jones(sigma=2.5, epsilon=0.01, species=None, cutoff=6.0)
+    out, info = relax_samples([good, broken, empty], pot, max_steps=50, progress=False)
+    assert info["relaxed"] == 2 and sum(info["statuses"].values()) == 2
+    assert any(s.startswith("failed") for s in info["statuses"])
+    assert out[1] == broken and len(out[2]) == 0  # the failure keeps its decoded geometry
+    assert out[0].composition == good.composition
+    assert np.abs(out[0].frac_coords - good.frac_coords).max() > 1e-4 or out[0].lattice != good.lattice
