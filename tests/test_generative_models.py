@@ -187,15 +187,14 @@ def test_known_structure_lookup(perov):
 
 
 def test_relax_samples_keeps_failures_as_decoded(perov):
-    from pymatgen.core import Lattice, Structure
-
     from jaxinv.generative.evaluation import relax_samples
     from jaxinv.potentials import lennard_jones
 
     good = perov.subset("test").structures()[0]
     broken = good.copy()  # same size, so one compiled batch shape
     broken.translate_sites([1], broken[0].coords - broken[1].coords + [0.1, 0, 0], frac_coords=False)
-    empty = Structure(Lattice.cubic(4.0), [], [])
+    empty = good.copy()
+    empty.remove_sites(range(len(empty)))
     pot = lennard_jones(sigma=2.5, epsilon=0.01, species=None, cutoff=6.0)
     out, info = relax_samples([good, broken, empty], pot, max_steps=50, progress=False)
     assert info["relaxed"] == 2 and sum(info["statuses"].values()) == 2
