@@ -51,11 +51,13 @@ def train_run(dataset: str, model: str, runs: Path, extra: list[str]) -> Path:
     return out
 
 
-def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dict | None = None) -> dict:
+def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dict | None = None,
+          symprec: float | None = None) -> dict:
     import jax
 
     from jaxinv.data import load_dataset
-    from jaxinv.generative.evaluation import generation_metrics, reconstruction_metrics, relax_samples, sample_timed
+    from jaxinv.generative.evaluation import (generation_metrics, reconstruction_metrics, relax_samples, sample_timed,
+                                              symmetrize_samples)
     from jaxinv.generative.model import load_model
 
     model, params = load_model(run)
@@ -65,6 +67,11 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dic
     relax_info = None
     if relax:
         samples, relax_info = relax_samples(samples, relax["potential"], relax["pressure_gpa"], relax["steps"])
+    sym_info = None
+    if symprec:
+        samples, sym_info = symmetrize_samples(samples, symprec)
+        print(f"symmetrized {sym_info['symmetrized']} samples (symprec {symprec}), space groups "
+              f"{sym_info['space_groups']}", flush=True)
     t0 = time.perf_counter()
     gen, _ = generation_metrics(samples, dataset, ds.subset("test").structures(), ds.subset("train").structures(),
                                 n_jobs=n_jobs, progress=True, metrics=metrics)
@@ -75,6 +82,8 @@ def score(run: Path, dataset: str, n: int, n_jobs: int, metrics=None, relax: dic
            else {}}
     if relax_info:
         out["relaxation"] = relax_info
+    if sym_info:
+        out["symmetrization"] = sym_info
     log = run / "run.log"
     if log.exists():  # wall time of training from the run log (first line to the last validation line)
         lines = [ln for ln in log.read_text().splitlines() if ln[:4].isdigit()]
@@ -178,6 +187,9 @@ def main():
                     help="relax the samples with this jaxinv potential before scoring (a separate row, '+relax')")
     ap.add_argument("--relax-pressure", type=float, default=0.0, help="GPa, for --relax-samples")
     ap.add_argument("--relax-steps", type=int, default=300, help="FIRE steps at most, for --relax-samples")
+    ap.add_argument("--symmetrize", type=float, default=None, metavar="SYMPREC",
+                    help="snap samples onto their spglib symmetry at this tolerance (Å) before scoring "
+                         "(after --relax-samples; a separate row, '+sym')")
     args = ap.parse_args()
 
     import jax
@@ -197,7 +209,10 @@ def main():
                 relax = {"potential": args.relax_samples, "pressure_gpa": args.relax_pressure,
                          "steps": args.relax_steps}
                 key += f"+relax-{args.relax_samples}@{args.relax_pressure:g}GPa-{args.relax_steps}steps"
-            results["models"][key] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics, relax)
+            if args.symmetrize:
+                key += f"+sym{args.symmetrize:g}"
+            results["models"][key] = score(run, dataset, args.n_samples, args.n_jobs, args.metrics, relax,
+                                           args.symmetrize)
             RESULTS.write_text(json.dumps(results, indent=1, default=float))
     if args.design_n and "perov_5" in args.datasets:
         run = train_run("perov_5", "coord_vae", runs, args.train_args)

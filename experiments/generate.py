@@ -14,7 +14,10 @@ Wasserstein distances, uniqueness and novelty against the model's dataset
 (test split as reference, train split for novelty), and sampling throughput.
 With ``relax.potential`` the samples are relaxed with that jaxinv potential first
 (cell included, at ``relax.pressure_gpa``), and the relaxed crystals are written and
-scored (CDVAE scores the decoder's output unrelaxed; say so when comparing).
+scored (CDVAE scores the decoder's output unrelaxed; say so when comparing). With
+``symmetrize`` (a tolerance in Å) each sample, after any relaxation, is replaced by
+the idealised primitive cell of the symmetry spglib finds at that tolerance (also
+outside CDVAE's protocol).
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class Config(RunConfig):
                                                         "novelty"])
     n_jobs: int = 2
     relax: RelaxSamples = field(default_factory=RelaxSamples)
+    symmetrize: Optional[float] = None  # Å: snap samples onto the symmetry spglib finds at this tolerance
 
 
 def main(cfg, run):
@@ -80,12 +84,21 @@ def main(cfg, run):
                                                cfg.relax.max_steps, progress=cfg.progress)
         print(f"relaxed with {cfg.relax.potential} at {cfg.relax.pressure_gpa:g} GPa: {relaxation['statuses']}")
         samples = Crystal.from_structures(structures, n_max=samples.n_max)
+    symmetrization = None
+    if cfg.symmetrize:
+        from jaxinv.crystal import Crystal
+        from jaxinv.generative.evaluation import symmetrize_samples
+
+        structures, symmetrization = symmetrize_samples(samples, float(cfg.symmetrize))
+        print(f"symmetrized {symmetrization['symmetrized']} of {cfg.n} samples at symprec {cfg.symmetrize} Å")
+        samples = Crystal.from_structures(structures, n_max=samples.n_max)
     extxyz = write_extxyz(samples, run.path("samples", "samples.extxyz"))
     n_cif = cfg.n if cfg.n_cif < 0 else min(cfg.n_cif, cfg.n)
     write_cifs(samples[:n_cif], run.out_dir / "samples" / "cif")
     print(f"wrote {extxyz} and {n_cif} CIFs")
     results = {"model": str(cfg.model), "n": cfg.n, "targets": targets,
                "sampling": {"seconds": dt, "crystals_per_second": rate}, "relaxation": relaxation,
+               "symmetrization": symmetrization,
                "atoms_per_cell": {int(k): int(v) for k, v in zip(*np.unique(samples.n_atoms, return_counts=True))}}
     if cfg.evaluate:
         from jaxinv.data import load_dataset

@@ -27,8 +27,10 @@ def test_train_generate_optimize(tmp_path):
     assert [r["step"] for r in records] == [2, 4]
     # sample it and score validity
     gen = run_experiment("generate", [f"model={run}", "n=8", "metrics=[validity]", "progress=false",
-                                      f"out_dir={tmp_path / 'gen'}"])
+                                      "symmetrize=0.1", f"out_dir={tmp_path / 'gen'}"])
     assert gen["n"] == 8 and 0 <= gen["metrics"]["validity"]["valid"] <= 1
+    sym = gen["symmetrization"]
+    assert sym["symprec"] == 0.1 and sym["symmetrized"] + sym["kept"] == 8
     assert (tmp_path / "gen" / "samples" / "samples.extxyz").exists()
     assert (tmp_path / "gen" / "metrics.md").exists()
     # latent optimization toward the perov_5 target

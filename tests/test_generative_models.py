@@ -202,3 +202,32 @@ def test_relax_samples_keeps_failures_as_decoded(perov):
     assert out[1] == broken and len(out[2]) == 0  # the failure keeps its decoded geometry
     assert out[0].composition == good.composition
     assert np.abs(out[0].frac_coords - good.frac_coords).max() > 1e-4 or out[0].lattice != good.lattice
+
+
+def test_symmetrize_samples_snaps_small_errors_only(perov):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from jaxinv.generative.evaluation import symmetrize_samples
+
+    ideal = next(s for s in perov.subset("test").structures()
+                 if SpacegroupAnalyzer(s, symprec=1e-3).get_space_group_number() == 221)
+    rng = np.random.default_rng(0)
+    noisy = ideal.copy()
+    noisy.apply_strain([0.005, -0.0025, 0.0])
+    for i, d in enumerate(rng.normal(0, 0.01, (len(noisy), 3))):
+        noisy.translate_sites([i], d, frac_coords=False)
+    far = ideal.copy()
+    for i, d in enumerate(rng.normal(0, 0.4, (len(far), 3))):
+        far.translate_sites([i], d, frac_coords=False)
+    empty = ideal.copy()
+    empty.remove_sites(range(len(empty)))
+    assert SpacegroupAnalyzer(noisy, symprec=1e-3).get_space_group_number() == 1
+    out, info = symmetrize_samples([noisy, far, empty], symprec=0.1)
+    assert SpacegroupAnalyzer(out[0], symprec=1e-4).get_space_group_number() == 221
+    a, b, c = out[0].lattice.abc
+    assert abs(a - b) < 1e-6 and abs(b - c) < 1e-6 and abs(a - np.cbrt(noisy.volume)) < 0.02
+    assert StructureMatcher(stol=1e-3, ltol=0.01, angle_tol=0.1, scale=True).fit(out[0], ideal)
+    assert SpacegroupAnalyzer(out[1], symprec=1e-3).get_space_group_number() < 10  # beyond symprec: not snapped
+    assert out[1].composition == far.composition and len(out[2]) == 0
+    assert info["symmetrized"] == 2 and info["kept"] == 1 and info["space_groups"].get(221) == 1
