@@ -140,6 +140,17 @@ def reference_structures(name, potential):
         else:
             cands["stishovite"] = Structure.from_spacegroup(
                 "P4_2/mnm", Lattice.tetragonal(4.18, 2.67), ["Si", "O"], [[0, 0, 0], [0.306, 0.306, 0]])
+            # beta-cristobalite: Si on a diamond lattice (a = 7.16 Å), O at the Si-Si bond
+            # midpoints; the primitive cell is Si2O4. The ideal Fd-3m cell is a saddle under
+            # BKS, so it is rattled (fixed seed) and relaxes into a lower-symmetry variant.
+            a = 7.16
+            prim = Lattice(a / 2 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]]))
+            cart = a / 8 * np.array([[0, 0, 0], [2, 2, 2], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+            cristobalite = Structure(prim, ["Si", "Si", "O", "O", "O", "O"], cart, coords_are_cartesian=True)
+            rng = np.random.default_rng(0)
+            for i, d in enumerate(rng.normal(0, 0.05, (6, 3))):
+                cristobalite.translate_sites([i], d, frac_coords=False)
+            cands["beta-cristobalite (rattled, relaxed)"] = cristobalite
     elif name == "tio2_6":
         cands["rutile"] = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
                                                     [[0, 0, 0], [0.3048, 0.3048, 0]])
