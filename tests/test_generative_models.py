@@ -223,11 +223,14 @@ def test_symmetrize_samples_snaps_small_errors_only(perov):
     empty = ideal.copy()
     empty.remove_sites(range(len(empty)))
     assert SpacegroupAnalyzer(noisy, symprec=1e-3).get_space_group_number() == 1
-    out, info = symmetrize_samples([noisy, far, empty], symprec=0.1)
+    flat = ideal.copy()  # a near-zero-volume cell like the one that crashed spglib: kept, not passed on
+    flat.lattice = type(ideal.lattice)(ideal.lattice.matrix * [[1, 1, 1], [1, 1, 1], [1e-3, 1e-3, 1e-3]])
+    out, info = symmetrize_samples([noisy, far, empty, flat], symprec=0.1)
+    assert out[3] is flat and info["invalid_kept"] == 2
     assert SpacegroupAnalyzer(out[0], symprec=1e-4).get_space_group_number() == 221
     a, b, c = out[0].lattice.abc
     assert abs(a - b) < 1e-6 and abs(b - c) < 1e-6 and abs(a - np.cbrt(noisy.volume)) < 0.02
     assert StructureMatcher(stol=1e-3, ltol=0.01, angle_tol=0.1, scale=True).fit(out[0], ideal)
     assert SpacegroupAnalyzer(out[1], symprec=1e-3).get_space_group_number() < 10  # beyond symprec: not snapped
     assert out[1].composition == far.composition and len(out[2]) == 0
-    assert info["symmetrized"] == 2 and info["kept"] == 1 and info["space_groups"].get(221) == 1
+    assert info["symmetrized"] == 2 and info["kept"] == 2 and info["space_groups"].get(221) == 1

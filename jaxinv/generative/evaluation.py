@@ -111,17 +111,22 @@ def symmetrize_samples(samples, symprec: float = 0.1, angle_tolerance: float = 5
     fingerprints) no longer match any reference; snapping removes errors smaller
     than ``symprec`` and keeps larger ones. Samples that are empty or for which spglib
     finds nothing, or whose atom count would change other than by taking a primitive
-    cell, are kept as they are. Returns (structures, summary with space-group counts).
+    cell, are kept as they are. So are structurally invalid samples (atoms closer than
+    0.5 Å, cells under 0.1 Å^3): spglib can crash the process on such cells (a 0.08 Å^3
+    carbon_24 sample did). Returns (structures, summary with space-group counts).
     """
     import spglib
     from pymatgen.core import Lattice, Structure
 
+    from jaxinv.metrics.structure import structure_validity
+
     structures = samples.to_structures() if hasattr(samples, "to_structures") else list(samples)
     t0 = time.perf_counter()
+    valid = structure_validity(structures).valid if structures else np.zeros(0, bool)
     out, changed, groups = [], 0, {}
-    for s in structures:
+    for s, ok in zip(structures, valid):
         new = None
-        if len(s):
+        if ok:
             cell = (s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s])
             try:
                 std = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False, symprec=symprec,
@@ -136,5 +141,5 @@ def symmetrize_samples(samples, symprec: float = 0.1, angle_tolerance: float = 5
                 changed += 1
         out.append(new if new is not None else s)
     return out, {"symprec": symprec, "angle_tolerance": angle_tolerance, "symmetrized": changed,
-                 "kept": len(structures) - changed, "space_groups": dict(sorted(groups.items())),
+                 "kept": len(structures) - changed, "invalid_kept": int((~valid).sum()), "space_groups": dict(sorted(groups.items())),
                  "seconds": time.perf_counter() - t0}
