@@ -97,6 +97,29 @@ def test_converted_parameters_are_cached(cache, pot, monkeypatch):
     assert len(pot.species) == 89 and pot.cutoff == 5.0
 
 
+def test_stale_cached_conversion_is_converted_again(cache, pot, tmp_path, caplog):
+    """A cached conversion whose config this version cannot read (e.g. written by a
+    jaxinv with an extra config field) is ignored and replaced, not an error."""
+    import json
+    import shutil
+
+    stale = tmp_path / "sevennet"
+    stale.mkdir()
+    (src,) = (cache / "sevennet").glob("7net-0-*.npz")
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays["__header__"]))
+    header["config"]["field_from_another_version"] = 1
+    arrays["__header__"] = np.array(json.dumps(header))
+    np.savez(stale / src.name, **arrays)
+    with caplog.at_level("WARNING"):
+        again = sn.load_sevennet("7net-0", cache=tmp_path)
+    assert "converting the checkpoint again" in caplog.text
+    assert again.metadata["config"] == pot.metadata["config"]
+    assert sn._load(stale / src.name)[0] == pot.metadata["config"]  # the cache was rewritten
+    shutil.rmtree(stale)
+
+
 def test_checkpoint_from_cache_then_from_wheel(tmp_path, checkpoint, monkeypatch):
     """Without an installed sevenn the checkpoint comes from the cache, else from the wheel."""
     monkeypatch.setattr(sn, "_installed_sevenn", lambda: [])

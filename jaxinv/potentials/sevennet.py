@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -44,6 +45,8 @@ import e3nn_jax as e3nn
 from jaxinv.potentials.base import Potential
 from jaxinv.potentials.nequip import NequIPConfig, conv_paths, gate_irreps, nequip_potential
 from jaxinv.potentials.torch_pickle import load_pth
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load_sevennet", "find_checkpoint", "convert_checkpoint", "cache_dir", "MODELS", "SEVENN_VERSION"]
 
@@ -289,8 +292,14 @@ def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, downloa
     name = _canonical(name)
     cache = Path(cache) if cache is not None else cache_dir()
     converted = cache / "sevennet" / f"{name}-sevenn{SEVENN_VERSION}-v{FORMAT_VERSION}.npz"
+    loaded = None
     if converted.is_file():
-        config, params, meta = _load(converted)
+        try:
+            loaded = _load(converted)
+        except (TypeError, KeyError, ValueError) as e:  # written by another jaxinv version: convert again
+            log.warning("ignoring cached %s (%s); converting the checkpoint again", converted, e)
+    if loaded is not None:
+        config, params, meta = loaded
     else:
         ckpt = find_checkpoint(name, cache, download)
         config, params = convert_checkpoint(load_pth(ckpt))
