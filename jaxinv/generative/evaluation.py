@@ -112,7 +112,7 @@ def symmetrize_samples(samples, symprec: float = 0.1, angle_tolerance: float = 5
     than ``symprec`` and keeps larger ones. Samples that are empty or for which spglib
     finds nothing, or whose atom count would change other than by taking a primitive
     cell, are kept as they are. So are structurally invalid samples (atoms closer than
-    0.5 Å, cells under 0.1 Å^3): spglib can crash the process on such cells (a 0.08 Å^3
+    0.5 Å, cells under 0.1 Å^3): spglib can crash the process on such cells (a 0.075 Å^3
     carbon_24 sample did). Returns (structures, summary with space-group counts).
     """
     import spglib
@@ -141,5 +141,5 @@ def symmetrize_samples(samples, symprec: float = 0.1, angle_tolerance: float = 5
                 changed += 1
         out.append(new if new is not None else s)
     return out, {"symprec": symprec, "angle_tolerance": angle_tolerance, "symmetrized": changed,
-                 "kept": len(structures) - changed, "invalid_kept": int((~valid).sum()), "space_groups": dict(sorted(groups.items())),
-                 "seconds": time.perf_counter() - t0}
+                 "kept": len(structures) - changed, "invalid_kept": int((~valid).sum()),
+                 "space_groups": dict(sorted(groups.items())), "seconds": time.perf_counter() - t0}
