@@ -86,7 +86,7 @@ def main(cfg, run):
         samples = Crystal.from_structures(structures, n_max=samples.n_max)
     symmetrization = None
     if cfg.symmetrize:
-        from jaxinv.crystal import Crystal  # noqa: F811 (also imported in the relax branch)
+        from jaxinv.crystal import Crystal
         from jaxinv.generative.evaluation import symmetrize_samples
 
         structures, symmetrization = symmetrize_samples(samples, float(cfg.symmetrize))
