@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# tests must not write to the user's XLA compilation cache (tests/test_xla_cache.py checks it)
+os.environ.setdefault("JAXINV_XLA_CACHE", "off")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np

@@ -1,0 +1,53 @@
+"""The persistent XLA compilation cache that ``jaxinv run`` turns on (jaxinv.xla_cache)."""
+import json
+import os
+import subprocess
+import sys
+
+# Runs in a fresh interpreter: the cache is global JAX state, set once per process.
+PROBE = r"""
+import json, sys
+import jax, jax.numpy as jnp
+from jaxinv.xla_cache import enable_compilation_cache
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
+where = enable_compilation_cache(min_compile_time_s=0.0)
+f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T + 1.0)
+f(jnp.ones((8, 8))).block_until_ready()
+print(json.dumps({"dir": None if where is None else str(where), "hits": len(hits)}))
+"""
+
+
+def probe(env):
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "xla"
+    first = probe({"JAXINV_XLA_CACHE": str(cache)})
+    assert first == {"dir": str(cache), "hits": 0}
+    assert any(cache.iterdir()), "nothing was written to the cache"
+    second = probe({"JAXINV_XLA_CACHE": str(cache)})
+    assert second["hits"] >= 1
+
+
+def test_off_and_user_setting(tmp_path):
+    assert probe({"JAXINV_XLA_CACHE": "off"})["dir"] is None
+    theirs = tmp_path / "theirs"
+    # a directory the user gave JAX wins over ours
+    out = probe({"JAXINV_XLA_CACHE": str(tmp_path / "ours"), "JAX_COMPILATION_CACHE_DIR": str(theirs)})
+    assert out["dir"] == str(theirs)
+    assert not (tmp_path / "ours").exists()
+
+
+def test_default_path_under_jaxinv_cache(tmp_path, monkeypatch):
+    from jaxinv.xla_cache import default_cache_path
+
+    monkeypatch.delenv("JAXINV_XLA_CACHE", raising=False)
+    monkeypatch.setenv("JAXINV_CACHE", str(tmp_path))
+    assert default_cache_path() == tmp_path / "xla"
+    monkeypatch.setenv("JAXINV_XLA_CACHE", "OFF")
+    assert default_cache_path() is None
