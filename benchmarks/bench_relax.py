@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--xla-cache", default=None, metavar="DIR",
                     help="persistent XLA compilation cache (what `jaxinv run` uses); run twice with the same DIR: "
                          "the second run's cold row is a new process that loads what the first compiled")
+    ap.add_argument("--jaxinv-only", action="store_true", help="only the jaxinv rows (no ASE loops)")
     args = ap.parse_args()
     cache_note = ""
     if args.xla_cache:
@@ -105,6 +106,10 @@ def main():
         rows.append((f"jaxinv, one {args.n}-slot batch, no refill or compaction (cold)", t_one,
                      np.mean([r.steps for r in res_one]), sum(r.converged for r in res_one)))
 
+    if args.jaxinv_only:
+        for name, t, steps, conv in rows:
+            print(f"| {name} | {t:.1f} | {args.n / t:.2f} | {steps:.0f} | {conv}/{args.n} |")
+        return
     t_ase, e_ase, steps_ase = ase_loop(structures, lambda: JaxinvCalculator(potential), args.fmax, args.max_steps)
     rows.append(("ASE FIRE+Frechet loop, jaxinv calculator", t_ase, steps_ase.mean(), int((steps_ase < args.max_steps).sum())))
     if not args.skip_torch:
