@@ -107,6 +107,7 @@ def main():
                      np.mean([r.steps for r in res_one]), sum(r.converged for r in res_one)))
 
     if args.jaxinv_only:
+        print("| method | wall (s) | structures/s | mean steps | converged |\n|---|---|---|---|---|")
         for name, t, steps, conv in rows:
             print(f"| {name} | {t:.1f} | {args.n / t:.2f} | {steps:.0f} | {conv}/{args.n} |")
         return
