@@ -84,6 +84,29 @@ def test_ase_criterion_reproduces_the_ase_trajectory(float64):
         np.testing.assert_allclose(r.structure.frac_coords, ref.frac_coords, atol=1e-6)
 
 
+def test_an_unevaluated_start_relaxes_exactly_like_an_evaluated_one(float64):
+    """``init_fn(..., evaluate=False)`` (how the queue starts and refills slots): the first
+    step only evaluates, then the run is the evaluated run, step for step."""
+    structures = rattled(3, seed=7)
+    c = Crystal.from_structures(structures)
+    graph = neighbor_graph(c, LJ.cutoff + 0.25)
+    init_fn, step_fn = fire_relaxer(LJ.energy_fn, LJ.cutoff, FireConfig(fmax=1e-3))
+    step = jax.jit(step_fn)
+    evaluated = init_fn(LJ.params, c, graph)
+    fresh = init_fn(None, c, graph, evaluate=False)
+    assert np.asarray(fresh.fresh).all() and not np.asarray(evaluated.fresh).any()
+    fresh = step(LJ.params, fresh)  # the evaluation: nothing moves and no step is counted
+    np.testing.assert_array_equal(np.asarray(fresh.steps), 0)
+    np.testing.assert_allclose(np.asarray(fresh.crystal.frac), np.asarray(evaluated.crystal.frac), atol=1e-14)
+    for _ in range(12):
+        evaluated, fresh = step(LJ.params, evaluated), step(LJ.params, fresh)
+    for name in ("q", "lam", "v_atoms", "v_cell", "dt", "alpha", "n_pos", "energy", "f_q", "steps", "status",
+                 "volume0"):
+        np.testing.assert_allclose(np.asarray(getattr(fresh, name)), np.asarray(getattr(evaluated, name)),
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    assert int(evaluated.steps[0]) == 12
+
+
 def _fcc_energy_per_atom(lattice_parameters):
     scaled = []
     for a in lattice_parameters:

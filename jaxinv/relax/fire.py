@@ -110,6 +110,7 @@ class RelaxState:
     alpha: jax.Array  # (B,)
     n_pos: jax.Array  # (B,) steps since the power last turned negative
     started: jax.Array  # (B,) bool, the first FIRE step has been taken
+    fresh: jax.Array  # (B,) bool, not evaluated yet (``init_fn(..., evaluate=False)``): the next step only evaluates
     energy: jax.Array  # (B,) eV
     forces: jax.Array  # (B, N, 3) physical forces, eV/Å
     stress: jax.Array  # (B, 3, 3) eV/Å^3 (ASE sign)
@@ -155,7 +156,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
     cfg = config
     graph_cutoff = float(cutoff) + cfg.skin
 
-    def evaluate(params, crystal, graph, reference_lattice, q, lam, factor, pressure):
+    def evaluate_potential(params, crystal, graph, reference_lattice, q, lam, factor, pressure):
         """Energy, physical forces and stress, and generalized forces, in one reverse pass."""
         frac = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
         lattice_now, _, f = current_cell(reference_lattice, q, lam, factor)
@@ -205,11 +206,18 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
             out = f if out is None else out & f
         return out
 
-    def init_fn(params, crystal: Crystal, graph: Graph, criteria: Criteria | None = None) -> RelaxState:
+    def init_fn(params, crystal: Crystal, graph: Graph, criteria: Criteria | None = None,
+                evaluate: bool = True) -> RelaxState:
         """Start a relaxation; ``graph`` should be built at ``cutoff + config.skin``.
 
         ``criteria`` (per-structure fmax, stress_tol, pressure, max_steps)
         defaults to the config's values for every structure.
+
+        ``evaluate=False`` skips the potential: the structures start ``fresh``,
+        and the first ``step_fn`` evaluates them without moving them (and
+        without counting a step), then relaxes them exactly as if ``init_fn``
+        had evaluated them. A queue that refills a few slots of a running batch
+        uses it, so that a refill costs no extra evaluation of the whole batch.
         """
         dtype = crystal.frac.dtype if jnp.issubdtype(crystal.frac.dtype, jnp.floating) else jnp.float32
         lattice = jnp.asarray(crystal.lattice, dtype)
@@ -218,24 +226,29 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         q = jnp.einsum("bni,bij->bnj", crystal.frac, lattice)
         lam = jnp.zeros((b, 3, 3), dtype)
         factor = jnp.maximum(crystal.mask.sum(-1), 1).astype(dtype)
-        e, forces, stress, f_q, f_cell, volume = evaluate(params, crystal, graph, lattice, q, lam, factor,
-                                                          crit.pressure)
+        present = crystal.mask.any(-1)
+        common = dict(crystal=crystal.replace(lattice=lattice), reference_lattice=lattice, q=q, lam=lam,
+                      factor=factor, v_atoms=jnp.zeros_like(q), v_cell=jnp.zeros_like(lam),
+                      dt=jnp.full((b,), cfg.dt_start, dtype), alpha=jnp.full((b,), cfg.alpha_start, dtype),
+                      n_pos=jnp.zeros((b,), jnp.int32), started=jnp.zeros((b,), bool),
+                      steps=jnp.zeros((b,), jnp.int32), criteria=crit,
+                      graph=graph, graph_frac=crystal.frac, graph_lattice=lattice)
+        if not evaluate:
+            zeros_b = jnp.zeros((b,), dtype)
+            return RelaxState(**common, fresh=present, energy=zeros_b, forces=jnp.zeros_like(q),
+                              stress=jnp.zeros_like(lam), f_q=jnp.zeros_like(q), f_cell=jnp.zeros_like(lam),
+                              status=jnp.where(present, RUNNING, CONVERGED).astype(jnp.int32),
+                              needs_graph=jnp.zeros((b,), bool), volume0=jnp.abs(jnp.linalg.det(lattice)))
+        e, forces, stress, f_q, f_cell, volume = evaluate_potential(params, crystal, graph, lattice, q, lam, factor,
+                                                                    crit.pressure)
         geometry = jnp.where(crystal.mask[..., None], crystal.frac, 0.0)
         ok = finite(e, forces, stress, geometry, lattice)  # a NaN coordinate would silently lose its edges
-        present = crystal.mask.any(-1)
         done = converged(forces, stress, f_q, f_cell, crystal.mask, crit)
         status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
         status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
         status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
-        return RelaxState(
-            crystal=crystal.replace(lattice=lattice), reference_lattice=lattice, q=q, lam=lam, factor=factor,
-            v_atoms=jnp.zeros_like(q), v_cell=jnp.zeros_like(lam),
-            dt=jnp.full((b,), cfg.dt_start, dtype), alpha=jnp.full((b,), cfg.alpha_start, dtype),
-            n_pos=jnp.zeros((b,), jnp.int32), started=jnp.zeros((b,), bool),
-            energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
-            steps=jnp.zeros((b,), jnp.int32), status=status,
-            needs_graph=graph.n_edges > graph.capacity, volume0=volume, criteria=crit,
-            graph=graph, graph_frac=crystal.frac, graph_lattice=lattice)
+        return RelaxState(**common, fresh=jnp.zeros((b,), bool), energy=e, forces=forces, stress=stress, f_q=f_q,
+                          f_cell=f_cell, status=status, needs_graph=graph.n_edges > graph.capacity, volume0=volume)
 
     def fire_update(s: RelaxState):
         """One ASE FIRE move of (q, lam) from the stored generalized forces."""
@@ -268,8 +281,9 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         shrink = jnp.where(dr_norm > cfg.max_step, cfg.max_step / jnp.where(dr_norm > 0, dr_norm, 1.0), 1.0)
         q = s.q + _bcast(shrink, dr_atoms) * dr_atoms
         lam = s.lam + _bcast(shrink, dr_cell) * dr_cell
+        # a fresh slot has zero forces and velocities, so it has not moved; it starts once evaluated
         return s.replace(q=q, lam=lam, v_atoms=v_atoms, v_cell=v_cell, dt=dt, alpha=alpha, n_pos=n_pos,
-                         started=jnp.ones_like(s.started))
+                         started=s.started | ~s.fresh)
 
     def graph_is_stale(s: RelaxState, lattice, frac):
         """Whether an edge could have entered the cutoff since the last build."""
@@ -292,15 +306,19 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
             jnp.any(stale),
             lambda: (build_graph(crystal, graph_cutoff, s.graph.images, s.graph.capacity), frac, lattice),
             lambda: (s.graph, s.graph_frac, s.graph_lattice))
-        e, forces, stress, f_q, f_cell, volume = evaluate(
+        e, forces, stress, f_q, f_cell, volume = evaluate_potential(
             params, crystal, graph, moved.reference_lattice, moved.q, moved.lam, moved.factor, s.criteria.pressure)
         overflow = graph.overflow & active  # too many edges or images for the static graph: pause
         ok = finite(e, forces, stress)
+        geometry = jnp.where(s.crystal.mask[..., None], s.crystal.frac, 0.0)
+        ok &= ~s.fresh | finite(geometry, s.crystal.lattice)  # as init_fn checks its inputs
         accept = active & ok & ~overflow
+        volume0 = jnp.where(s.fresh, volume, s.volume0)
         new = moved.replace(crystal=crystal, energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
-                            steps=s.steps + 1)
+                            steps=s.steps + (~s.fresh).astype(s.steps.dtype), volume0=volume0,
+                            fresh=jnp.zeros_like(s.fresh))
         out = tree_select(accept, new, s)
-        ratio = volume / s.volume0
+        ratio = volume / volume0
         status = out.status
         status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
@@ -308,7 +326,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         if cfg.min_distance > 0:
             r2 = jnp.sum(edge_vectors(crystal, graph) ** 2, -1)
             closest = jnp.min(jnp.where(graph.mask, r2, jnp.inf), axis=-1)
-            collapsed = closest < cfg.min_distance**2
+            collapsed = (closest < cfg.min_distance**2) & ~s.fresh  # checked on moves, as for init_fn's inputs
             status = jnp.where(accept & ~bad_cell & collapsed, FAILED_COLLAPSE, status)
             bad_cell = bad_cell | collapsed
         done = converged(forces, stress, f_q, f_cell, s.crystal.mask, s.criteria)

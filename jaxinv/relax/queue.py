@@ -3,7 +3,10 @@
 :class:`RelaxQueue` keeps a fixed-shape batch of slots per size bucket (so jit
 compiles once per bucket and edge capacity), runs FIRE on all slots for a chunk
 of steps, harvests the structures that finished (converged, failed or out of
-steps), refills their slots from the queue and carries on. The batch size comes
+steps), refills their slots from the queue and carries on. A chunk ends early
+as soon as a slot finishes while structures are waiting, and new structures
+enter unevaluated (``init_fn(..., evaluate=False)``): the next step evaluates
+them, so a refill costs no evaluation of the whole batch. The batch size comes
 from an edge budget (``max_edges``): message-passing cost and memory scale with
 edges, so a batch of small cells holds many more structures than a batch of
 large ones.
@@ -151,8 +154,8 @@ class RelaxQueue:
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.graph_cutoff = potential.cutoff + config.skin
-        self._init, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
-                                            self.chunk_steps, self.trajectory)
+        self._start, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
+                                             self.chunk_steps, self.trajectory)
         self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0}
 
     def _criteria(self, b: int, dtype) -> Criteria:
@@ -250,24 +253,26 @@ class RelaxQueue:
         slots = [pending.popleft() if pending else -1 for _ in range(b)]
         batch = self._slot_crystal(crystal, slots, n_slot)
         graph = self._graph(batch, capacity=whole.capacity, images=whole.images)
-        state = self._init(params, batch, graph, self._criteria(b, batch_dtype()))
-        self._harvest(state, slots, store, None, bar)
+        # slots start fresh: the first step evaluates them, so starting and refilling cost no extra evaluation
+        state = self._start(batch, graph, self._criteria(b, batch_dtype()))
         while True:
             if all(i < 0 for i in slots) and not pending:
                 return
             free = [k for k, i in enumerate(slots) if i < 0]
             if free and pending:
-                state = self._refill(params, state, slots, free, pending, crystal, n_slot)
-                self._harvest(state, slots, store, None, bar)
-                continue
-            state, frames, _ = self._chunk(params, state)
+                state = self._refill(state, slots, free, pending, crystal, n_slot)
+            elif self.compact and not pending:
+                state, slots = self._compacted(state, slots)
+            occupied = sum(i >= 0 for i in slots)
+            # leave the loop as soon as a slot can be refilled (or the batch compacted), so that
+            # finished slots do not ride along, evaluated for nothing, to the end of the chunk
+            min_running = occupied - 1 if pending else (len(slots) // 4 if self.compact else 0)
+            state, frames, _ = self._chunk(params, state, jnp.int32(min(min_running, occupied - 1)))
             self.stats["chunks"] += 1
             if bool(np.any(np.asarray(state.needs_graph))):
                 state = self._regrow(state)
             if self._harvest(state, slots, store, frames, bar):
                 save()  # only when something new has finished
-                if self.compact and not pending:
-                    state, slots = self._compacted(state, slots)
 
     def _compacted(self, state: RelaxState, slots: list[int]):
         """The running slots gathered into a batch a quarter the size or smaller, once at most a
@@ -286,7 +291,7 @@ class RelaxQueue:
         log.debug("compacted the batch from %d to %d slots", b, size)
         return state, [slots[k] for k in running] + [-1] * (size - len(running))
 
-    def _refill(self, params, state, slots, free, pending, crystal, n_slot):
+    def _refill(self, state, slots, free, pending, crystal, n_slot):
         changed = np.zeros(len(slots), bool)
         for k in free:
             slots[k] = pending.popleft() if pending else -1
@@ -297,7 +302,7 @@ class RelaxQueue:
                           for a, c in zip((fresh.lattice, fresh.frac, fresh.numbers, fresh.mask),
                                           (current.lattice, current.frac, current.numbers, current.mask))), {})
         graph = self._graph(mixed, capacity=state.graph.capacity, images=state.graph.images)
-        new = self._init(params, mixed, graph, self._criteria(len(slots), batch_dtype()))
+        new = self._start(mixed, graph, self._criteria(len(slots), batch_dtype()))
         # one fresh graph for every slot (it is valid for the continuing ones too)
         state = state.replace(graph=graph, graph_frac=jnp.asarray(mixed.frac, state.graph_frac.dtype),
                               graph_lattice=jnp.asarray(mixed.lattice, state.graph_lattice.dtype))
@@ -392,11 +397,16 @@ def _static(config: FireConfig) -> FireConfig:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(energy_fn, cutoff: float, static_config: FireConfig, chunk_steps: int, trajectory: bool):
-    """Jitted ``init`` and ``chunk`` for one potential and static config, shared by all queues."""
+    """Jitted ``start`` (an unevaluated state) and ``chunk`` for one potential and static config, shared by
+    all queues."""
     init_fn, step_fn = fire_relaxer(energy_fn, cutoff, static_config)
 
-    def run_chunk(params, state: RelaxState):
-        """Up to ``chunk_steps`` FIRE steps; stops early when no slot is running."""
+    def start(crystal: Crystal, graph, criteria: Criteria) -> RelaxState:
+        return init_fn(None, crystal, graph, criteria, evaluate=False)
+
+    def run_chunk(params, state: RelaxState, min_running):
+        """Up to ``chunk_steps`` FIRE steps. Stops early when no more than ``min_running``
+        slots still run, or when a slot waits for a larger graph."""
         k = chunk_steps
         if trajectory:
             frames = (jnp.zeros((k,) + state.crystal.lattice.shape, state.crystal.lattice.dtype),
@@ -406,8 +416,11 @@ def _compiled(energy_fn, cutoff: float, static_config: FireConfig, chunk_steps: 
         else:
             frames = ()
 
-        def running(s):
-            return jnp.any((s.status == RUNNING) & ~s.needs_graph)
+        def go_on(c):
+            i, s, _ = c
+            running = s.status == RUNNING
+            return ((i < k) & jnp.any(running & ~s.needs_graph) & ~jnp.any(running & s.needs_graph)
+                    & (jnp.sum(running) > min_running))
 
         def body(carry):
             i, s, fr = carry
@@ -417,7 +430,7 @@ def _compiled(energy_fn, cutoff: float, static_config: FireConfig, chunk_steps: 
                       fr[2].at[i].set(s.energy), fr[3].at[i].set(s.steps))
             return i + 1, s, fr
 
-        n, state, frames = jax.lax.while_loop(lambda c: (c[0] < k) & running(c[1]), body, (0, state, frames))
+        n, state, frames = jax.lax.while_loop(go_on, body, (0, state, frames))
         return state, frames, n
 
-    return jax.jit(init_fn), jax.jit(run_chunk)
+    return jax.jit(start), jax.jit(run_chunk)
