@@ -12,16 +12,28 @@ JAX (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is. Tracing
 and lowering still run in every process; only XLA's compilation is skipped.
 Entries are keyed by the program, the jax/jaxlib version and the device, so a
 cache written by another version is ignored rather than misused.
+
+jaxlib 0.10.1 logs two C++ errors for every executable it loads from the cache
+("Target machine feature +prefer-no-gather is not supported on the host
+machine ... could lead to execution errors such as SIGILL"). They are false:
+``prefer-no-gather``/``-scatter`` are LLVM tuning hints, not instruction-set
+features (openxla/xla#44565), and the executable loads and runs correctly.
+:func:`drop_spurious_aot_errors` filters exactly those lines out of the
+process's stderr, which the command line does whenever the cache is on.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import select
+import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["enable_compilation_cache", "default_cache_path"]
+__all__ = ["enable_compilation_cache", "default_cache_path", "drop_spurious_aot_errors"]
 
 OFF = {"0", "off", "false", "no", "none"}
 
@@ -63,3 +75,66 @@ def enable_compilation_cache(path: str | Path | None = None, min_compile_time_s:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
     return target
+
+
+def _spurious(line: bytes) -> bool:
+    return b"cpu_aot_loader" in line and b"prefer-no-" in line
+
+
+def drop_spurious_aot_errors() -> bool:
+    """Route file descriptor 2 through a filter that drops XLA's false CPU-AOT feature errors.
+
+    Everything else written to stderr (Python, C++, child processes) passes
+    through unchanged; text without a line end (progress bars) is passed on
+    after 0.1 s of quiet. The filter is undone at exit, after the last output
+    has been forwarded. Returns False where stderr cannot be redirected.
+    """
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except (OSError, ValueError):  # no real fd 2 (some notebooks, embedded interpreters)
+        return False
+
+    def forward(data: bytes):
+        lines = data.splitlines(keepends=True)
+        kept = b"".join(line for line in lines if not _spurious(line))
+        if kept:
+            os.write(original, kept)
+
+    def pump():
+        held = b""
+        while True:
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if not ready:  # quiet: pass on a partial line unless it may be the start of a spurious one
+                if held and not held.startswith(b"E"):
+                    forward(held)
+                    held = b""
+                continue
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                break
+            held += chunk
+            cut = max(held.rfind(b"\n"), held.rfind(b"\r")) + 1
+            if cut:
+                forward(held[:cut])
+                held = held[cut:]
+        if held:
+            forward(held)
+        os.close(read_end)
+
+    thread = threading.Thread(target=pump, name="jaxinv-stderr-filter", daemon=True)
+    thread.start()
+
+    def restore():
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(original, 2)  # closes our end of the pipe, so the pump sees EOF once children let go
+        thread.join(timeout=5.0)
+
+    atexit.register(restore)
+    return True
