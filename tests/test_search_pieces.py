@@ -244,3 +244,25 @@ def test_hull_fitness_is_the_distance_above_the_binary_hull():
     (out,) = hull_fitness(problem, best, [pop])
     np.testing.assert_allclose(out.fitness, [0.0, 0.0, 0.5], atol=1e-9)
     np.testing.assert_allclose(np.asarray(out.objectives)[:, 0], out.fitness)
+
+
+def test_relaxer_compaction_gives_the_same_relaxations(float64):
+    """Gathering the last running structures into smaller batches (the CPU default) changes
+    nothing but the cost: same energies, structures, statuses and step counts."""
+    from jaxinv.potentials.registry import load_potential
+    from jaxinv.relax import FireConfig
+    from jaxinv.search.evaluate import Relaxer
+
+    space = SearchSpace.fixed("Si8")
+    starts, _ = random_crystals(space, 8, np.random.default_rng(3))
+    pot = load_potential("sw_si")
+    config = FireConfig(fmax=0.02, max_steps=600)
+    compacted, whole = Relaxer(pot, config, 8, compact=True), Relaxer(pot, config, 8, compact=False)
+    a, b = compacted(starts), whole(starts)
+    assert compacted.compactions >= 1 and whole.compactions == 0
+    assert np.ptp(b.steps) > 50  # the relaxations differ in length, so compaction had work to do
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_allclose(a.energy, b.energy, atol=1e-8)
+    np.testing.assert_allclose(a.crystal.frac, b.crystal.frac, atol=1e-7)
+    np.testing.assert_allclose(a.crystal.lattice, b.crystal.lattice, atol=1e-7)

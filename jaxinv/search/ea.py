@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import capacity_bucket, neighbor_graph
+from jaxinv.graph import neighbor_graph
 from jaxinv.search import operators as ops
 from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
                                 empty_population, evaluate_candidates, host_seed, hull_fitness, pick_novel,
@@ -82,6 +82,11 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
 
 
 _PROPOSE_CACHE: dict = {}
+# (potential, space) -> the largest soft-mutation graph sizes (images, capacity) used so far in this
+# process. Every new size recompiles ``propose`` (10-15 s with a machine-learned or long-range
+# potential, whose Hessian-vector products it contains), so a new search starts from the sizes that
+# earlier searches of the same problem grew to instead of growing through them again.
+_SOFT_GRAPH_SIZES: dict = {}
 
 
 def _make_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
@@ -131,14 +136,17 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
     rates = effective_rates(problem, config)
     codes_table = np.array([OP[k] for k in rates])
     probs = np.array(list(rates.values()))
-    cache: dict = {"images": (1, 1, 1), "capacity": 16}
+    sizes_key = (id(problem.potential), problem.potential.energy_fn, problem.space)
+    images, capacity = _SOFT_GRAPH_SIZES.get(sizes_key, ((1, 1, 1), 16))
+    cache: dict = {"images": images, "capacity": capacity}
 
     def propose_fn(pop_crystal):
         if "soft" in rates:  # static graph sizes for the soft mode, only ever growing
             g = neighbor_graph(to_host(pop_crystal), problem.potential.cutoff)
             cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-            cache["capacity"] = max(cache["capacity"],
-                                    capacity_bucket(int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8))
+            needed = int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8
+            cache["capacity"] = max(cache["capacity"], 1 << (needed - 1).bit_length())  # few distinct sizes
+            _SOFT_GRAPH_SIZES[sizes_key] = (cache["images"], cache["capacity"])
         key = (cache["images"], cache["capacity"])
         if key not in cache:
             cache[key] = _make_propose(problem, config, rates, *key)

@@ -8,6 +8,13 @@ structure, whose results are dropped. It drives the pure FIRE
 ``init``/``step`` pair of :mod:`jaxinv.relax.fire` in jitted chunks and, like
 :class:`~jaxinv.relax.RelaxQueue`, regrows the neighbour graph on the host when
 a structure outgrows it.
+
+On a CPU a batch costs about the sum of its structures, and relaxations from
+random starting points differ in length by an order of magnitude, so once at
+most a quarter of the slots still run, the running ones are gathered into a
+smaller power-of-two batch (``compact``; each smaller size compiles once), as
+the relaxation queue does. On an accelerator, where a batch costs about what
+one structure does, the batch keeps its size.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from flax import struct
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.base import Potential
 from jaxinv.search.composition import StickyGraph
-from jaxinv.relax.fire import FAILED_GRAPH, RUNNING, Criteria, FireConfig, fire_relaxer
+from jaxinv.relax.fire import CONVERGED, FAILED_GRAPH, RUNNING, Criteria, FireConfig, fire_relaxer
 
 __all__ = ["Relaxer", "Relaxed"]
 
@@ -46,15 +53,18 @@ class Relaxed:
 def _compiled(energy_fn, cutoff: float, config: FireConfig, chunk_steps: int):
     init_fn, step_fn = fire_relaxer(energy_fn, cutoff, config)
 
-    def chunk(params, state):
-        def running(s):
-            return jnp.any((s.status == RUNNING) & ~s.needs_graph)
+    def chunk(params, state, min_running):
+        """Up to ``chunk_steps`` steps; stops early once no more than ``min_running`` slots run."""
+        def go_on(c):
+            i, s = c
+            running = s.status == RUNNING
+            return (i < chunk_steps) & jnp.any(running & ~s.needs_graph) & (jnp.sum(running) > min_running)
 
         def body(c):
             i, s = c
             return i + 1, step_fn(params, s)
 
-        _, state = jax.lax.while_loop(lambda c: (c[0] < chunk_steps) & running(c[1]), body, (0, state))
+        _, state = jax.lax.while_loop(go_on, body, (0, state))
         return state
 
     return jax.jit(init_fn), jax.jit(chunk)
@@ -82,20 +92,23 @@ class Relaxer:
     multiple of the device count). ``config`` gives the convergence criteria, pressure and cell mode
     (``cell='fixed'`` for clusters in a vacuum box); ``images`` and ``capacity``
     are the starting graph sizes (they grow when a structure needs more). ``relaxations`` counts the
-    real structures relaxed so far (padding excluded).
+    real structures relaxed so far (padding excluded). ``compact`` (default: on a CPU) gathers the
+    last running structures of a batch into smaller batches.
     """
 
     def __init__(self, potential: Potential, config: FireConfig, batch: int, chunk_steps: int = 50,
-                 images: tuple = (1, 1, 1), capacity: int = 16):
+                 images: tuple = (1, 1, 1), capacity: int = 16, compact: bool | None = None):
         self.potential = potential
         self.config = config
         self.batch = int(batch)
+        self.compact = jax.default_backend() == "cpu" if compact is None else bool(compact)
         self.graph_cutoff = potential.cutoff + config.skin
         # criteria are traced, so the compiled program depends only on the static part
         static = dataclasses.replace(config, fmax=0.0, stress_tol=0.0, pressure=0.0, max_steps=0)
         self._init, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), static, int(chunk_steps))
         self.graphs = StickyGraph(self.graph_cutoff, images, capacity)
         self.relaxations = 0
+        self.compactions = 0
 
     def _graph(self, crystal: Crystal):
         return self.graphs(crystal)
@@ -124,6 +137,11 @@ class Relaxer:
         graph = self._graph(c)
         c, graph = shard_batch((c, graph))
         state = self._init(params, c, graph, self._criteria(self.batch))
+        # results by input slot; compaction drops finished slots from the state, so they are kept here
+        host = lambda s: [np.asarray(x) for x in jax.device_get(
+            (s.crystal.lattice, s.crystal.frac, s.energy, s.status, s.steps))]
+        results = [np.array(x) for x in host(state)]
+        slot_of = np.arange(self.batch)  # input slot of each state slot (-1: a compaction pad)
         while True:
             running = np.asarray(state.status) == RUNNING
             if not running.any():
@@ -131,9 +149,13 @@ class Relaxer:
             if np.any(np.asarray(state.needs_graph) & running):
                 state = self._regrow(state)
                 continue
-            state = self._chunk(params, state)
-        lattice, frac, energy, status, steps = (np.asarray(x) for x in jax.device_get(
-            (state.crystal.lattice, state.crystal.frac, state.energy, state.status, state.steps)))
+            size = len(slot_of)
+            if self.compact and size > 1 and 4 * int(running.sum()) <= size:
+                state, slot_of = self._compacted(state, slot_of, running, results, host)
+                continue
+            state = self._chunk(params, state, jnp.int32(size // 4 if self.compact else 0))
+        self._keep(host(state), slot_of, np.ones(len(slot_of), bool), results)
+        lattice, frac, energy, status, steps = results
         lattice, frac = lattice.astype(np.float64), frac.astype(np.float64)
         n = np.maximum(c.mask.sum(-1), 1)
         volume = np.abs(np.linalg.det(lattice))
@@ -142,6 +164,25 @@ class Relaxer:
         enthalpy = np.where(failed, np.inf, enthalpy)
         frac = np.where(c.mask[..., None], frac, 0.0)
         return lattice[:k], frac[:k], energy[:k].astype(np.float64), enthalpy[:k], status[:k], steps[:k]
+
+    @staticmethod
+    def _keep(values, slot_of, which, results):
+        """Copy the state slots ``which`` (that are not pads) into ``results`` by input slot."""
+        rows = np.flatnonzero(which & (slot_of >= 0))
+        for out, v in zip(results, values):
+            out[slot_of[rows]] = v[rows]
+
+    def _compacted(self, state, slot_of, running, results, host):
+        """The running slots gathered into the smallest power-of-two batch that holds them."""
+        self._keep(host(state), slot_of, ~running, results)
+        self.compactions += 1
+        live = np.flatnonzero(running)
+        size = 1 << (len(live) - 1).bit_length()
+        keep = np.concatenate([live, np.full(size - len(live), live[0])])
+        state = jax.tree_util.tree_map(lambda x: x[keep], state)
+        pad = np.arange(size) >= len(live)  # frozen copies of a running slot, never read back
+        state = state.replace(status=jnp.where(jnp.asarray(pad), CONVERGED, state.status))
+        return state, np.where(pad, -1, slot_of[keep])
 
     def _regrow(self, state):
         host = jax.tree_util.tree_map(np.asarray, state.crystal)
