@@ -209,13 +209,13 @@ JAXINV_METHODS = {
 }
 
 
-def run_jaxinv(name, seed, method="jaxinv", budget=None, batch=None):
+def run_jaxinv(name, seed, method="jaxinv", budget=None, batch=None, tag=None):
     import jax
 
     from jaxinv.search import Problem, make_search
 
     space, pot, fire, default_batch, default_budget, ref = PREPARED[name]
-    label = method if batch is None else f"{method}-b{batch}"
+    label = (method if batch is None else f"{method}-b{batch}") + (f"@{tag}" if tag else "")
     batch = batch or default_batch
     budget = budget or default_budget
     ok = success_check(name, ref)
@@ -495,6 +495,8 @@ def main():
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None,
                     help="jaxinv population = batch size instead of the case's (results labelled METHOD-bN)")
+    ap.add_argument("--tag", default=None,
+                    help="label jaxinv results METHOD@TAG, to keep runs of changed code apart from earlier ones")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
@@ -509,11 +511,13 @@ def main():
         for method in args.method:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 label = method if args.batch is None or not method.startswith("jaxinv") else f"{method}-b{args.batch}"
+                if args.tag and method.startswith("jaxinv"):
+                    label += f"@{args.tag}"
                 out = RESULTS / f"{name}__{label}__{seed}.json"
                 if out.exists():
                     continue
                 if method.startswith("jaxinv"):
-                    r = run_jaxinv(name, seed, method, args.budget, args.batch)
+                    r = run_jaxinv(name, seed, method, args.budget, args.batch, args.tag)
                 elif method == "ase-ga":
                     r = run_ase_ga(name, seed, args.budget)
                 else:
