@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal
 
 __all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "capacity_bucket", "trim_graph",
-           "MAX_IMAGES"]
+           "grown_sizes", "MAX_IMAGES"]
 
 
 @struct.dataclass
@@ -84,6 +84,30 @@ def images_needed(lattice, cutoff: float):
     # a collapsed or non-finite cell asks for "infinitely many" images
     n = xp.nan_to_num(xp.floor(cutoff * recip_norm), nan=1e6, posinf=1e6)
     return xp.minimum(n, 1e6).astype(np.int32) + 1
+
+
+def grown_sizes(graph: Graph, lattice, cutoff: float, which=None, headroom: float = 1.2) -> tuple[int, tuple]:
+    """Edge capacity and images for rebuilding ``graph`` on the host after it overflowed.
+
+    A jitted relaxation step whose rebuilt graph overflows is rejected, so the
+    structure stays where the old graph still fits: a graph sized for that
+    geometry alone can come back with the same sizes, and the retried step
+    overflows again, forever. The overflowed build itself says what the step
+    needs: its edge counts (``graph.n_edges``, which may exceed the capacity)
+    and the lattice it was built for (``lattice``). ``which`` selects the
+    structures that count (e.g. the running ones).
+    """
+    n_edges = np.asarray(graph.n_edges)
+    lattice = np.asarray(lattice, np.float64)
+    if which is not None:
+        n_edges, lattice = n_edges[which], lattice[which]
+    capacity = graph.capacity
+    if n_edges.size and int(n_edges.max()) > capacity:
+        capacity = capacity_bucket(int(headroom * int(n_edges.max())) + 4)
+    need = images_needed(lattice, cutoff) if len(lattice) else np.zeros((0, 3), np.int32)
+    need = need[(need <= MAX_IMAGES).all(-1)]  # a collapsed cell fails instead (FAILED_GRAPH)
+    top = need.max(0) if len(need) else (0, 0, 0)
+    return capacity, tuple(int(max(a, b)) for a, b in zip(graph.images, top))
 
 
 def _image_grid(images: tuple) -> np.ndarray:

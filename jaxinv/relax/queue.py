@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import MAX_IMAGES, capacity_bucket, images_needed, neighbor_graph
+from jaxinv.graph import MAX_IMAGES, capacity_bucket, grown_sizes, images_needed, neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (CONVERGED, FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
                                fire_relaxer, tree_select)
@@ -313,7 +313,10 @@ class RelaxQueue:
         self.stats["graph_regrowths"] += 1
         host = jax.tree_util.tree_map(np.asarray, state.crystal)
         c = Crystal(host.lattice.astype(np.float64), host.frac.astype(np.float64), host.numbers, host.mask, {})
-        graph = self._graph(c, capacity=state.graph.capacity, images=state.graph.images)
+        # sized for the step that overflowed, not only for the geometry it was rejected back to
+        capacity, images = grown_sizes(state.graph, state.graph_lattice, self.graph_cutoff,
+                                       np.asarray(state.status) == RUNNING)
+        graph = self._graph(c, capacity=capacity, images=images)
         status = np.asarray(state.status).copy()
         hopeless = np.asarray(graph.image_overflow) & (status == RUNNING)
         status[hopeless] = FAILED_GRAPH  # needs more than MAX_IMAGES images: the cell has collapsed

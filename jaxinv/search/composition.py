@@ -157,6 +157,11 @@ class StickyGraph:
         self.capacity = int(capacity)
         self.headroom = headroom
 
+    def at_least(self, capacity: int, images: tuple):
+        """Grow the sticky sizes to at least these (e.g. what an overflowed step needed)."""
+        self.capacity = max(self.capacity, int(capacity))
+        self.images = tuple(max(int(a), int(b)) for a, b in zip(self.images, images))
+
     def __call__(self, crystal):
         from jaxinv.graph import capacity_bucket, neighbor_graph
 

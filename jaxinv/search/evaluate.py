@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxinv.crystal import Crystal
+from jaxinv.graph import grown_sizes
 from jaxinv.potentials.base import Potential
 from jaxinv.search.composition import StickyGraph
 from jaxinv.relax.fire import CONVERGED, FAILED_GRAPH, RUNNING, Criteria, FireConfig, fire_relaxer
@@ -187,6 +188,9 @@ class Relaxer:
     def _regrow(self, state):
         host = jax.tree_util.tree_map(np.asarray, state.crystal)
         c = Crystal(host.lattice.astype(np.float64), host.frac.astype(np.float64), host.numbers, host.mask, {})
+        # sized for the step that overflowed, not only for the geometry it was rejected back to
+        self.graphs.at_least(*grown_sizes(state.graph, state.graph_lattice, self.graph_cutoff,
+                                          np.asarray(state.status) == RUNNING))
         graph = self._graph(c)
         status = np.asarray(state.status).copy()
         status[np.asarray(graph.image_overflow) & (status == RUNNING)] = FAILED_GRAPH
