@@ -325,8 +325,13 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
     numbers = [atomic_numbers[s] for s, n in blocks for _ in range(n)]
     n_top = len(numbers)
     unique = sorted(set(numbers))
-    blmin = closest_distances_generator(unique, ratio_of_covalent_radii=0.6) if not space.cluster else \
-        {(a, b): space.min_distance for a in unique for b in unique}
+    reduced = name.startswith("lj")  # Lennard-Jones rungs are in units of sigma, not Å
+    if space.cluster or reduced:
+        blmin = {(a, b): space.min_distance for a in unique for b in unique}
+    else:
+        blmin = closest_distances_generator(unique, ratio_of_covalent_radii=0.6)
+    # the tutorial's lengths (Å, for ~2.5 Å bonds), rescaled to the LJ bond of 2^(1/6) sigma
+    length = space.bond_length / 2.5 if reduced else 1.0
     pop_size = 20
     Path(workdir).mkdir(parents=True, exist_ok=True)
     db_file = f"{workdir}/{name}_{seed}.db"
@@ -355,7 +360,8 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
             np.mean([Element.from_Z(z).atomic_radius ** 3 / 1.5 ** 3 * 2.5 for z in numbers])
         slab = Atoms("", pbc=True)
         cellbounds = CellBounds(bounds={"phi": [20, 160], "chi": [20, 160], "psi": [20, 160],
-                                        "a": [1.5, 40], "b": [1.5, 40], "c": [1.5, 40]})
+                                        "a": [1.5 * length, 40], "b": [1.5 * length, 40],
+                                        "c": [1.5 * length, 40]})
         sg = StartGenerator(slab, blocks, blmin, box_volume=volume, number_of_variable_cell_vectors=3,
                             cellbounds=cellbounds, rng=rng)
         calc = JaxinvCalculator(pot)
@@ -365,15 +371,18 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
                                       number_of_variable_cell_vectors=3, cellbounds=cellbounds, use_tags=False,
                                       rng=rng)
         strainmut = StrainMutation(blmin, stddev=0.7, cellbounds=cellbounds, use_tags=False, rng=rng)
-        blmin_soft = closest_distances_generator(unique, 0.1)
+        blmin_soft = {k: 0.1 * v / 0.6 for k, v in blmin.items()} if reduced else \
+            closest_distances_generator(unique, 0.1)
         # its record of modes already used is keyed by database id: one file per run, or a later
         # run would skip modes that an earlier run used for the same id
         modes_file = f"{workdir}/{name}_{seed}_used_modes.json"
         if os.path.exists(modes_file):
             os.remove(modes_file)
-        softmut = SoftMutation(blmin_soft, bounds=[2.0, 5.0], use_tags=False, used_modes_file=modes_file)
+        softmut = SoftMutation(blmin_soft, bounds=[2.0 * length, 5.0 * length], use_tags=False,
+                               used_modes_file=modes_file)
         softmut.rng = rng
-        rattlemut = RattleMutation(blmin, n_top, rattle_prop=0.8, rattle_strength=1.5, use_tags=False, rng=rng)
+        rattlemut = RattleMutation(blmin, n_top, rattle_prop=0.8, rattle_strength=1.5 * length, use_tags=False,
+                                   rng=rng)
         ops, weights = [pairing, softmut, strainmut, rattlemut], [4.0, 3.0, 3.0, 2.0]
         if len(unique) > 1:
             ops.append(PermutationMutation(n_top, probability=0.3, use_tags=False, rng=rng))
