@@ -350,21 +350,12 @@ def test_relax_experiment_writes_results_and_resumes(tmp_path):
 def test_queue_regrows_the_graph_for_the_step_that_overflowed():
     """As for the search's relaxer: a rejected move's graph overflow must be fixed by a graph
     that fits the move, not just the geometry the structure stayed at (a livelock otherwise)."""
-    import jax.numpy as jnp
+    from toy_potentials import rejected_overflow_state
 
     from jaxinv.graph import build_graph
 
     config = FireConfig()
-    rc = LJ.cutoff + config.skin
-    fcc = Structure(Lattice.cubic(3.3 * 1.12), ["Si"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    here = Crystal.from_structures([fcc])
-    moved = Crystal.from_structures([fcc.copy().scale_lattice(fcc.volume * 0.7)])  # a new shell within reach
-    fits_here = neighbor_graph(here, rc)
-    overflowed = build_graph(moved, rc, fits_here.images, fits_here.capacity)
-    assert bool(overflowed.overflow[0])
-    init_fn, _ = fire_relaxer(LJ.energy_fn, LJ.cutoff, config)
-    state = init_fn(LJ.params, here, fits_here)
-    state = state.replace(graph=overflowed, graph_lattice=jnp.asarray(moved.lattice, state.graph_lattice.dtype),
-                          needs_graph=jnp.ones_like(state.needs_graph))
+    state, moved, rc = rejected_overflow_state(config)
     regrown = RelaxQueue(LJ, config, progress=False)._regrow(state).graph
+    assert regrown.capacity >= int(state.graph.n_edges[0])
     assert not bool(build_graph(moved, rc, regrown.images, regrown.capacity).overflow[0])

@@ -273,28 +273,15 @@ def test_regrown_graph_fits_the_step_that_overflowed():
     where the old graph fits exactly. A host rebuild sized for that geometry alone would give
     back the same graph, and the retried move would overflow again, forever. The regrown graph
     must fit the rejected move (its edge count and lattice are in the overflowed build)."""
-    from toy_potentials import LJ
+    from toy_potentials import LJ, rejected_overflow_state
 
-    from jaxinv.graph import build_graph, neighbor_graph
+    from jaxinv.graph import build_graph
     from jaxinv.relax import FireConfig
-    from jaxinv.relax.fire import fire_relaxer
     from jaxinv.search.evaluate import Relaxer
 
     config = FireConfig()
-    rc = LJ.cutoff + config.skin
-    fcc = Structure(Lattice.cubic(3.3 * 1.12), ["Si"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    here = Crystal.from_structures([fcc])
-    moved = Crystal.from_structures([fcc.copy().scale_lattice(fcc.volume * 0.7)])  # a new shell within reach
-    fits_here = neighbor_graph(here, rc)
-    capacity, images = fits_here.capacity, fits_here.images  # full enough that the move overflows it
-    overflowed = build_graph(moved, rc, images, capacity)  # what the rejected step built
-    assert bool(overflowed.overflow[0]) and int(overflowed.n_edges[0]) > capacity
-    init_fn, _ = fire_relaxer(LJ.energy_fn, LJ.cutoff, config)
-    state = init_fn(LJ.params, here, neighbor_graph(here, rc, capacity=capacity, images=images))
-    state = state.replace(graph=overflowed, graph_lattice=jnp.asarray(moved.lattice, state.graph_lattice.dtype),
-                          needs_graph=jnp.ones_like(state.needs_graph))
-    relaxer = Relaxer(LJ, config, 1, images=images, capacity=capacity)
+    state, moved, rc = rejected_overflow_state(config)
+    relaxer = Relaxer(LJ, config, 1, images=state.graph.images, capacity=state.graph.capacity)
     regrown = relaxer._regrow(state).graph
-    assert regrown.capacity >= int(overflowed.n_edges[0])
-    retried = build_graph(moved, rc, regrown.images, regrown.capacity)
-    assert not bool(retried.overflow[0])
+    assert regrown.capacity >= int(state.graph.n_edges[0])
+    assert not bool(build_graph(moved, rc, regrown.images, regrown.capacity).overflow[0])
