@@ -55,7 +55,7 @@ from jaxinv.graph import Graph, build_graph, edge_vectors, trim_graph
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
-           "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "STATUS_NAMES", "GPA"]
+           "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "STATUS_NAMES", "GPA", "gather_slots"]
 
 RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE = range(7)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
@@ -149,6 +149,22 @@ def _bcast(mask, x):
 def tree_select(mask, a, b):
     """Per-structure choice between two pytrees whose leaves lead with the batch axis."""
     return jax.tree_util.tree_map(lambda x, y: jnp.where(_bcast(mask, x), x, y), a, b)
+
+
+def gather_slots(state: "RelaxState", live) -> tuple["RelaxState", np.ndarray]:
+    """The slots ``live`` (indices) of a state, in the smallest power-of-two batch that holds them.
+
+    A batch on a CPU costs about the sum of its slots, so finished slots are dropped
+    instead of evaluated every step; powers of two keep the number of compiled shapes
+    small. The extra slots are frozen copies of ``live[0]`` (status CONVERGED) and must
+    not be read back: the second return value marks them.
+    """
+    live = np.asarray(live)
+    size = 1 << (len(live) - 1).bit_length()
+    keep = np.concatenate([live, np.full(size - len(live), live[0])])
+    state = jax.tree_util.tree_map(lambda x: x[keep], state)
+    pad = np.arange(size) >= len(live)
+    return state.replace(status=jnp.where(jnp.asarray(pad), CONVERGED, state.status)), pad
 
 
 def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireConfig()):

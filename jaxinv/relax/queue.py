@@ -43,8 +43,8 @@ from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
 from jaxinv.graph import MAX_IMAGES, capacity_bucket, grown_sizes, images_needed, neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
-from jaxinv.relax.fire import (CONVERGED, FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
-                               fire_relaxer, tree_select)
+from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
+                               fire_relaxer, gather_slots, tree_select)
 
 __all__ = ["RelaxQueue", "RelaxResult", "as_crystal"]
 
@@ -281,15 +281,10 @@ class RelaxQueue:
         b = len(slots)
         if not running or 4 * len(running) > b:
             return state, slots
-        size = 1 << (len(running) - 1).bit_length()  # power of two: few distinct shapes to compile
-        keep = np.asarray(running + [running[0]] * (size - len(running)))
-        state = jax.tree_util.tree_map(lambda x: x[keep], state)
-        # the padding slots are frozen copies of a running one: valid inputs, never harvested
-        pad = np.arange(size) >= len(running)
-        state = state.replace(status=jnp.where(jnp.asarray(pad), CONVERGED, state.status))
+        state, pad = gather_slots(state, running)
         self.stats["compactions"] += 1
-        log.debug("compacted the batch from %d to %d slots", b, size)
-        return state, [slots[k] for k in running] + [-1] * (size - len(running))
+        log.debug("compacted the batch from %d to %d slots", b, len(pad))
+        return state, [slots[k] for k in running] + [-1] * int(pad.sum())
 
     def _refill(self, state, slots, free, pending, crystal, n_slot):
         changed = np.zeros(len(slots), bool)

@@ -32,7 +32,7 @@ from jaxinv.crystal import Crystal
 from jaxinv.graph import grown_sizes
 from jaxinv.potentials.base import Potential
 from jaxinv.search.composition import StickyGraph
-from jaxinv.relax.fire import CONVERGED, FAILED_GRAPH, RUNNING, Criteria, FireConfig, fire_relaxer
+from jaxinv.relax.fire import FAILED_GRAPH, RUNNING, Criteria, FireConfig, fire_relaxer, gather_slots
 
 __all__ = ["Relaxer", "Relaxed"]
 
@@ -178,12 +178,8 @@ class Relaxer:
         self._keep(host(state), slot_of, ~running, results)
         self.compactions += 1
         live = np.flatnonzero(running)
-        size = 1 << (len(live) - 1).bit_length()
-        keep = np.concatenate([live, np.full(size - len(live), live[0])])
-        state = jax.tree_util.tree_map(lambda x: x[keep], state)
-        pad = np.arange(size) >= len(live)  # frozen copies of a running slot, never read back
-        state = state.replace(status=jnp.where(jnp.asarray(pad), CONVERGED, state.status))
-        return state, np.where(pad, -1, slot_of[keep])
+        state, pad = gather_slots(state, live)
+        return state, np.concatenate([slot_of[live], np.full(int(pad.sum()), -1)])
 
     def _regrow(self, state):
         host = jax.tree_util.tree_map(np.asarray, state.crystal)
