@@ -10,7 +10,8 @@ nonzero) SrTiO3 perovskite cells (cubic, a = 3.905 Å): the 5-atom unit cell and
 its 2x2x2 (40 atoms) and 5x2x2 (100 atoms) supercells. Every timing is a median
 over ``--repeats`` calls after one warm-up call; jaxinv's first call (tracing and
 compilation) is reported separately. jaxinv's jitted function alone (graph
-prebuilt, no host conversion) is shown too.
+prebuilt, no host conversion) is shown too, with the radial MLPs tabulated (the
+default of ``load_sevennet``) and evaluated (``radial_grid=0``).
 
 Batched throughput: 64 five-atom perov_5 validation structures. jaxinv builds
 one padded batch and graph and evaluates it in one call; sevenn loops its
@@ -123,7 +124,8 @@ def main():
         except ImportError as err:  # not installed: report and go on
             print(f"# CHGNet skipped: {err}")
 
-    pot = load_sevennet("7net-0")
+    pot = load_sevennet("7net-0")  # radial MLPs tabulated (the default)
+    exact = load_sevennet("7net-0", radial_grid=0)  # radial MLPs evaluated
     ours = JaxinvCalculator(pot)
     theirs = SevenNetCalculator("7net-0", device="cpu")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
@@ -136,27 +138,31 @@ def main():
         n = len(atoms)
         crystal = Crystal.from_atoms([atoms])
         graph = neighbor_graph(crystal, pot.cutoff)
-        fn = pot.compute_fn(True)
+        fn, fn_exact = pot.compute_fn(True), exact.compute_fn(True)
         fns = [lambda: efs(ours, atoms), lambda: jax.block_until_ready(fn(pot.params, crystal, graph)),
-               lambda: efs(theirs, atoms)] + ([lambda: efs(chgnet[1], atoms)] if chgnet else [])
+               lambda: efs(theirs, atoms),
+               lambda: jax.block_until_ready(fn_exact(exact.params, crystal, graph))] + (
+            [lambda: efs(chgnet[1], atoms)] if chgnet else [])
         first, medians = interleaved(fns, args.repeats)
         compile_s = first[0]
-        t_ours, t_jit, t_theirs = medians[:3]
-        t_chg = medians[3] if chgnet else float("nan")
+        t_ours, t_jit, t_theirs, t_exact = medians[:4]
+        t_chg = medians[4] if chgnet else float("nan")
         # agreement
         e1, f1, s1 = efs(ours, atoms)
         e2, f2, s2 = efs(theirs, atoms)
         err = (abs(e1 - e2) / n, np.abs(f1 - f2).max(), np.abs(s1 - s2).max())
         assert err[0] < 1e-4 and err[1] < 1e-3 and err[2] < 1e-4, f"jaxinv and sevenn disagree on {n} atoms: {err}"
-        rows.append((n, t_ours, t_jit, compile_s, t_theirs, t_chg, err))
+        rows.append((n, t_ours, t_jit, t_exact, compile_s, t_theirs, t_chg, err))
         print(f"# {n} atoms done", file=sys.stderr, flush=True)
 
-    print("\n| atoms | jaxinv calculator (ms) | jaxinv jitted fn (ms) | jaxinv compile (s) | sevenn (ms) "
-          "| CHGNet (ms) | sevenn / jaxinv | CHGNet / jaxinv | max dE/atom, dF, dσ vs sevenn |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, t1, tj, tc, t2, t3, err in rows:
-        print(f"| {n} | {1e3 * t1:.1f} | {1e3 * tj:.1f} | {tc:.1f} | {1e3 * t2:.1f} | {1e3 * t3:.1f} | "
-              f"{t2 / t1:.1f}x | {t3 / t1:.1f}x | {err[0]:.1e} eV, {err[1]:.1e} eV/Å, {err[2]:.1e} eV/Å³ |")
+    print("\n| atoms | jaxinv calculator (ms) | jaxinv jitted fn (ms) | same, radial MLP not tabulated (ms) "
+          "| jaxinv compile (s) | sevenn (ms) | CHGNet (ms) | sevenn / jaxinv | CHGNet / jaxinv "
+          "| max dE/atom, dF, dσ vs sevenn |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, t1, tj, tx, tc, t2, t3, err in rows:
+        print(f"| {n} | {1e3 * t1:.1f} | {1e3 * tj:.1f} | {1e3 * tx:.1f} | {tc:.1f} | {1e3 * t2:.1f} | "
+              f"{1e3 * t3:.1f} | {t2 / t1:.1f}x | {t3 / t1:.1f}x | {err[0]:.1e} eV, {err[1]:.1e} eV/Å, "
+              f"{err[2]:.1e} eV/Å³ |")
 
     # batched throughput on five-atom perov_5 cells
     ds = load_dataset("perov_5")
@@ -170,15 +176,21 @@ def main():
         out = pot.compute_fn(True)(pot.params, crystal, graph)
         return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
 
-    fns = [batch_ours, lambda: [efs(theirs, a) for a in atoms_list]]
+    def batch_exact():
+        graph = neighbor_graph(crystal, exact.cutoff)
+        out = exact.compute_fn(True)(exact.params, crystal, graph)
+        return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
+
+    fns = [batch_ours, lambda: [efs(theirs, a) for a in atoms_list], batch_exact]
     if chgnet:
         fns.append(lambda: chgnet[0].predict_structure(structures, task="efs", batch_size=args.batch))
     first, medians = interleaved(fns, 3)
-    compile_b, t_b, t_b7 = first[0], medians[0], medians[1]
-    t_bc = medians[2] if chgnet else float("nan")
+    compile_b, t_b, t_b7, t_bx = first[0], medians[0], medians[1], medians[2]
+    t_bc = medians[3] if chgnet else float("nan")
     b = len(structures)
     print(f"\n| {b} five-atom perov_5 cells | structures/s | time (ms) |\n|---|---|---|")
     print(f"| jaxinv, one batch (compile {compile_b:.1f} s) | {b / t_b:.0f} | {1e3 * t_b:.0f} |")
+    print(f"| jaxinv, one batch, radial MLP not tabulated | {b / t_bx:.0f} | {1e3 * t_bx:.0f} |")
     print(f"| sevenn, calculator loop | {b / t_b7:.0f} | {1e3 * t_b7:.0f} |")
     if chgnet:
         print(f"| CHGNet, predict_structure(batch_size={b}) | {b / t_bc:.0f} | {1e3 * t_bc:.0f} |")

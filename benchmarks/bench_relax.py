@@ -66,6 +66,8 @@ def main():
                     help="persistent XLA compilation cache (what `jaxinv run` uses); run twice with the same DIR: "
                          "the second run's cold row is a new process that loads what the first compiled")
     ap.add_argument("--jaxinv-only", action="store_true", help="only the jaxinv rows (no ASE loops)")
+    ap.add_argument("--radial-grid", type=int, default=256,
+                    help="SevenNet-0 radial MLP tables (load_sevennet's default); 0 evaluates the MLPs")
     args = ap.parse_args()
     cache_note = ""
     if args.xla_cache:
@@ -83,7 +85,7 @@ def main():
 
     ds = load_dataset("perov_5:test")
     structures = perturb(ds.structures(np.arange(args.n)), rattle=0.05, strain=0.02, seed=0)
-    potential = load_sevennet()
+    potential = load_sevennet(radial_grid=args.radial_grid)
     rows = []
 
     t0 = time.perf_counter()

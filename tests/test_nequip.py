@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from jaxinv.crystal import Crystal
 from jaxinv.graph import neighbor_graph
-from jaxinv.potentials.nequip import NequIPConfig, init_params, nequip_potential
+from jaxinv.potentials.nequip import NequIPConfig, hermite_weights, init_params, nequip_potential
 
 SPECIES = (6, 8, 22, 38)  # C, O, Ti, Sr
 
@@ -46,6 +46,7 @@ def triclinic():
 
 CONFIGS = {
     "parity-poly-linear": small_config(parity=True, envelope="polynomial"),
+    "parity-poly-linear-tabulated": small_config(parity=True, envelope="polynomial", radial_grid=512),
     "even-xplor-speciestp": small_config(parity=False, lmax=1, envelope="xplor", r_on=3.3,
                                          self_connection="species_tp", trainable_basis=False, normalize_sh=False),
 }
@@ -193,3 +194,36 @@ def test_config_round_trip_and_validation():
         NequIPConfig(species=SPECIES, irreps=("8x0e", "4x1e+8x0e"))
     with pytest.raises(ValueError, match="envelope"):
         small_config(envelope="cosine")
+
+
+def test_hermite_table_interpolates_value_and_slope(float64):
+    """A table of f = sin(3r) r^2 and its slope reproduces f and f' between the knots."""
+    f = lambda r: jnp.sin(3 * r) * r * r
+    df = jax.vmap(jax.grad(f))
+    grid, rc = 200, 5.0
+    h = rc / grid
+    knots = jnp.arange(grid + 1) * h
+    v, d = f(knots), df(knots)
+    table = jnp.stack([v[:-1], h * d[:-1], v[1:], h * d[1:]], axis=1)[:, :, None]  # one weight column
+    weights = hermite_weights(table, h)
+    r = jnp.asarray(np.random.default_rng(0).uniform(0.01, rc - 1e-9, 500))
+    np.testing.assert_allclose(np.asarray(weights(r[:, None])[:, 0]), np.asarray(f(r)), atol=2e-6)
+    slope = jax.vmap(jax.grad(lambda x: weights(x[None, None])[0, 0]))(r)
+    np.testing.assert_allclose(np.asarray(slope), np.asarray(df(r)), atol=5e-4)
+    assert float(weights(jnp.zeros((1, 1)))[0, 0]) == 0.0  # length 0 marks an edge with no message
+
+
+def test_tabulated_radial_weights_match_the_mlp(triclinic, float64):
+    """The same parameters with the radial MLPs tabulated (512 intervals) give the same model."""
+    tab_cfg = CONFIGS["parity-poly-linear-tabulated"]
+    tabulated = potential(tab_cfg)
+    exact = nequip_potential(dataclasses.replace(tab_cfg, radial_grid=0), tabulated.params)
+    c, g = copies(triclinic)
+    a, b = exact.compute_fn(True)(exact.params, c, g), tabulated.compute_fn(True)(tabulated.params, c, g)
+    assert np.abs(np.asarray(a.forces)).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(b.energy), np.asarray(a.energy), rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(b.forces), np.asarray(a.forces), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b.stress), np.asarray(a.stress), atol=1e-7)
+    # the tables follow the parameters they were built from, and a coarse grid is measurably off
+    coarse = nequip_potential(dataclasses.replace(tab_cfg, radial_grid=4), tabulated.params)
+    assert abs(float(coarse(c).energy[0]) - float(a.energy[0])) > 1e-4

@@ -3,6 +3,7 @@
 The cross-check against sevenn's own torch calculator is marked ``crosscheck``;
 it runs wherever torch and sevenn are installed (CI installs them).
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -116,7 +117,8 @@ def test_stale_cached_conversion_is_converted_again(cache, pot, tmp_path, caplog
         again = sn.load_sevennet("7net-0", cache=tmp_path)
     assert "converting the checkpoint again" in caplog.text
     assert again.metadata["config"] == pot.metadata["config"]
-    assert sn._load(stale / src.name)[0] == pot.metadata["config"]  # the cache was rewritten
+    # the cache was rewritten; it holds the exact model (the radial tables are built at load)
+    assert sn._load(stale / src.name)[0] == dataclasses.replace(pot.metadata["config"], radial_grid=0)
     shutil.rmtree(stale)
 
 
@@ -300,7 +302,8 @@ def test_ase_calculator_matches_direct_call_and_sevenn(crosscheck_structures, ja
         atoms = atoms_list[k]
         atoms.calc = calc
         np.testing.assert_allclose(atoms.get_potential_energy(), float(direct.energy[k]), rtol=1e-6)
-        np.testing.assert_allclose(atoms.get_forces(), np.asarray(direct.forces[k]), atol=2e-5)
+        # float32 sums over differently ordered and padded edges
+        np.testing.assert_allclose(atoms.get_forces(), np.asarray(direct.forces[k]), atol=5e-5)
         np.testing.assert_allclose(atoms.get_stress(), _voigt(np.asarray(direct.stress[k])), atol=1e-6)
         energies = atoms.get_potential_energies()
         assert energies.shape == (5,)

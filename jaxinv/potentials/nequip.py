@@ -30,7 +30,10 @@ Conventions, chosen to match e3nn (torch) and therefore pretrained checkpoints:
 
 Speed: see :func:`uvu_convolution`. On CPU the convolution is limited by
 memory traffic, so it loops over chunks of edges whose intermediates stay in
-cache; what remains is dominated by the radial MLP's last matrix product.
+cache; what remains is dominated by the radial MLP's last matrix product. For
+inference, :func:`tabulate_radial` replaces the radial MLPs by cubic Hermite
+tables in the edge length (``NequIPConfig.radial_grid``), which removes that
+product.
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ from jaxinv.potentials.base import Potential, safe_norm
 
 __all__ = ["SILU_NORM", "NequIPConfig", "NequIP", "IrrepsLinear", "SpeciesLinear", "RadialMLP",
            "Interaction", "conv_paths", "gate_irreps", "init_params", "nequip_energy_fn",
-           "nequip_atomic_energy_fn", "nequip_potential", "normalize2mom"]
+           "nequip_atomic_energy_fn", "nequip_potential", "normalize2mom", "tabulate_radial",
+           "hermite_weights", "radial_embedding"]
 
 # e3nn (torch) 0.5/0.6 normalises SiLU by a Monte-Carlo estimate of 1/sqrt(E[silu(z)^2]),
 # z ~ N(0, 1) (torch.randn(1e6), seed 0). Pretrained SevenNet weights were fit with this
@@ -99,6 +103,7 @@ class NequIPConfig:
     shift: float | tuple[float, ...] = 0.0  # per species (type order) or one value
     scale: float | tuple[float, ...] = 1.0
     edge_chunk: int = 256  # edges per step of the convolution loop (speed only)
+    radial_grid: int = 0  # >0: radial weights from a cubic Hermite table of this many intervals (inference)
 
     def __post_init__(self):
         if self.envelope not in ("polynomial", "xplor"):
@@ -115,6 +120,8 @@ class NequIPConfig:
                 raise ValueError(f"irreps {s} must be regrouped (sorted, each irrep once): {e3nn.Irreps(s).regroup()}")
         if self.envelope == "xplor" and not 0 < self.r_on < self.cutoff:
             raise ValueError("xplor envelope needs 0 < r_on < cutoff")
+        if self.radial_grid < 0:
+            raise ValueError(f"radial_grid must be >= 0, not {self.radial_grid}")
 
     @property
     def num_layers(self) -> int:
@@ -448,8 +455,12 @@ class Interaction(nn.Module):
             sc = SpeciesLinear(str(g_irreps), cfg.num_species, name="self_connection")(h, species)
         h1 = IrrepsLinear(str(irreps_in), name="linear_1")(h)
 
-        weight_fn = RadialMLP(tuple(cfg.radial_hidden) + (sum(p.mul for p in paths),), cfg.silu_norm,
-                              name="radial")(radial.shape[-1], radial.dtype)
+        n_weights = sum(p.mul for p in paths)
+        weight_fn = RadialMLP(tuple(cfg.radial_hidden) + (n_weights,), cfg.silu_norm,
+                              name="radial")(cfg.num_basis, radial.dtype)
+        if cfg.radial_grid:  # ``radial`` holds edge lengths; the MLP's weights stay for tabulate_radial
+            table = self.param("radial_table", nn.initializers.zeros, (cfg.radial_grid, 4, n_weights))
+            weight_fn = hermite_weights(table.astype(radial.dtype), cfg.cutoff / cfg.radial_grid)
         mid = uvu_convolution(paths, h1, sh, radial, weight_fn, senders, receivers, cfg.edge_chunk, n_valid)
         mid = mid / cfg.conv_denominator
         g = IrrepsLinear(str(g_irreps), name="linear_2")(mid) + sc
@@ -488,9 +499,10 @@ class NequIP(nn.Module):
             coeffs = self.param("bessel_coeffs", lambda *_: jnp.asarray(_initial_values(cfg)["bessel_coeffs"]))
         else:
             coeffs = jnp.asarray(_initial_values(cfg)["bessel_coeffs"])
-        prefactor = 2.0 / cfg.cutoff if cfg.basis_prefactor is None else cfg.basis_prefactor
-        basis = prefactor * jnp.sin(coeffs.astype(dtype) * r_safe[:, None]) / r_safe[:, None]
-        radial = basis * (_envelope(cfg, r_safe) * valid)[:, None]
+        if cfg.radial_grid:  # tabulated weights: the layers take the length, 0 marking "no message"
+            radial = jnp.where(valid, r_safe, 0.0)[:, None]
+        else:
+            radial = radial_embedding(cfg, coeffs.astype(dtype), r_safe) * valid[:, None]
 
         vec = edge_vec / r_safe[:, None] if cfg.normalize_sh else edge_vec
         sh_arr = e3nn.spherical_harmonics(cfg.sh_irreps, vec, normalize=False, normalization="component")
@@ -509,6 +521,69 @@ class NequIP(nn.Module):
         scale = self.param("atomic_scale", lambda *_: jnp.asarray(_initial_values(cfg)["atomic_scale"]))
         shift = self.param("atomic_shift", lambda *_: jnp.asarray(_initial_values(cfg)["atomic_shift"]))
         return e * scale.astype(dtype)[species] + shift.astype(dtype)[species]
+
+
+def radial_embedding(cfg: NequIPConfig, coeffs, r):
+    """Bessel basis times the cutoff envelope, (E, num_basis), for lengths ``r > 0``."""
+    prefactor = 2.0 / cfg.cutoff if cfg.basis_prefactor is None else cfg.basis_prefactor
+    basis = prefactor * jnp.sin(coeffs * r[:, None]) / r[:, None]
+    return basis * _envelope(cfg, r)[:, None]
+
+
+def hermite_weights(table, spacing: float):
+    """Radial weights from a table: ``lengths (C, 1) -> (C, W)``, zero where the length is 0.
+
+    ``table[k]`` holds ``[f(r_k), h f'(r_k), f(r_k+1), h f'(r_k+1)]`` on the grid
+    ``r_k = k h``, so one gather fetches all an edge needs, and the cubic Hermite
+    interpolant is C1: forces (its derivative) are continuous in the positions.
+    """
+    n = table.shape[0]
+
+    def weights(lengths):
+        r = lengths[:, 0]
+        x = r / spacing
+        k = jnp.clip(jnp.floor(x), 0, n - 1)
+        t = x - k
+        t2 = t * t
+        t3 = t2 * t
+        coef = jnp.stack([2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, 3 * t2 - 2 * t3, t3 - t2], axis=-1)
+        coef = coef * (r > 0)[:, None]
+        return jnp.einsum("cj,cjw->cw", coef, table[k.astype(jnp.int32)])
+
+    return weights
+
+
+def tabulate_radial(config: NequIPConfig, params, grid: int = 256):
+    """``(config, params)`` that compute every layer's radial weights from a table.
+
+    Each layer's radial MLP is a function of the edge length alone, and on a CPU
+    it is most of a SevenNet-0 evaluation's arithmetic (64 x 960 multiply-adds
+    per edge and layer, forward, recomputed, and backward for the forces). A
+    cubic Hermite table of ``grid`` intervals over ``[0, cutoff]``, with values
+    and derivatives from the MLP itself, replaces that with one gather and a
+    4-term sum. The tables are computed from ``params`` here; they do not
+    follow later changes to the MLP weights, so train with ``radial_grid=0``.
+    Accuracy for SevenNet-0 at the default grid is measured in
+    ``tests/test_sevennet.py``.
+    """
+    cfg = dataclasses.replace(config, radial_grid=int(grid))
+    exact = dataclasses.replace(config, radial_grid=0)
+    dtype = jnp.asarray(0.0).dtype  # float64 when jax runs in 64-bit mode
+    p = jax.tree_util.tree_map(jnp.asarray, params)["params"]
+    coeffs = p["bessel_coeffs"] if exact.trainable_basis else jnp.asarray(_initial_values(exact)["bessel_coeffs"])
+    coeffs = coeffs.astype(dtype)
+    h = exact.cutoff / grid
+    r = jnp.arange(grid + 1, dtype=dtype) * h
+    r = r.at[0].set(1e-3 * h)  # sin(cr)/r at 0 by its limit's neighbour; no edge is that short
+    new = dict(p)
+    for t in range(exact.num_layers):
+        layer = p[f"layer_{t}"]
+        features = tuple(layer["radial"][f"w_{k}"].shape[1] for k in range(len(layer["radial"])))
+        mlp = RadialMLP(features, exact.silu_norm).apply({"params": layer["radial"]}, exact.num_basis, dtype)
+        f, df = jax.jvp(lambda x: mlp(radial_embedding(exact, coeffs, x)), (r,), (jnp.ones_like(r),))
+        table = jnp.stack([f[:-1], h * df[:-1], f[1:], h * df[1:]], axis=1)
+        new[f"layer_{t}"] = {**layer, "radial_table": table}
+    return cfg, {**params, "params": new}
 
 
 def _envelope(cfg: NequIPConfig, r):
@@ -542,6 +617,9 @@ def init_params(config: NequIPConfig, rng: jax.Array):
     ``jax.eval_shape``; the values are drawn with NumPy, because ``init`` runs (and
     so compiles) the whole model, which takes seconds on CPU.
     """
+    if config.radial_grid:
+        exact = dataclasses.replace(config, radial_grid=0)
+        return tabulate_radial(exact, init_params(exact, rng), config.radial_grid)[1]
     model = NequIP(config)
     edges = jax.ShapeDtypeStruct((2,), jnp.int32)
     shapes = jax.eval_shape(model.init, rng, edges, jax.ShapeDtypeStruct((2, 3), jnp.float32), edges, edges)
@@ -594,6 +672,8 @@ def nequip_potential(config: NequIPConfig, params, name: str = "nequip", metadat
 
     ``metadata['atomic_energy_fn']`` gives per-atom energies (used by the ASE calculator).
     """
+    if config.radial_grid:  # (re)build the tables from the MLP weights in ``params``
+        config, params = tabulate_radial(config, params, config.radial_grid)
     meta = {"config": config, "atomic_energy_fn": nequip_atomic_energy_fn(config), **(metadata or {})}
     return Potential(name, nequip_energy_fn(config), params, config.cutoff, species=tuple(config.species),
                      metadata=meta)

@@ -118,6 +118,9 @@ class Trainer:
 
     def __init__(self, model: NequIPConfig, config: TrainConfig, train: Crystal, valid: Crystal | None = None,
                  init_params_from=None, progress: bool = True):
+        if model.radial_grid:
+            raise ValueError("model.radial_grid must be 0 for training: radial tables do not follow the "
+                             "MLP weights; tabulate the trained model instead (load_trained(radial_grid=...))")
         self.cfg = config
         self.progress = progress
         self.train, self.valid = train.to_host(), valid.to_host() if valid is not None else None
@@ -258,10 +261,14 @@ def save_potential(potential: Potential, folder) -> Path:
     return folder
 
 
-def load_trained(path, name: str = "nequip-trained") -> Potential:
-    """A potential written by :func:`save_potential` (registry name ``trained``)."""
+def load_trained(path, name: str = "nequip-trained", radial_grid: int = 0) -> Potential:
+    """A potential written by :func:`save_potential` (registry name ``trained``).
+
+    ``radial_grid`` > 0 evaluates the radial MLPs from tables (faster inference,
+    see :func:`~jaxinv.potentials.nequip.tabulate_radial`)."""
     folder = Path(path)
     config = NequIPConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    config = dataclasses.replace(config, radial_grid=0)
     template = init_params(config, jax.random.PRNGKey(0))
     stored = np.load(folder / "params.npz")
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
@@ -271,4 +278,5 @@ def load_trained(path, name: str = "nequip-trained") -> Potential:
         if key not in stored or stored[key].shape != v.shape:
             raise ValueError(f"{folder}: parameter {key} missing or of the wrong shape")
         leaves.append(jnp.asarray(stored[key]))
+    config = dataclasses.replace(config, radial_grid=int(radial_grid))
     return nequip_potential(config, jax.tree_util.tree_unflatten(treedef, leaves), name=name)
