@@ -209,17 +209,26 @@ JAXINV_METHODS = {
 }
 
 
-def run_jaxinv(name, seed, method="jaxinv", budget=None, batch=None, tag=None):
+def run_label(method, batch=None, p1=None, tag=None):
+    """The method's name in result files: jaxinv runs carry their non-default options."""
+    if not method.startswith("jaxinv"):
+        return method
+    return ((method if batch is None else f"{method}-b{batch}") + ("" if p1 is None else f"-p1_{p1:g}")
+            + (f"@{tag}" if tag else ""))
+
+
+def run_jaxinv(name, seed, method="jaxinv", budget=None, batch=None, tag=None, p1=None):
     import jax
 
     from jaxinv.search import Problem, make_search
 
     space, pot, fire, default_batch, default_budget, ref = PREPARED[name]
-    label = (method if batch is None else f"{method}-b{batch}") + (f"@{tag}" if tag else "")
+    label = run_label(method, batch, p1, tag)
     batch = batch or default_batch
     budget = budget or default_budget
     ok = success_check(name, ref)
-    problem = Problem(space, pot, fire, batch=batch)
+    problem = Problem(space, pot, fire, batch=batch,
+                      random_options={} if p1 is None else {"p1_fraction": p1})
     algorithm, size_field = JAXINV_METHODS[method]
     search = make_search(algorithm, problem, **{size_field: batch})
     hit = {"at": None}
@@ -504,6 +513,8 @@ def main():
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None,
                     help="jaxinv population = batch size instead of the case's (results labelled METHOD-bN)")
+    ap.add_argument("--p1", type=float, default=None,
+                    help="fraction of random structures drawn in P1 (no symmetry); default: jaxinv's (0.1)")
     ap.add_argument("--tag", default=None,
                     help="label jaxinv results METHOD@TAG, to keep runs of changed code apart from earlier ones")
     ap.add_argument("--report", action="store_true")
@@ -519,14 +530,12 @@ def main():
               f"{ref.get('candidates', '')}", flush=True)
         for method in args.method:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                label = method if args.batch is None or not method.startswith("jaxinv") else f"{method}-b{args.batch}"
-                if args.tag and method.startswith("jaxinv"):
-                    label += f"@{args.tag}"
+                label = run_label(method, args.batch, args.p1, args.tag)
                 out = RESULTS / f"{name}__{label}__{seed}.json"
                 if out.exists():
                     continue
                 if method.startswith("jaxinv"):
-                    r = run_jaxinv(name, seed, method, args.budget, args.batch, args.tag)
+                    r = run_jaxinv(name, seed, method, args.budget, args.batch, args.tag, args.p1)
                 elif method == "ase-ga":
                     r = run_ase_ga(name, seed, args.budget)
                 else:
