@@ -74,6 +74,11 @@ def test_training_reduces_validation_error_and_resumes(labelled, tmp_path, monke
     folder = save_potential(potential, tmp_path / "model")
     loaded = load_trained(folder)
     np.testing.assert_allclose(np.asarray(loaded(valid).energy), np.asarray(potential(valid).energy), rtol=1e-6)
+    # tabulated radial MLPs for inference: the same model to float32 precision; training them is refused
+    tabulated = load_trained(folder, radial_grid=256)
+    np.testing.assert_allclose(np.asarray(tabulated(valid).energy), np.asarray(potential(valid).energy), rtol=1e-5)
+    with pytest.raises(ValueError, match="radial_grid"):
+        Trainer(tabulated.metadata["config"], cfg, train, valid, progress=False)
 
 
 def test_label_structures_equals_direct_evaluation_and_drops_broken(perov, carbon):
