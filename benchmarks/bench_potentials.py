@@ -171,17 +171,12 @@ def main():
     crystal = Crystal.from_structures(structures, labels={})
     atoms_list = crystal.to_atoms()
 
-    def batch_ours():
-        graph = neighbor_graph(crystal, pot.cutoff)
-        out = pot.compute_fn(True)(pot.params, crystal, graph)
+    def batch(potential):
+        graph = neighbor_graph(crystal, potential.cutoff)
+        out = potential.compute_fn(True)(potential.params, crystal, graph)
         return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
 
-    def batch_exact():
-        graph = neighbor_graph(crystal, exact.cutoff)
-        out = exact.compute_fn(True)(exact.params, crystal, graph)
-        return jax.tree_util.tree_map(np.asarray, (out.energy, out.forces, out.stress))
-
-    fns = [batch_ours, lambda: [efs(theirs, a) for a in atoms_list], batch_exact]
+    fns = [lambda: batch(pot), lambda: [efs(theirs, a) for a in atoms_list], lambda: batch(exact)]
     if chgnet:
         fns.append(lambda: chgnet[0].predict_structure(structures, task="efs", batch_size=args.batch))
     first, medians = interleaved(fns, 3)
