@@ -102,7 +102,7 @@ class NequIPConfig:
     readout_hidden: int = 64
     shift: float | tuple[float, ...] = 0.0  # per species (type order) or one value
     scale: float | tuple[float, ...] = 1.0
-    edge_chunk: int = 256  # edges per step of the convolution loop (speed only)
+    edge_chunk: int = 128  # edges per step of the convolution loop (speed only; see uvu_convolution)
     radial_grid: int = 0  # >0: radial weights from a cubic Hermite table of this many intervals (inference)
 
     def __post_init__(self):
@@ -313,7 +313,7 @@ _couple.defvjp(_couple_fwd, _couple_bwd)
 
 
 def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, weight_fn, senders, receivers,
-                    chunk: int = 256, n_valid=None) -> e3nn.IrrepsArray:
+                    chunk: int = 128, n_valid=None) -> e3nn.IrrepsArray:
     """Sum over edges of the per-path messages ``w_e * (x_j (x) Y_e)``, scattered to receivers.
 
     ``paths`` are sorted by output irrep; ``weight_fn(radial)`` maps the radial
@@ -330,7 +330,9 @@ def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, we
       included) is rematerialised in the backward pass, so no (E, features)
       array is ever allocated (page faults on fresh large buffers cost more than
       the arithmetic). Graphs with at most ``chunk`` edges take one step without
-      a loop or recomputation;
+      a loop or recomputation. On a CPU with 1 MB of L2 per core, 64-128 edges
+      per chunk ran SevenNet-0 about 1.3x faster than 256 (benchmarks/RESULTS.md);
+      without the rematerialisation it was 4x slower;
     * the paths of one input irrep are computed together: the Clebsch-Gordan
       couplings of all its paths are contracted with the spherical harmonics in
       one small matmul, ``B[e, i, k] = sum_j Y[e, j] CG[i, j, k]``, then

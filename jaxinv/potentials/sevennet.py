@@ -285,9 +285,10 @@ def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, downloa
 
     ``name``: "7net-0" (SevenNet-0, 11Jul2024) or "7net-l3i5". The potential's
     ``species`` are the model's 89 elements, so other elements raise
-    :class:`~jaxinv.potentials.UnsupportedElementError`. ``edge_chunk`` overrides
-    the convolution's edges per loop step (256 suits CPUs; accelerators prefer
-    larger chunks), which changes speed, not results.
+    :class:`~jaxinv.potentials.UnsupportedElementError`. ``edge_chunk`` sets the
+    convolution's edges per loop step, which changes speed, not results; the
+    default (``NequIPConfig.edge_chunk``, 128) suits CPU caches, and accelerators
+    likely prefer larger chunks.
 
     ``radial_grid``: the radial MLPs are evaluated from cubic Hermite tables of
     this many intervals over the cutoff (:func:`~jaxinv.potentials.nequip.tabulate_radial`);
@@ -312,7 +313,7 @@ def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, downloa
         meta = {"source": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
                 "sevenn_version": SEVENN_VERSION}
         _save(converted, config, params, meta)
-    if edge_chunk is not None:
-        config = dataclasses.replace(config, edge_chunk=int(edge_chunk))
-    config = dataclasses.replace(config, radial_grid=int(radial_grid))
+    # speed-only settings come from the caller, not from the cached conversion
+    chunk = NequIPConfig.edge_chunk if edge_chunk is None else int(edge_chunk)
+    config = dataclasses.replace(config, edge_chunk=chunk, radial_grid=int(radial_grid))
     return nequip_potential(config, params, name=name, metadata=meta)
