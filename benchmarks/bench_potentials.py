@@ -15,7 +15,9 @@ default of ``load_sevennet``) and evaluated (``radial_grid=0``).
 
 Batched throughput: 64 five-atom perov_5 validation structures. jaxinv builds
 one padded batch and graph and evaluates it in one call; sevenn loops its
-calculator; CHGNet uses its own batched ``predict_structure``.
+calculator; CHGNet uses its own batched ``predict_structure``. The same batch
+is then timed with the convolution's edge chunk set to each of ``--edge-chunks``
+(speed only; the results are identical).
 
 The script also checks that jaxinv and sevenn agree (energy within 1e-4 eV/atom,
 forces within 1e-3 eV/Å, stress within 1e-4 eV/Å^3) on every structure it times.
@@ -97,6 +99,8 @@ def main():
     ap.add_argument("--torch-threads", type=int, default=1, help="0: torch's default (all cores)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-chgnet", action="store_true")
+    ap.add_argument("--edge-chunks", default="64,128,256",
+                    help="convolution chunk sizes (edges per loop step) timed on the batch; '' skips")
     args = ap.parse_args()
     _set_xla_threads(args.xla_threads)
 
@@ -189,6 +193,14 @@ def main():
     print(f"| sevenn, calculator loop | {b / t_b7:.0f} | {1e3 * t_b7:.0f} |")
     if chgnet:
         print(f"| CHGNet, predict_structure(batch_size={b}) | {b / t_bc:.0f} | {1e3 * t_bc:.0f} |")
+    chunks = [int(c) for c in args.edge_chunks.split(",") if c.strip()]
+    if chunks:  # same batch, the tabulated model, edges per convolution loop step
+        variants = [load_sevennet("7net-0", edge_chunk=c) for c in chunks]
+        _, medians = interleaved([lambda v=v: batch(v) for v in variants], args.repeats)
+        print(f"\n| {b} perov_5 cells, edges per convolution chunk | time (ms) |\n|---|---|")
+        for c, t in zip(chunks, medians):
+            default = " (default)" if c == pot.metadata["config"].edge_chunk else ""
+            print(f"| {c}{default} | {1e3 * t:.0f} |")
     print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
 
 
