@@ -313,7 +313,7 @@ _couple.defvjp(_couple_fwd, _couple_bwd)
 
 
 def uvu_convolution(paths: list[Path], x: e3nn.IrrepsArray, sh: dict, radial, weight_fn, senders, receivers,
-                    chunk: int = 128, n_valid=None) -> e3nn.IrrepsArray:
+                    chunk: int = NequIPConfig.edge_chunk, n_valid=None) -> e3nn.IrrepsArray:
     """Sum over edges of the per-path messages ``w_e * (x_j (x) Y_e)``, scattered to receivers.
 
     ``paths`` are sorted by output irrep; ``weight_fn(radial)`` maps the radial
