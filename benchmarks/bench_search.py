@@ -517,11 +517,21 @@ def main():
                     help="fraction of random structures drawn in P1 (no symmetry); default: jaxinv's (0.1)")
     ap.add_argument("--tag", default=None,
                     help="label jaxinv results METHOD@TAG, to keep runs of changed code apart from earlier ones")
+    ap.add_argument("--xla-cache", default=None, metavar="DIR",
+                    help="persistent XLA compilation cache (as `jaxinv run` uses): later processes load "
+                         "what earlier ones compiled; each result records whether the cache started empty")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
         report()
         return
+    cache_was_empty = None
+    if args.xla_cache:
+        from jaxinv.xla_cache import drop_spurious_aot_errors, enable_compilation_cache
+
+        cache_was_empty = not (os.path.isdir(args.xla_cache) and any(os.scandir(args.xla_cache)))
+        enable_compilation_cache(args.xla_cache)
+        drop_spurious_aot_errors()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.case:
         PREPARED[name] = prepare(name)
@@ -540,6 +550,9 @@ def main():
                     r = run_ase_ga(name, seed, args.budget)
                 else:
                     r = run_pyxtal_random(name, seed, args.budget)
+                if cache_was_empty is not None:
+                    r["xla_cache"] = "cold" if cache_was_empty else "warm"
+                    cache_was_empty = False
                 out.write_text(json.dumps(r))
                 print(json.dumps(r), flush=True)
 

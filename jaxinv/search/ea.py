@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal
 from jaxinv.graph import neighbor_graph
 from jaxinv.search import operators as ops
+from jaxinv.search.composition import graph_floor
 from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
                                 empty_population, evaluate_candidates, host_seed, hull_fitness, pick_novel,
                                 survive, take, to_host, update_best)
@@ -83,9 +84,10 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
 
 _PROPOSE_CACHE: dict = {}
 # (potential, space) -> the largest soft-mutation graph sizes (images, capacity) used so far in this
-# process. Every new size recompiles ``propose`` (10-15 s with a machine-learned or long-range
-# potential, whose Hessian-vector products it contains), so a new search starts from the sizes that
-# earlier searches of the same problem grew to instead of growing through them again.
+# process. Every new size recompiles ``propose`` (15-75 s with a machine-learned or long-range
+# potential, whose Hessian-vector products it contains), so a search starts from the generous
+# ``graph_floor`` sizes the relaxer also starts from, or from the sizes that earlier searches of the
+# same problem grew to, instead of growing through them one compilation at a time.
 _SOFT_GRAPH_SIZES: dict = {}
 
 
@@ -137,7 +139,7 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
     codes_table = np.array([OP[k] for k in rates])
     probs = np.array(list(rates.values()))
     sizes_key = (id(problem.potential), problem.potential.energy_fn, problem.space)
-    images, capacity = _SOFT_GRAPH_SIZES.get(sizes_key, ((1, 1, 1), 16))
+    images, capacity = _SOFT_GRAPH_SIZES.get(sizes_key, graph_floor(problem.space, problem.potential.cutoff))
     cache: dict = {"images": images, "capacity": capacity}
 
     def propose_fn(pop_crystal):
