@@ -480,30 +480,75 @@ def run_pyxtal_random(name, seed, budget=None):
 PREPARED: dict = {}
 
 
-def report():
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+def _load_runs():
     by = {}
-    for r in rows:
+    for p in sorted(RESULTS.glob("*.json")):
+        r = json.loads(p.read_text())
         by.setdefault((r["case"], r["method"]), []).append(r)
+    return by
+
+
+def _stats(method, rs):
+    """Summary numbers of one (case, method) row of runs."""
+    # relaxations spent when the hit was found: jaxinv relaxes whole batches, so its batch has to
+    # finish; ASE-GA and pyxtal relax one structure at a time and stop at the hit
+    hits = [r["relaxations"] if method.startswith("jaxinv") else r["hit_at"] for r in rs if r["hit_at"] is not None]
+    to_hit = [r["time_to_hit_s"] for r in rs if r["hit_at"] is not None]
+    return {"runs": len(rs), "hits": hits, "success": len(hits) / len(rs), "budget": rs[0]["budget"],
+            "relax": float(np.median(hits)) if hits else np.nan,
+            "to_hit": float(np.median(to_hit)) if to_hit else np.nan,
+            "wall": float(np.mean([r["wall_s"] for r in rs])),
+            "per": float(np.sum([r["wall_s"] for r in rs]) / max(np.sum([r["relaxations"] for r in rs]), 1)),
+            # how close each run's best got, whether or not it matched the reference structure
+            "gap": 1e3 * np.array([r["best"] - r["reference"] for r in rs])}
+
+
+def report():
     print("| case | method | runs | success | median relaxations spent to hit | success @ budget/4, /2, full | "
           "mean wall per run (s) | median time to hit (s) | wall per relaxation (s) | best − reference, median / max (meV/atom) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (c, m), rs in sorted(by.items()):
-        budget = rs[0]["budget"]
-        # relaxations spent when the hit was found: jaxinv relaxes whole batches, so its batch has
-        # to finish; ASE-GA and pyxtal relax one structure at a time and could stop at the hit
-        # (ASE-GA's record counts its whole initial population, which it relaxes before checking)
-        hits = [r["relaxations"] if m.startswith("jaxinv") else r["hit_at"] for r in rs if r["hit_at"] is not None]
+    for (c, m), rs in sorted(_load_runs().items()):
+        st = _stats(m, rs)
+        budget, hits = st["budget"], st["hits"]
         at = lambda b: sum(h <= b for h in hits) / len(rs)
-        med = f"{np.median(hits):.0f}" if hits else "-"
-        wall = np.mean([r["wall_s"] for r in rs])
-        to_hit = [r["time_to_hit_s"] for r in rs if r["hit_at"] is not None]
-        to_hit = f"{np.median(to_hit):.1f}" if to_hit else "-"
-        per = np.sum([r["wall_s"] for r in rs]) / max(np.sum([r["relaxations"] for r in rs]), 1)
-        # how close each run's best got, whether or not it matched the reference structure
-        gap = 1e3 * np.array([r["best"] - r["reference"] for r in rs])
+        med = f"{st['relax']:.0f}" if hits else "-"
+        to_hit = f"{st['to_hit']:.1f}" if hits else "-"
         print(f"| {c} | {m} | {len(rs)} | {len(hits)}/{len(rs)} | {med} | {at(budget / 4):.2f}, {at(budget / 2):.2f}, "
-              f"{at(budget):.2f} (budget {budget}) | {wall:.1f} | {to_hit} | {per:.3f} | {np.median(gap):.2f} / {gap.max():.2f} |")
+              f"{at(budget):.2f} (budget {budget}) | {st['wall']:.1f} | {to_hit} | {st['per']:.3f} | "
+              f"{np.median(st['gap']):.2f} / {st['gap'].max():.2f} |")
+
+
+# the jaxinv row of each rung in the headline table: the EA with the current code and the most seeds
+HEADLINE = {"lj38": "jaxinv", "lj_fcc8": "jaxinv-b16@v2", "si8": "jaxinv-b16@v2", "si16": "jaxinv-b16@v2",
+            "sio2_6": "jaxinv-p1_1@v2", "sio2_9": "jaxinv@v4", "tio2_6": "jaxinv@v2", "nacl_7net": "jaxinv@v3",
+            "zno_7net": "jaxinv@v4", "tio2_7net": "jaxinv@v4", "srtio3_7net": "jaxinv"}
+
+
+def summary():
+    """One line per rung: jaxinv's EA against ASE-GA and pyxtal random search, and the issue's three goals
+    (ASE-GA's success rate or better, at most half its relaxations, at least 10x less time to the hit)."""
+    by = _load_runs()
+    cell = lambda st, key, fmt: "–" if st is None or not np.isfinite(st[key]) else fmt.format(st[key])
+    print("| rung | jaxinv row | success: jaxinv / ASE-GA / pyxtal (runs) | median relaxations spent to hit | "
+          "median time to hit (s) | ASE-GA ÷ jaxinv: relaxations, time | goals: success, ≤ ½ relaxations, ≥ 10x time |")
+    print("|---|---|---|---|---|---|---|")
+    for case, label in HEADLINE.items():
+        st = {m: (_stats(m, by[(case, m)]) if (case, m) in by else None) for m in (label, "ase-ga", "pyxtal-random")}
+        j, a, p = st[label], st["ase-ga"], st["pyxtal-random"]
+        if j is None:
+            continue
+        succ = " / ".join("–" if x is None else f"{len(x['hits'])}/{x['runs']}" for x in (j, a, p))
+        relax = " / ".join(cell(x, "relax", "{:.0f}") for x in (j, a, p))
+        time_ = " / ".join(cell(x, "to_hit", "{:.1f}") for x in (j, a, p))
+        if a is None:
+            ratio, goals = "–", "no ASE-GA runs"
+        else:
+            r_relax, r_time = a["relax"] / j["relax"], a["to_hit"] / j["to_hit"]  # NaN: a side never hit
+            ratio = "–" if np.isnan(r_relax) else f"{r_relax:.2f}x, {r_time:.1f}x"
+            yes = lambda ok: "yes" if ok else "no"
+            goals = f"{yes(j['success'] >= a['success'])}, " + (
+                "–, – (ASE-GA never hit)" if np.isnan(r_relax) else f"{yes(r_relax >= 2)}, {yes(r_time >= 10)}")
+        print(f"| {case} | {label} | {succ} | {relax} | {time_} | {ratio} | {goals} |")
 
 
 def main():
@@ -522,10 +567,11 @@ def main():
     ap.add_argument("--xla-cache", default=None, metavar="DIR",
                     help="persistent XLA compilation cache (as `jaxinv run` uses): later processes load "
                          "what earlier ones compiled; each result records whether the cache started empty")
-    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--report", action="store_true", help="print the table of every (case, method) row")
+    ap.add_argument("--summary", action="store_true", help="print the headline table: one line per rung")
     args = ap.parse_args()
-    if args.report:
-        report()
+    if args.report or args.summary:
+        report() if args.report else summary()
         return
     cache_was_empty = None
     if args.xla_cache:
