@@ -35,6 +35,25 @@ def test_random_crystals_have_the_composition_layout_and_spacing(tio2):
         assert _min_distance_fast(tio2.lattice[b], tio2.frac[b]) >= SPACE.min_distance - 1e-9
 
 
+def test_shared_tolerances_do_not_change_pyxtal(monkeypatch):
+    """The shared pyxtal tolerance table (a speed-up) draws exactly the structures pyxtal draws alone."""
+    import contextlib
+
+    import pyxtal.symmetry
+
+    from jaxinv.search import seeds
+
+    original = pyxtal.symmetry.check_images
+    monkeypatch.setattr(seeds, "_FAILED", set())
+    fast, _ = seeds.random_crystals(SPACE, 4, np.random.default_rng(7), p1_fraction=0.0)
+    assert pyxtal.symmetry.check_images is original  # restored after use
+    monkeypatch.setattr(seeds, "_shared_tolerances", contextlib.nullcontext)
+    monkeypatch.setattr(seeds, "_FAILED", set())
+    plain, _ = seeds.random_crystals(SPACE, 4, np.random.default_rng(7), p1_fraction=0.0)
+    np.testing.assert_array_equal(fast.lattice, plain.lattice)
+    np.testing.assert_array_equal(fast.frac, plain.frac)
+
+
 def test_impossible_space_group_pairs_are_skipped_not_retried(monkeypatch, caplog):
     import logging
 

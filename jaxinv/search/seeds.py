@@ -12,6 +12,7 @@ stalls; P1 always works as the last resort.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -76,6 +77,32 @@ def _tolerances():
     return Tol_matrix(prototype="atomic")
 
 
+@contextlib.contextmanager
+def _shared_tolerances():
+    """Within the block, pyxtal's Wyckoff-merging step reuses one tolerance table.
+
+    pyxtal 1.1's ``symmetry`` module calls ``operations.check_images`` with an explicit
+    ``tol`` but no ``tm``, and ``check_images`` then builds a fresh ``Tol_matrix``
+    (a Python loop over every pair of elements, about 8 ms) that it never reads. Profiled
+    on Ti2O4, that was 60% of the time to draw a random crystal. The wrapper passes the
+    same default table built once, so the structures drawn are unchanged
+    (``test_shared_tolerances_do_not_change_pyxtal``).
+    """
+    import pyxtal.symmetry as symmetry
+
+    original = symmetry.check_images
+
+    def check_images(coords, species, lattice, PBC=None, tm=None, tol=None, d_factor=1.0):
+        return original(coords, species, lattice, PBC=PBC, tm=_tolerances() if tm is None else tm, tol=tol,
+                        d_factor=d_factor)
+
+    symmetry.check_images = check_images
+    try:
+        yield
+    finally:
+        symmetry.check_images = original
+
+
 def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fraction: float = 0.1,
                     max_tries: int = 50, symmetric: bool = True) -> tuple[Crystal, np.ndarray]:
     """``n`` random crystals of the space's compositions (drawn uniformly), by pyxtal.
@@ -104,7 +131,7 @@ def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fra
         sg = 1 if (rng.random() < p1_fraction or len(groups) == 1) else int(rng.choice(groups[1:]))
         c = pyxtal()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _shared_tolerances():
                 warnings.simplefilter("ignore")
                 c.from_random(3, sg, list(species), list(counts), random_state=int(rng.integers(2**31)),
                               tm=_tolerances())
