@@ -566,20 +566,21 @@ def main():
                     help="label jaxinv results METHOD@TAG, to keep runs of changed code apart from earlier ones")
     ap.add_argument("--xla-cache", default=None, metavar="DIR",
                     help="persistent XLA compilation cache (as `jaxinv run` uses): later processes load "
-                         "what earlier ones compiled; each result records whether the cache started empty")
+                         "what earlier ones compiled")
     ap.add_argument("--report", action="store_true", help="print the table of every (case, method) row")
     ap.add_argument("--summary", action="store_true", help="print the headline table: one line per rung")
     args = ap.parse_args()
     if args.report or args.summary:
         report() if args.report else summary()
         return
-    cache_was_empty = None
+    cache_entries = None  # files in the compilation cache when this process started (any programs)
     if args.xla_cache:
         from jaxinv.xla_cache import drop_spurious_aot_errors, enable_compilation_cache
 
-        cache_was_empty = not (os.path.isdir(args.xla_cache) and any(os.scandir(args.xla_cache)))
+        cache_entries = len(os.listdir(args.xla_cache)) if os.path.isdir(args.xla_cache) else 0
         enable_compilation_cache(args.xla_cache)
         drop_spurious_aot_errors()
+    n_run = 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.case:
         PREPARED[name] = prepare(name)
@@ -598,9 +599,11 @@ def main():
                     r = run_ase_ga(name, seed, args.budget)
                 else:
                     r = run_pyxtal_random(name, seed, args.budget)
-                if cache_was_empty is not None:
-                    r["xla_cache"] = "cold" if cache_was_empty else "warm"
-                    cache_was_empty = False
+                # the first run of a process compiles (or loads from the cache) what later ones reuse
+                r["run_in_process"] = n_run
+                n_run += 1
+                if cache_entries is not None:
+                    r["xla_cache_entries_at_start"] = cache_entries
                 out.write_text(json.dumps(r))
                 print(json.dumps(r), flush=True)
 
