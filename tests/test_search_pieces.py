@@ -304,3 +304,29 @@ def test_regrown_graph_fits_the_step_that_overflowed():
     regrown = relaxer._regrow(state).graph
     assert regrown.capacity >= int(state.graph.n_edges[0])
     assert not bool(build_graph(moved, rc, regrown.images, regrown.capacity).overflow[0])
+
+
+def test_relaxer_tightens_a_generous_capacity_once_without_changing_results(float64):
+    """After its first batch the relaxer drops the edge capacity to what its relaxations
+    needed (with headroom) when the starting floor overshot it; padded edges only cost
+    time, so relaxing the same starts again gives the same results."""
+    from toy_potentials import LJ
+
+    from jaxinv.relax import FireConfig
+    from jaxinv.search.evaluate import Relaxer
+
+    starts, _ = random_crystals(SearchSpace.fixed("Si4"), 4, np.random.default_rng(4))
+    # a pair potential and no compaction: two quick compilations, one per capacity
+    relaxer = Relaxer(LJ, FireConfig(fmax=0.01, max_steps=400), 4, capacity=1024, compact=False)
+    generous = relaxer(starts)
+    assert (generous.status == 1).all() and generous.steps.sum() > 50  # converged, after real work
+    # the relaxed (denser) structures' needs were seen, not only the starting ones'
+    assert relaxer.graphs.most_needed < relaxer.graphs.capacity < 1024 / 1.5
+    assert not relaxer.graphs.tighten()  # only once
+    fitted = relaxer(starts)
+    assert relaxer.graphs.capacity < 1024 / 1.5  # it did not have to grow back
+    np.testing.assert_array_equal(fitted.status, generous.status)
+    np.testing.assert_array_equal(fitted.steps, generous.steps)
+    np.testing.assert_allclose(fitted.energy, generous.energy, atol=1e-8)
+    np.testing.assert_allclose(fitted.crystal.lattice, generous.crystal.lattice, atol=1e-7)
+    np.testing.assert_allclose(fitted.crystal.frac, generous.crystal.frac, atol=1e-7)

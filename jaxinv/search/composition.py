@@ -156,17 +156,46 @@ class StickyGraph:
         self.images = tuple(int(i) for i in images)
         self.capacity = int(capacity)
         self.headroom = headroom
+        self.most_needed = 0  # the most edges any crystal (or overflowed step) has needed so far
+        self.tightened = False
 
     def at_least(self, capacity: int, images: tuple):
         """Grow the sticky sizes to at least these (e.g. what an overflowed step needed)."""
+        if int(capacity) > self.capacity:  # (an unchanged capacity says nothing about what was needed)
+            self.most_needed = max(self.most_needed, int(capacity))
         self.capacity = max(self.capacity, int(capacity))
         self.images = tuple(max(int(a), int(b)) for a, b in zip(self.images, images))
+
+    def saw(self, n_edges) -> None:
+        """Record edge counts of graphs built elsewhere (e.g. inside a jitted relaxation step)."""
+        self.most_needed = max(self.most_needed, int(np.max(np.asarray(n_edges), initial=0)))
+
+    def tighten(self, slack: float = 1.5) -> bool:
+        """Once: lower the capacity to what was needed so far, with headroom, if the
+        starting capacity (a generous :func:`graph_floor`) was more than ``slack`` times that.
+
+        Every padded edge costs as much as a real one in each potential call, and the
+        floor can overshoot by 2-3x (SiO2 frameworks are far less dense than their bond
+        length suggests). Called after the first batch of a search, so a run recompiles
+        at most once for it. Returns whether the capacity changed.
+        """
+        from jaxinv.graph import capacity_bucket
+
+        if self.tightened or self.most_needed == 0:
+            return False
+        self.tightened = True
+        fitted = capacity_bucket(int(self.headroom * self.most_needed) + 8)
+        if self.capacity <= slack * fitted:
+            return False
+        self.capacity = fitted
+        return True
 
     def __call__(self, crystal):
         from jaxinv.graph import capacity_bucket, neighbor_graph
 
         g = neighbor_graph(crystal, self.cutoff, capacity=self.capacity, images=self.images)
         need = int(np.max(np.asarray(g.n_edges), initial=1))
+        self.most_needed = max(self.most_needed, need)
         if g.capacity > self.capacity or g.images != self.images:
             want = max(self.capacity, capacity_bucket(int(self.headroom * need) + 8))
             self.images = tuple(max(a, b) for a, b in zip(self.images, g.images))

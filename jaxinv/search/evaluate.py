@@ -125,6 +125,8 @@ class Relaxer:
         parts = [self._run(crystal[s:s + self.batch]) for s in range(0, k, self.batch)]
         cat = lambda xs: np.concatenate(xs)
         self.relaxations += k
+        if self.graphs.tighten():  # after the first batch: drop what the starting floor overshot
+            log.info("relaxer graph capacity lowered to %d edges", self.graphs.capacity)
         return Relaxed(Crystal(cat([p[0] for p in parts]), cat([p[1] for p in parts]), crystal.numbers,
                                crystal.mask, {}),
                        *(cat([p[i] for p in parts]) for i in range(2, 6)))
@@ -155,6 +157,8 @@ class Relaxer:
                 state, slot_of = self._compacted(state, slot_of, running, results, host)
                 continue
             state = self._chunk(params, state, jnp.int32(size // 4 if self.compact else 0))
+            # the jitted steps rebuild graphs as structures move (and densify): what they needed
+            self.graphs.saw(state.graph.n_edges)
         self._keep(host(state), slot_of, np.ones(len(slot_of), bool), results)
         lattice, frac, energy, status, steps = results
         lattice, frac = lattice.astype(np.float64), frac.astype(np.float64)
