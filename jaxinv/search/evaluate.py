@@ -2,8 +2,9 @@
 
 A search relaxes a batch of the same size every generation, so :class:`Relaxer`
 keeps shapes fixed for its whole life (``batch`` slots of ``n_max`` atoms, edge
-capacity and image range that only ever grow): jit compiles once per run, not
-once per generation. Short batches are padded with copies of their first
+capacity and image range that only grow, except that a generous starting capacity
+is lowered once after the first batch to what that batch needed): jit compiles a
+few times per run, not once per generation. Short batches are padded with copies of their first
 structure, whose results are dropped. It drives the pure FIRE
 ``init``/``step`` pair of :mod:`jaxinv.relax.fire` in jitted chunks and, like
 :class:`~jaxinv.relax.RelaxQueue`, regrows the neighbour graph on the host when
