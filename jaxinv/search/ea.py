@@ -84,7 +84,7 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
 
 _PROPOSE_CACHE: dict = {}
 # (potential, space) -> the largest soft-mutation graph sizes (images, capacity) used so far in this
-# process. Every new size recompiles ``propose`` (15-75 s with a machine-learned or long-range
+# process. Every new size recompiles ``propose`` (15-90 s with a machine-learned or long-range
 # potential, whose Hessian-vector products it contains), so a search starts from the generous
 # ``graph_floor`` sizes the relaxer also starts from, or from the sizes that earlier searches of the
 # same problem grew to, instead of growing through them one compilation at a time.
