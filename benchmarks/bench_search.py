@@ -571,8 +571,11 @@ def main():
     ap.add_argument("--report", action="store_true", help="print the table of every (case, method) row")
     ap.add_argument("--summary", action="store_true", help="print the headline table: one line per rung")
     args = ap.parse_args()
-    if args.report or args.summary:
-        report() if args.report else summary()
+    if args.report:
+        report()
+        return
+    if args.summary:
+        summary()
         return
     cache_entries = None  # files in the compilation cache when this process started (any programs)
     if args.xla_cache:
