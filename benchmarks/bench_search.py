@@ -406,8 +406,15 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
 
     def evaluate(a):
         nonlocal n_relax, hit, hit_time
+        start_positions, start_cell = a.get_positions(), a.get_cell().copy()
         e = ase_relax(a, calc, fire, space.cluster)
         n_relax += 1
+        if not (np.isfinite(e) and np.isfinite(a.positions).all() and np.isfinite(a.cell.array).all()):
+            # an exploded relaxation counts as spent and scores worst; its start geometry goes back
+            # in, because ASE-GA's comparators crash on NaN cells (ZnO/SevenNet-0 seed 15 did)
+            e = np.inf
+            a.set_cell(start_cell)
+            a.set_positions(start_positions)
         a.info["key_value_pairs"]["raw_score"] = -e * len(a) if np.isfinite(e) else -1e10
         if hit is None and np.isfinite(e):
             from pymatgen.io.ase import AseAtomsAdaptor

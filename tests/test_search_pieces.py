@@ -137,18 +137,48 @@ def test_transmutation_changes_one_atom_and_keeps_sorted_layout():
     assert space.composition_index(n, np.asarray(child.mask)) >= 0
 
 
-def test_soft_mutation_moves_along_a_mode_and_keeps_composition():
+def test_soft_mutation_moves_along_a_mode_only_where_the_ea_drew_it():
+    """A soft mutation moves the most displaced atom by the drawn amplitude, without rigid
+    translation. The EA computes them (Hessian-vector products) only for the slots that drew
+    one, SOFT_CHUNK at a time; those children must equal the operator vmapped over every slot."""
     from jaxinv.potentials import lennard_jones
+    from jaxinv.relax import FireConfig
+    from jaxinv.search import EAConfig, Problem, ea
+    from jaxinv.search.core import OP, take
 
     lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
     space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
-    c, _ = random_crystals(space, 3, np.random.default_rng(2), symmetric=False)
-    op = ops.soft_mutation(lj.energy_fn, lj.params, lj.cutoff, (3, 3, 3), 512, amplitude=(0.3, 0.3))
-    child = jax.jit(jax.vmap(op))(jax.random.split(jax.random.PRNGKey(0), 3), c, c).to_host()
-    dx = np.einsum("bni,bij->bnj", child.frac - c.frac, c.lattice)
-    np.testing.assert_allclose(np.linalg.norm(dx, axis=-1).max(-1), 0.3, rtol=1e-4)  # largest displacement
+    config = EAConfig(population=6, soft_amplitude=(0.25, 0.25))  # x bond 1.12: 0.28 A
+    population, _ = random_crystals(space, 6, np.random.default_rng(3), symmetric=False)
+    n, soft_rows = 10, [0, 3, 4, 7, 9]
+    codes = np.full(n, OP["heredity"])
+    codes[soft_rows] = OP["soft"]
+    mothers = np.random.default_rng(4).integers(0, 6, n)
+    keys = jax.random.split(jax.random.PRNGKey(5), n)
+    randoms, _ = random_crystals(space, n, np.random.default_rng(6), symmetric=False)
+    children = jax.tree_util.tree_map(np.array, randoms)
+    soften = ea._make_soften(Problem(space, lj, FireConfig(), batch=4), config, (3, 3, 3), 512)
+    calls = []
+
+    def counting(k, pop, rows):
+        calls.append(len(rows))
+        return soften(k, pop, rows)
+
+    out = ea._soft_children(children, codes, keys, population, mothers, counting)
+    chunks = -(-len(soft_rows) // ea.SOFT_CHUNK)
+    assert calls == [ea.SOFT_CHUNK] * chunks and chunks * ea.SOFT_CHUNK < n  # not every slot
+    op = ops.soft_mutation(lj.energy_fn, lj.params, lj.cutoff, (3, 3, 3), 512,
+                           amplitude=tuple(1.12 * a for a in config.soft_amplitude))
+    parents = take(population, mothers)
+    whole = jax.jit(jax.vmap(op))(keys, parents, parents).to_host()
+    np.testing.assert_allclose(out.frac[soft_rows], whole.frac[soft_rows], atol=1e-6)
+    dx = np.einsum("bni,bij->bnj", out.frac - np.asarray(parents.frac), np.asarray(parents.lattice))[soft_rows]
+    np.testing.assert_allclose(np.linalg.norm(dx, axis=-1).max(-1), 0.28, rtol=1e-4)  # largest displacement
     np.testing.assert_allclose(dx.mean(1), 0.0, atol=1e-5)  # no rigid translation
-    np.testing.assert_array_equal(child.numbers, c.numbers)
+    np.testing.assert_array_equal(out.numbers[soft_rows], np.asarray(parents.numbers)[soft_rows])
+    rest = [i for i in range(n) if i not in soft_rows]
+    np.testing.assert_array_equal(out.frac[rest], np.asarray(randoms.frac)[rest])
+    np.testing.assert_allclose(out.lattice[soft_rows], np.asarray(parents.lattice)[soft_rows], rtol=1e-6)
 
 
 def test_soft_mutation_with_numpy_nequip_parameters():

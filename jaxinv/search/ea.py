@@ -82,45 +82,40 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
     return order[jnp.min(draws, axis=-1)]  # lower position = fitter
 
 
-_PROPOSE_CACHE: dict = {}
+_PROPOSE_CACHE: dict = {}  # jitted proposal and soft-mutation functions, kept across searches
 # (potential, space) -> the largest soft-mutation graph sizes (images, capacity) used so far in this
-# process. Every new size recompiles ``propose`` (15-90 s with a machine-learned or long-range
+# process. Every new size recompiles the soft mutation (15-90 s with a machine-learned or long-range
 # potential, whose Hessian-vector products it contains), so a search starts from the generous
 # ``graph_floor`` sizes the relaxer also starts from, or from the sizes that earlier searches of the
 # same problem grew to, instead of growing through them one compilation at a time.
 _SOFT_GRAPH_SIZES: dict = {}
+SOFT_CHUNK = 4  # soft mutations per call (10% of 2 x batch slots draw one: ~3 for a batch of 16)
 
 
-def _make_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
-    """The jitted proposal function, shared by searches with the same potential and settings
-    (so a resumed or repeated search does not compile it again)."""
-    key = (id(problem.potential), problem.potential.energy_fn, problem.space, config, tuple(sorted(rates.items())),
-           images, capacity)
+def _make_propose(problem: Problem, config: EAConfig, rates: dict):
+    """The jitted proposal function of the cheap operators, shared by searches with the same
+    space and settings (so a resumed or repeated search does not compile it again)."""
+    key = (problem.space, config, tuple(sorted(rates.items())))
     if key not in _PROPOSE_CACHE:
-        _PROPOSE_CACHE[key] = _build_propose(problem, config, rates, images, capacity)
+        _PROPOSE_CACHE[key] = _build_propose(problem, config, rates)
     return _PROPOSE_CACHE[key]
 
 
-def _build_propose(problem: Problem, config: EAConfig, rates: dict, images, capacity):
+def _build_propose(problem: Problem, config: EAConfig, rates: dict):
     space = problem.space
-    bond = space.bond_length
     table = {
         "heredity": ops.heredity(cluster=space.cluster),
         "strain": ops.lattice_strain(config.strain_sigma),
         "permutation": ops.permutation(config.max_swaps),
-        "rattle": ops.rattle(0.1 * bond),
+        "rattle": ops.rattle(0.1 * space.bond_length),
         "transmutation": ops.transmutation(space.elements),
     }
-    if "soft" in rates:
-        pot = problem.potential
-        table["soft"] = ops.soft_mutation(pot.energy_fn, pot.params, pot.cutoff, images, capacity,
-                                          amplitude=tuple(a * bond for a in config.soft_amplitude))
-    names = [k for k in rates if k != "random"]
+    names = [k for k in rates if k not in ("random", "soft")]  # soft: see _soft_children
 
     @jax.jit
-    def propose(key, population: Crystal, first, second, codes, randoms: Crystal):
-        """Children of the chosen parents by the drawn operators (pure)."""
-        keys = jax.random.split(key, codes.shape[0])
+    def propose(keys, population: Crystal, first, second, codes, randoms: Crystal):
+        """Children of the chosen parents by the drawn cheap operators (pure); slots of the
+        random and soft operators keep ``randoms``."""
         mothers, fathers = take(population, first), take(population, second)
         child = randoms
         for name in names:
@@ -133,6 +128,43 @@ def _build_propose(problem: Problem, config: EAConfig, rates: dict, images, capa
     return propose
 
 
+def _make_soften(problem: Problem, config: EAConfig, images, capacity):
+    """Jitted ``soften(keys, population, rows)``: soft mutations of ``population[rows]``,
+    ``SOFT_CHUNK`` of them per call (one compilation per graph size)."""
+    pot = problem.potential
+    key = ("soft", id(pot), pot.energy_fn, problem.space, config, images, capacity)
+    if key not in _PROPOSE_CACHE:
+        op = ops.soft_mutation(pot.energy_fn, pot.params, pot.cutoff, images, capacity,
+                               amplitude=tuple(a * problem.space.bond_length for a in config.soft_amplitude))
+
+        @jax.jit
+        def soften(keys, population: Crystal, rows):
+            mothers = take(population, rows)
+            return jax.vmap(op)(keys, mothers, mothers)
+
+        _PROPOSE_CACHE[key] = soften
+    return _PROPOSE_CACHE[key]
+
+
+def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers, soften) -> Crystal:
+    """Write soft mutations into the (host, writable) ``children`` at the slots whose code is
+    soft, computing them only there, ``SOFT_CHUNK`` slots per call.
+
+    The cheap operators run on every slot and a mask picks each slot's result, but a soft
+    mutation costs ~17 Hessian-vector products through the potential: run on all slots (10%
+    use it) it was most of ``propose``'s time and, with SevenNet-0, about 9 GB of memory.
+    A short last chunk repeats its rows rather than compiling another size."""
+    rows = np.flatnonzero(codes == OP["soft"])
+    for start in range(0, len(rows), SOFT_CHUNK):
+        part = rows[start:start + SOFT_CHUNK]
+        padded = np.resize(part, SOFT_CHUNK)
+        made = soften(keys[jnp.asarray(padded)], population, jnp.asarray(mothers[padded])).to_host()
+        for leaf_all, leaf_new in zip((children.lattice, children.frac, children.numbers, children.mask),
+                                      (made.lattice, made.frac, made.numbers, made.mask)):
+            leaf_all[part] = leaf_new[:len(part)]
+    return children
+
+
 def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "ea") -> Search:
     """An evolutionary search as an ``(init, step)`` pair (see the module docstring)."""
     rates = effective_rates(problem, config)
@@ -142,17 +174,14 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
     images, capacity = _SOFT_GRAPH_SIZES.get(sizes_key, graph_floor(problem.space, problem.potential.cutoff))
     cache: dict = {"images": images, "capacity": capacity}
 
-    def propose_fn(pop_crystal):
-        if "soft" in rates:  # static graph sizes for the soft mode, only ever growing
-            g = neighbor_graph(to_host(pop_crystal), problem.potential.cutoff)
-            cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-            needed = int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8
-            cache["capacity"] = max(cache["capacity"], 1 << (needed - 1).bit_length())  # few distinct sizes
-            _SOFT_GRAPH_SIZES[sizes_key] = (cache["images"], cache["capacity"])
-        key = (cache["images"], cache["capacity"])
-        if key not in cache:
-            cache[key] = _make_propose(problem, config, rates, *key)
-        return cache[key]
+    def soften_fn(pop_crystal):
+        # static graph sizes for the soft mode, only ever growing
+        g = neighbor_graph(to_host(pop_crystal), problem.potential.cutoff)
+        cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
+        needed = int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8
+        cache["capacity"] = max(cache["capacity"], 1 << (needed - 1).bit_length())  # few distinct sizes
+        _SOFT_GRAPH_SIZES[sizes_key] = (cache["images"], cache["capacity"])
+        return _make_soften(problem, config, cache["images"], cache["capacity"])
 
     def init(key) -> SearchState:
         k_rand, k_next = jax.random.split(key)
@@ -187,9 +216,12 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
                                              config.parent_fraction, config.tournament))
         is_random = codes == OP["random"]
         randoms = empty_population(problem, n).crystal
-        propose = propose_fn(pop.crystal)
-        children = jax.tree_util.tree_map(np.array, propose(k_prop, pop.crystal, parents[:, 0], parents[:, 1],
+        keys = jax.random.split(k_prop, n)
+        propose = _make_propose(problem, config, rates)
+        children = jax.tree_util.tree_map(np.array, propose(keys, pop.crystal, parents[:, 0], parents[:, 1],
                                                             codes, randoms))
+        if np.any(codes == OP["soft"]):
+            children = _soft_children(children, codes, keys, pop.crystal, parents[:, 0], soften_fn(pop.crystal))
         ci = problem.composition_indices(children)
         finite = np.isfinite(children.frac).all((1, 2)) & np.isfinite(children.lattice).all((1, 2))
         # de-duplicate the variation children; random structures are drawn only for the
