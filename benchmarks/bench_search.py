@@ -529,7 +529,7 @@ def report():
 # (on the LJ crystal, batch 8: 19 of its 20 runs hit in the first batch of 8, all 20 in the first of 16)
 HEADLINE = {"lj38": "jaxinv", "lj_fcc8": "jaxinv-b8@v5", "si8": "jaxinv-b16@v2", "si16": "jaxinv-b16@v2",
             "sio2_6": "jaxinv-p1_1@v2", "sio2_9": "jaxinv@v4", "tio2_6": "jaxinv@v5", "nacl_7net": "jaxinv@v3",
-            "zno_7net": "jaxinv@v4", "tio2_7net": "jaxinv@v3", "srtio3_7net": "jaxinv"}
+            "zno_7net": "jaxinv@v4", "tio2_7net": "jaxinv@v7", "srtio3_7net": "jaxinv"}
 
 
 def summary():
