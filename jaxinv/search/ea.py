@@ -152,7 +152,7 @@ def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers,
 
     The cheap operators run on every slot and a mask picks each slot's result, but a soft
     mutation costs ~17 Hessian-vector products through the potential: run on all slots (10%
-    use it) it was most of ``propose``'s time and, with SevenNet-0, about 9 GB of memory.
+    use it) it was most of ``propose``'s time and, with SevenNet-0, a 9-13 GB memory peak.
     A short last chunk repeats its rows rather than compiling another size."""
     rows = np.flatnonzero(codes == OP["soft"])
     for start in range(0, len(rows), SOFT_CHUNK):
