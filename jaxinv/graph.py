@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
 
-__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "capacity_bucket", "trim_graph",
+__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "edge_lengths", "capacity_bucket", "trim_graph",
            "grown_sizes", "MAX_IMAGES"]
 
 
@@ -248,12 +248,65 @@ def edge_vectors(crystal: Crystal, graph: Graph):
     """Edge vectors r_ij = x_j + shift @ L - x_i, (B, E, 3); zero on padded edges.
 
     Differentiable in the crystal's lattice and coordinates, which is what gives
-    forces and stress by autodiff.
+    forces and stress by autodiff. Potentials that need only lengths should use
+    :func:`edge_lengths`, which is several times faster to differentiate.
     """
     take = jax.vmap(lambda f, idx: f[idx])
     dfrac = take(crystal.frac, graph.senders) - take(crystal.frac, graph.receivers) + graph.shifts
-    vec = jnp.einsum("bea,bac->bec", dfrac, crystal.lattice)
+    # a broadcast sum, not einsum: XLA:CPU runs this batched (E, 3) x (3, 3) dot ~4x slower
+    lattice = crystal.lattice
+    vec = sum(dfrac[..., a, None] * lattice[:, None, a, :] for a in range(3))
     return jnp.where(graph.mask[..., None], vec, 0.0)
+
+
+def edge_lengths(crystal: Crystal, graph: Graph):
+    """Edge lengths |r_ij|, (B, E); zero on padded (and zero-length) edges.
+
+    The same numbers as ``safe_norm(edge_vectors(crystal, graph))``, with a
+    hand-written reverse-mode rule: per Cartesian component, (B, E) arrays instead
+    of (B, E, 3) ones and six segment sums for the coordinate gradient. On a CPU its
+    gradient costs ~1/3 of differentiating through :func:`edge_vectors` (16 SiO2
+    cells, 164k edge slots: 4.6 against 14.1 ms), and pair potentials spend most of
+    their time here. Reverse over reverse works (the rule is plain JAX); forward
+    mode does not, as with any ``custom_vjp``.
+    """
+    return _edge_lengths(crystal.frac, crystal.lattice, graph.senders, graph.receivers, graph.shifts, graph.mask)
+
+
+def _edge_parts(frac, lattice, senders, receivers, shifts, mask):
+    take = jax.vmap(lambda f, idx: f[idx])
+    dfrac = [take(frac[..., a], senders) - take(frac[..., a], receivers) + shifts[..., a] for a in range(3)]
+    cart = [sum(dfrac[a] * lattice[:, a, k, None] for a in range(3)) for k in range(3)]
+    sq = jnp.where(mask, cart[0] ** 2 + cart[1] ** 2 + cart[2] ** 2, 0.0)
+    ok = sq > 1e-12  # padded and zero-length edges: length 0, no gradient (as safe_norm)
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0), ok, dfrac, cart
+
+
+@jax.custom_vjp
+def _edge_lengths(frac, lattice, senders, receivers, shifts, mask):
+    return _edge_parts(frac, lattice, senders, receivers, shifts, mask)[0]
+
+
+def _edge_lengths_fwd(frac, lattice, senders, receivers, shifts, mask):
+    r, ok, dfrac, cart = _edge_parts(frac, lattice, senders, receivers, shifts, mask)
+    return r, (frac.shape[1], lattice, senders, receivers, shifts, mask, r, ok, dfrac, cart)
+
+
+def _edge_lengths_bwd(res, g):
+    n, lattice, senders, receivers, shifts, mask, r, ok, dfrac, cart = res
+    w = jnp.where(ok, g / jnp.where(ok, r, 1.0), 0.0)
+    unit = [w * c for c in cart]  # g * r_k / |r|: the cotangent of each Cartesian component
+    d_lattice = jnp.stack([jnp.stack([jnp.sum(dfrac[a] * unit[k], -1) for k in range(3)], -1) for a in range(3)], -2)
+    segment = jax.vmap(lambda x, idx: jax.ops.segment_sum(x, idx, n))
+    d_dfrac = [sum(unit[k] * lattice[:, a, k, None] for k in range(3)) for a in range(3)]
+    d_frac = jnp.stack([segment(d, senders) - segment(d, receivers) for d in d_dfrac], -1)
+    zero = lambda x: np.zeros(x.shape, jax.dtypes.float0) if not jnp.issubdtype(x.dtype, jnp.inexact) \
+        else jnp.zeros_like(x)
+    return (d_frac.astype(dfrac[0].dtype), d_lattice.astype(lattice.dtype), zero(senders), zero(receivers),
+            zero(shifts), zero(mask))
+
+
+_edge_lengths.defvjp(_edge_lengths_fwd, _edge_lengths_bwd)
 
 
 def trim_graph(crystal: Crystal, graph: Graph, cutoff: float) -> Graph:
@@ -261,6 +314,6 @@ def trim_graph(crystal: Crystal, graph: Graph, cutoff: float) -> Graph:
 
     Shapes are unchanged; the mask carries no gradient.
     """
-    vec = edge_vectors(crystal, graph)
-    within = graph.mask & (jnp.sum(vec * vec, -1) < cutoff * cutoff)
-    return graph.replace(mask=jax.lax.stop_gradient(within))
+    # no gradient path at all, so reverse mode does not run edge_lengths' backward on zeros
+    fixed = crystal.replace(frac=jax.lax.stop_gradient(crystal.frac), lattice=jax.lax.stop_gradient(crystal.lattice))
+    return graph.replace(mask=graph.mask & (edge_lengths(fixed, graph) < cutoff))

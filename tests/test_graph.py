@@ -4,7 +4,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import build_graph, edge_vectors, images_needed, neighbor_graph
+from jaxinv.graph import build_graph, edge_lengths, edge_vectors, images_needed, neighbor_graph
 
 
 def edge_multiset(g, b):
@@ -109,3 +109,41 @@ def test_jitted_and_host_builders_agree(carbon):
     for b in range(30):
         assert edge_multiset(host, b) == edge_multiset(jitted, b)
     np.testing.assert_array_equal(np.asarray(host.n_edges), np.asarray(jitted.n_edges))
+
+
+def test_edge_lengths_and_their_derivatives_match_plain_autodiff(rng, float64):
+    """edge_lengths' hand-written reverse rule against autodiff of a plain einsum formula:
+    lengths, the gradient in coordinates and lattice, and a Hessian-vector product
+    (reverse over reverse, as the soft mutation takes it), on skewed cells of
+    different sizes (padded atoms and edges)."""
+    import jax.numpy as jnp
+
+    structures, _ = _skewed(rng)
+    c = Crystal.from_structures(structures)
+    c = c.replace(lattice=jnp.asarray(c.lattice, jnp.float64), frac=jnp.asarray(c.frac, jnp.float64))
+    g = neighbor_graph(c, 5.0)
+    assert not np.asarray(g.mask).all()  # there is padding to ignore
+
+    def plain(frac, lattice):
+        pick = jax.vmap(lambda f, i: f[i])
+        d = pick(frac, g.senders) - pick(frac, g.receivers) + g.shifts
+        vec = jnp.einsum("bea,bac->bec", d, lattice)
+        sq = jnp.where(g.mask, jnp.sum(vec * vec, -1), 1.0)
+        return jnp.where(g.mask, jnp.sqrt(sq), 0.0)
+
+    def fast(frac, lattice):
+        return edge_lengths(c.replace(frac=frac, lattice=lattice), g)
+
+    w = jnp.asarray(rng.random(g.mask.shape))
+
+    def energy(lengths_fn):  # a smooth pair energy with different weights per edge
+        return lambda f, l: jnp.sum(jnp.where(g.mask, w * jnp.exp(-lengths_fn(f, l)) / (1 + lengths_fn(f, l)), 0.0))
+
+    np.testing.assert_allclose(fast(c.frac, c.lattice), plain(c.frac, c.lattice), rtol=1e-12, atol=1e-12)
+    e_fast, e_plain = energy(fast), energy(plain)
+    for a, b in zip(jax.grad(e_fast, (0, 1))(c.frac, c.lattice), jax.grad(e_plain, (0, 1))(c.frac, c.lattice)):
+        assert np.abs(np.asarray(b)).max() > 1e-3
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    v = jnp.asarray(rng.normal(size=c.frac.shape)) * c.mask[..., None]
+    hvp = lambda e: jax.grad(lambda f: jnp.vdot(jax.grad(e, 0)(f, c.lattice), v))(c.frac)
+    np.testing.assert_allclose(hvp(e_fast), hvp(e_plain), rtol=1e-9, atol=1e-12)

@@ -39,7 +39,7 @@ def rejected_overflow_state(config):
     from jaxinv.graph import build_graph, neighbor_graph
     from jaxinv.relax.fire import fire_relaxer
 
-    rc = LJ.cutoff + config.skin
+    rc = LJ.cutoff + config.skin_for(LJ.cutoff)
     fcc = Structure(Lattice.cubic(3.3 * 1.12), ["Si"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     here = Crystal.from_structures([fcc])
     moved = Crystal.from_structures([fcc.copy().scale_lattice(fcc.volume * 0.7)])

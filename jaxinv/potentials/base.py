@@ -133,15 +133,17 @@ def safe_norm(vec, axis: int = -1, eps: float = 1e-12):
     return jnp.where(sq > eps, jnp.sqrt(safe), 0.0)
 
 
-def pair_energy_sum(pair_fn: Callable, crystal: Crystal, graph: Graph, *args):
+def pair_energy_sum(pair_fn: Callable, crystal: Crystal, graph: Graph, *args, lengths=None):
     """Sum of a pair energy over directed edges, halved (each pair appears twice).
 
     ``pair_fn(r, z_i, z_j, *args)`` maps distances (B, E) and the species of the
-    receiver and sender to energies; padded edges are masked out.
+    receiver and sender to energies; padded edges are masked out. ``lengths`` may
+    pass ``edge_lengths(crystal, graph)`` computed once for several pair terms, so
+    that reverse mode goes through the geometry once, not once per term.
     """
-    from jaxinv.graph import edge_vectors
+    from jaxinv.graph import edge_lengths
 
-    r = safe_norm(edge_vectors(crystal, graph))
+    r = edge_lengths(crystal, graph) if lengths is None else lengths
     take = jax.vmap(lambda z, idx: z[idx])
     zi, zj = take(crystal.numbers, graph.receivers), take(crystal.numbers, graph.senders)
     r_safe = jnp.where(graph.mask, r, graph.cutoff)  # keeps pair_fn away from r = 0

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import Graph, build_graph, edge_vectors, trim_graph
+from jaxinv.graph import Graph, build_graph, edge_lengths, trim_graph
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
@@ -73,7 +73,7 @@ class FireConfig:
     pressure: float = 0.0  # eV/Å^3 (use GPA * p_in_gpa)
     cell: str = "frechet"  # frechet | fixed | volume | shape
     criterion: str = "stress"  # stress: fmax on atoms + stress_tol on stress | ase: fmax on all filter rows
-    skin: float = 0.25  # Å added to the potential's cutoff when building graphs
+    skin: float | None = None  # Å added to the potential's cutoff when building graphs; None: skin_for()
     min_volume_ratio: float = 0.25
     min_distance: float = 0.5  # Å; a step closer than this fails the structure (0 disables)
     max_volume_ratio: float = 4.0
@@ -87,13 +87,26 @@ class FireConfig:
     alpha_start: float = 0.1
     f_alpha: float = 0.99
 
+    def skin_for(self, cutoff: float) -> float:
+        """The skin used with a potential of this cutoff: ``skin``, or by default
+        0.25 Å up to a 6 Å cutoff and cutoff/12 beyond.
+
+        The graph is rebuilt once the cell strains by about skin/cutoff, and for
+        long-range pair potentials (BKS at 12 Å) a rebuild costs several energy
+        evaluations: 16 SiO2 cells relaxed 1.4x faster per step with 1 Å than with
+        0.25 Å. Short-cutoff learned potentials cost per edge, so they keep 0.25 Å.
+        """
+        if self.skin is not None:
+            return float(self.skin)
+        return 0.25 if cutoff <= 6.0 else float(cutoff) / 12.0
+
     def __post_init__(self):
         if self.cell not in CELL_MODES:
             raise ValueError(f"cell={self.cell!r}; choose one of {CELL_MODES}")
         if self.criterion not in ("stress", "ase"):
             raise ValueError(f"criterion={self.criterion!r}; choose 'stress' or 'ase'")
         for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
@@ -170,7 +183,7 @@ def gather_slots(state: "RelaxState", live) -> tuple["RelaxState", np.ndarray]:
 def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireConfig()):
     """``(init_fn, step_fn)`` for batched FIRE with ``energy_fn(params, crystal, graph) -> (B,)``."""
     cfg = config
-    graph_cutoff = float(cutoff) + cfg.skin
+    graph_cutoff = float(cutoff) + cfg.skin_for(cutoff)
 
     def evaluate_potential(params, crystal, graph, reference_lattice, q, lam, factor, pressure):
         """Energy, physical forces and stress, and generalized forces, in one reverse pass."""
@@ -224,7 +237,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
 
     def init_fn(params, crystal: Crystal, graph: Graph, criteria: Criteria | None = None,
                 evaluate: bool = True) -> RelaxState:
-        """Start a relaxation; ``graph`` should be built at ``cutoff + config.skin``.
+        """Start a relaxation; ``graph`` should be built at ``cutoff + config.skin_for(cutoff)``.
 
         ``criteria`` (per-structure fmax, stress_tol, pressure, max_steps)
         defaults to the config's values for every structure.
@@ -340,9 +353,9 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
         if cfg.min_distance > 0:
-            r2 = jnp.sum(edge_vectors(crystal, graph) ** 2, -1)
-            closest = jnp.min(jnp.where(graph.mask, r2, jnp.inf), axis=-1)
-            collapsed = (closest < cfg.min_distance**2) & ~s.fresh  # checked on moves, as for init_fn's inputs
+            r = edge_lengths(crystal, graph)
+            closest = jnp.min(jnp.where(graph.mask, r, jnp.inf), axis=-1)
+            collapsed = (closest < cfg.min_distance) & ~s.fresh  # checked on moves, as for init_fn's inputs
             status = jnp.where(accept & ~bad_cell & collapsed, FAILED_COLLAPSE, status)
             bad_cell = bad_cell | collapsed
         done = converged(forces, stress, f_q, f_cell, s.crystal.mask, s.criteria)

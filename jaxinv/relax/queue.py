@@ -153,7 +153,7 @@ class RelaxQueue:
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.progress = progress
-        self.graph_cutoff = potential.cutoff + config.skin
+        self.graph_cutoff = potential.cutoff + config.skin_for(potential.cutoff)
         self._start, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
                                              self.chunk_steps, self.trajectory)
         self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0}

@@ -95,7 +95,7 @@ class Problem:
     @property
     def relaxer(self) -> Relaxer:
         if self._relaxer is None:
-            cutoff = self.potential.cutoff + self.relax.skin
+            cutoff = self.potential.cutoff + self.relax.skin_for(self.potential.cutoff)
             self._relaxer = Relaxer(self.potential, self.relax, self.batch, images=graph_floor(self.space, cutoff)[0],
                                     capacity=graph_floor(self.space, cutoff)[1])
         return self._relaxer

@@ -104,7 +104,7 @@ class Relaxer:
         self.config = config
         self.batch = int(batch)
         self.compact = jax.default_backend() == "cpu" if compact is None else bool(compact)
-        self.graph_cutoff = potential.cutoff + config.skin
+        self.graph_cutoff = potential.cutoff + config.skin_for(potential.cutoff)
         # criteria are traced, so the compiled program depends only on the static part
         static = dataclasses.replace(config, fmax=0.0, stress_tol=0.0, pressure=0.0, max_steps=0)
         self._init, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), static, int(chunk_steps))

@@ -109,11 +109,12 @@ def truncate(fn: Callable, cutoff: float, truncation: str, r_onset: float | None
     return truncated
 
 
-def tabulated_pair_energy(pair_fn: Callable, lookup: np.ndarray, tables: dict, crystal, graph) -> jax.Array:
+def tabulated_pair_energy(pair_fn: Callable, lookup: np.ndarray, tables: dict, crystal, graph,
+                          lengths=None) -> jax.Array:
     """Sum of ``pair_fn(r, **per_edge_params)`` over the graph, (B,).
 
     ``tables`` maps names to (S, S) arrays; each edge gets the entries of its
-    (receiver species, sender species) pair.
+    (receiver species, sender species) pair. ``lengths``: as in :func:`pair_energy_sum`.
     """
     lookup = jnp.asarray(lookup)
 
@@ -121,7 +122,7 @@ def tabulated_pair_energy(pair_fn: Callable, lookup: np.ndarray, tables: dict, c
         si, sj = lookup[zi], lookup[zj]
         return pair_fn(r, **{k: jnp.asarray(v)[si, sj] for k, v in tables.items()})
 
-    return pair_energy_sum(per_edge, crystal, graph)
+    return pair_energy_sum(per_edge, crystal, graph, lengths=lengths)
 
 
 def as_float_tree(tree):

@@ -51,13 +51,14 @@ def _charge_sums(charges, lookup, crystal):
     return q, jnp.sum(q * q, -1), jnp.sum(q, -1)
 
 
-def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA, cutoff: float | None = None) -> jax.Array:
+def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA, cutoff: float | None = None,
+               lengths=None) -> jax.Array:
     """Damped shifted force Coulomb energy, (B,) eV, truncated at ``cutoff`` (default ``graph.cutoff``).
 
     V(r) = k q_i q_j [erfc(a r)/r - erfc(a Rc)/Rc + (erfc(a Rc)/Rc^2 + 2a/sqrt(pi)
     exp(-a^2 Rc^2)/Rc)(r - Rc)] for r < Rc, plus the self energy
     -k (erfc(a Rc)/(2 Rc) + a/sqrt(pi)) sum_i q_i^2. ``charges`` is per species,
-    ``lookup`` maps atomic numbers to species rows.
+    ``lookup`` maps atomic numbers to species rows; ``lengths`` as in :func:`pair_energy_sum`.
     """
     rc = graph.cutoff if cutoff is None else float(cutoff)
     if rc > graph.cutoff:
@@ -72,7 +73,7 @@ def dsf_energy(charges, lookup, crystal, graph, alpha: float = DSF_ALPHA, cutoff
 
     _, q2, _ = _charge_sums(charges, lookup, crystal)
     self_energy = -COULOMB_EV_A * (erfc_rc / (2.0 * rc) + alpha / math.sqrt(math.pi)) * q2
-    return pair_energy_sum(pair, crystal, graph) + self_energy
+    return pair_energy_sum(pair, crystal, graph, lengths=lengths) + self_energy
 
 
 def ewald_parameters(cutoff: float, tol: float = 1e-8, alpha: float | None = None) -> tuple[float, float]:
@@ -95,7 +96,7 @@ def _half_grid(kmax: int) -> np.ndarray:
     return m
 
 
-def ewald_energy(charges, lookup, crystal, graph, alpha: float, k_cut: float, kmax: int) -> jax.Array:
+def ewald_energy(charges, lookup, crystal, graph, alpha: float, k_cut: float, kmax: int, lengths=None) -> jax.Array:
     """Ewald energy of point charges, (B,) eV.
 
     E = k [ 1/2 sum' q_i q_j erfc(alpha r)/r  +  (2 pi / V) sum_{k != 0} exp(-k^2/4alpha^2)/k^2 |S(k)|^2
@@ -114,7 +115,7 @@ def ewald_energy(charges, lookup, crystal, graph, alpha: float, k_cut: float, km
     def pair(r, zi, zj):
         return COULOMB_EV_A * qq(zi, zj) * erfc(alpha * r) / r
 
-    real = pair_energy_sum(pair, crystal, graph)
+    real = pair_energy_sum(pair, crystal, graph, lengths=lengths)
     q, q2, qsum = _charge_sums(charges, lookup, crystal)
     m = jnp.asarray(_half_grid(int(kmax)), crystal.lattice.dtype)
 

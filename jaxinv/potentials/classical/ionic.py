@@ -27,6 +27,7 @@ import numpy as np
 
 import jax.numpy as jnp
 
+from jaxinv.graph import edge_lengths
 from jaxinv.potentials.base import Potential
 from jaxinv.potentials.classical._common import (as_float_tree, atomic_numbers, species_lookup,
                                                  tabulated_pair_energy, truncate)
@@ -87,15 +88,15 @@ def buckingham_coulomb(charges: Mapping, buckingham: Mapping, core: Mapping | No
     if coulomb == "dsf":
         alpha = DSF_ALPHA if alpha is None else float(alpha)
 
-        def coulomb_fn(q, crystal, graph):
-            return dsf_energy(q, lookup, crystal, graph, alpha, cutoff)
+        def coulomb_fn(q, crystal, graph, lengths):
+            return dsf_energy(q, lookup, crystal, graph, alpha, cutoff, lengths=lengths)
 
         meta = {"coulomb": "dsf", "alpha": alpha}
     elif coulomb == "ewald":
         alpha, k_cut = ewald_parameters(cutoff, ewald_tol, alpha)
 
-        def coulomb_fn(q, crystal, graph):
-            return ewald_energy(q, lookup, crystal, graph, alpha, k_cut, ewald_kmax)
+        def coulomb_fn(q, crystal, graph, lengths):
+            return ewald_energy(q, lookup, crystal, graph, alpha, k_cut, ewald_kmax, lengths=lengths)
 
         meta = {"coulomb": "ewald", "alpha": alpha, "k_cut": k_cut, "kmax": ewald_kmax}
     else:
@@ -103,8 +104,9 @@ def buckingham_coulomb(charges: Mapping, buckingham: Mapping, core: Mapping | No
 
     def energy_fn(params, crystal, graph):
         tables = {k: v for k, v in params.items() if k != "charges"}
-        return tabulated_pair_energy(short, lookup, tables, crystal, graph) + \
-            coulomb_fn(params["charges"], crystal, graph)
+        r = edge_lengths(crystal, graph)  # once for both terms: the costly part of the gradient
+        return tabulated_pair_energy(short, lookup, tables, crystal, graph, lengths=r) + \
+            coulomb_fn(params["charges"], crystal, graph, r)
 
     meta.update(truncation=truncation, r_onset=r_onset)
     return Potential(name, energy_fn, as_float_tree(params), float(cutoff), species, meta)
