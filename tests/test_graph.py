@@ -4,7 +4,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import build_graph, edge_lengths, edge_vectors, images_needed, neighbor_graph
+from jaxinv.graph import (build_graph, edge_lengths, edge_vectors, image_slots, images_for, images_needed,
+                          neighbor_graph)
 
 
 def edge_multiset(g, b):
@@ -109,6 +110,31 @@ def test_jitted_and_host_builders_agree(carbon):
     for b in range(30):
         assert edge_multiset(host, b) == edge_multiset(jitted, b)
     np.testing.assert_array_equal(np.asarray(host.n_edges), np.asarray(jitted.n_edges))
+
+
+def test_each_cell_walks_its_own_image_box():
+    """A long and a flat cell in one batch: the graph holds as many image slots as the more
+    demanding cell needs (not the box of both cells' per-axis maxima), both cells get
+    exactly pymatgen's edges, jitted and host builds agree, and a cell that needs more
+    slots than the graph has is flagged and gets no edges."""
+    long = Structure(Lattice.from_parameters(2.0, 2.1, 20.0, 90, 90, 90), ["Si", "C"], [[0, 0, 0], [0.5, 0.5, 0.3]])
+    flat = Structure(Lattice.from_parameters(20.0, 19.0, 2.2, 90, 90, 120), ["Si", "C"], [[0, 0, 0], [0.3, 0.6, 0.5]])
+    c = Crystal.from_structures([long, flat])
+    cutoff = 6.0
+    need = images_needed(np.asarray(c.lattice, np.float64), cutoff)
+    per_axis_max = tuple(int(x) for x in need.max(0))
+    g = neighbor_graph(c, cutoff)
+    assert image_slots(g.images) == max(image_slots(tuple(n)) for n in need) <= image_slots(per_axis_max) / 2
+    for b, s in enumerate([long, flat]):
+        assert edge_multiset(g, b) == pymatgen_multiset(s, cutoff)
+    jitted = build_graph(c, cutoff, g.images, g.capacity)
+    assert all(edge_multiset(jitted, b) == edge_multiset(g, b) for b in range(2))
+    # the box only grows: a graph sized for the flat cell alone is too small for the long one
+    assert images_for(need[1:]) == tuple(need[1])
+    small = build_graph(c, cutoff, tuple(int(x) for x in need[1]), g.capacity)
+    assert image_slots(tuple(need[0])) > image_slots(tuple(need[1]))
+    np.testing.assert_array_equal(np.asarray(small.image_overflow), [True, False])
+    assert int(np.asarray(small.mask)[0].sum()) == 0 and edge_multiset(small, 1) == edge_multiset(g, 1)
 
 
 def test_edge_lengths_and_their_derivatives_match_plain_autodiff(rng, float64):

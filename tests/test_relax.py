@@ -107,6 +107,33 @@ def test_an_unevaluated_start_relaxes_exactly_like_an_evaluated_one(float64):
     assert int(evaluated.steps[0]) == 12
 
 
+def test_the_skin_changes_when_graphs_are_rebuilt_not_the_relaxation(float64):
+    """A wider skin rebuilds the graph less often; the edges inside the cutoff, and so the
+    trajectory, stay the same. By default the skin grows with long cutoffs."""
+    assert FireConfig().skin_for(5.0) == 0.25 and FireConfig().skin_for(12.0) == 1.0
+    assert FireConfig(skin=0.5).skin_for(12.0) == 0.5
+    with pytest.raises(ValueError, match="skin"):
+        FireConfig(skin=-0.1)
+    c = Crystal.from_structures(rattled(3, seed=5, sigma=0.15, strain=0.08))
+    runs = []
+    for skin in (0.05, 1.5):
+        config = FireConfig(fmax=1e-3, skin=skin)
+        init_fn, step_fn = fire_relaxer(LJ.energy_fn, LJ.cutoff, config)
+        graph = neighbor_graph(c, LJ.cutoff + config.skin_for(LJ.cutoff), capacity=4096, images=(3, 3, 3))
+        state, step, rebuilds = init_fn(LJ.params, c, graph), jax.jit(step_fn), 0
+        for _ in range(80):
+            moved = step(LJ.params, state)
+            rebuilds += int(np.any(np.asarray(moved.graph_frac) != np.asarray(state.graph_frac)))
+            state = moved
+        assert not np.asarray(state.needs_graph).any()
+        runs.append((state, rebuilds))
+    (narrow, n_narrow), (wide, n_wide) = runs
+    assert n_narrow > n_wide  # the narrow skin did rebuild more often
+    for name in ("q", "lam", "energy", "f_q", "steps", "status"):
+        np.testing.assert_allclose(np.asarray(getattr(narrow, name)), np.asarray(getattr(wide, name)),
+                                   rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def _fcc_energy_per_atom(lattice_parameters):
     scaled = []
     for a in lattice_parameters:
