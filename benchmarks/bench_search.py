@@ -211,8 +211,8 @@ JAXINV_METHODS = {
 
 def run_label(method, batch=None, p1=None, tag=None):
     """The method's name in result files: jaxinv runs carry their non-default options."""
-    if not method.startswith("jaxinv"):
-        return method
+    if not method.startswith("jaxinv"):  # baselines: only the code version (their calculator is jaxinv's)
+        return method + (f"@{tag}" if tag else "")
     return ((method if batch is None else f"{method}-b{batch}") + ("" if p1 is None else f"-p1_{p1:g}")
             + (f"@{tag}" if tag else ""))
 
@@ -571,7 +571,7 @@ def main():
     ap.add_argument("--p1", type=float, default=None,
                     help="fraction of random structures drawn in P1 (no symmetry); default: jaxinv's (0.1)")
     ap.add_argument("--tag", default=None,
-                    help="label jaxinv results METHOD@TAG, to keep runs of changed code apart from earlier ones")
+                    help="label results METHOD@TAG, to keep runs of changed code apart from earlier ones")
     ap.add_argument("--xla-cache", default=None, metavar="DIR",
                     help="persistent XLA compilation cache (as `jaxinv run` uses): later processes load "
                          "what earlier ones compiled")
@@ -607,9 +607,9 @@ def main():
                 if method.startswith("jaxinv"):
                     r = run_jaxinv(name, seed, method, args.budget, args.batch, args.tag, args.p1)
                 elif method == "ase-ga":
-                    r = run_ase_ga(name, seed, args.budget)
+                    r = dict(run_ase_ga(name, seed, args.budget), method=label)
                 else:
-                    r = run_pyxtal_random(name, seed, args.budget)
+                    r = dict(run_pyxtal_random(name, seed, args.budget), method=label)
                 # the first run of a process compiles (or loads from the cache) what later ones reuse
                 r["run_in_process"] = n_run
                 n_run += 1
