@@ -316,18 +316,18 @@ def _edge_lengths(frac, lattice, senders, receivers, shifts, mask):
 
 def _edge_lengths_fwd(frac, lattice, senders, receivers, shifts, mask):
     r, ok, dfrac, cart = _edge_parts(frac, lattice, senders, receivers, shifts, mask)
-    return r, (frac.shape[1], lattice, senders, receivers, r, ok, dfrac, cart)
+    return r, (frac, lattice, senders, receivers, r, ok, dfrac, cart)
 
 
 def _edge_lengths_bwd(res, g):
-    n, lattice, senders, receivers, r, ok, dfrac, cart = res
+    frac, lattice, senders, receivers, r, ok, dfrac, cart = res
     w = jnp.where(ok, g / jnp.where(ok, r, 1.0), 0.0)
     unit = [w * c for c in cart]  # g * r_k / |r|: the cotangent of each Cartesian component
     d_lattice = jnp.stack([jnp.stack([jnp.sum(dfrac[a] * unit[k], -1) for k in range(3)], -1) for a in range(3)], -2)
-    segment = jax.vmap(lambda x, idx: jax.ops.segment_sum(x, idx, n))
+    segment = jax.vmap(lambda x, idx: jax.ops.segment_sum(x, idx, frac.shape[1]))
     d_dfrac = [sum(unit[k] * lattice[:, a, k, None] for k in range(3)) for a in range(3)]
     d_frac = jnp.stack([segment(d, senders) - segment(d, receivers) for d in d_dfrac], -1)
-    return d_frac.astype(dfrac[0].dtype), d_lattice.astype(lattice.dtype), None, None, None, None  # graph: constant
+    return d_frac.astype(frac.dtype), d_lattice.astype(lattice.dtype), None, None, None, None  # graph: constant
 
 
 _edge_lengths.defvjp(_edge_lengths_fwd, _edge_lengths_bwd)

@@ -222,7 +222,7 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
 
     The mode is the dominant eigenvector of ``s 1 - H`` (H the Hessian of the
     energy in Cartesian positions, s above its largest eigenvalue), found by power
-    iteration on Hessian-vector products (``jax.jvp`` of ``jax.grad``) from a random
+    iteration on Hessian-vector products (reverse over reverse) from a random
     start: a few iterations already favour collective, weakly restoring motions over
     the stiff bond stretches a random displacement is dominated by. Rigid translations
     are projected out. The displacement is scaled so the most displaced atom moves a
@@ -247,7 +247,7 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
         grad = jax.grad(energy)
 
         def hvp(v):
-            # reverse over reverse: potentials with custom VJPs (NequIP/SevenNet) have no jvp rule
+            # reverse over reverse: custom VJPs (NequIP/SevenNet, graph.edge_lengths) have no jvp rule
             return jnp.where(m, jax.grad(lambda x: jnp.vdot(grad(x), v))(x0), 0.0)
 
         def project(v):
