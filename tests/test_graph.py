@@ -129,7 +129,7 @@ def test_each_cell_walks_its_own_image_box():
         assert edge_multiset(g, b) == pymatgen_multiset(s, cutoff)
     jitted = build_graph(c, cutoff, g.images, g.capacity)
     assert all(edge_multiset(jitted, b) == edge_multiset(g, b) for b in range(2))
-    # the box only grows: a graph sized for the flat cell alone is too small for the long one
+    # a graph sized for the flat cell alone is too small for the long one
     assert images_for(need[1:]) == tuple(need[1])
     small = build_graph(c, cutoff, tuple(int(x) for x in need[1]), g.capacity)
     assert image_slots(tuple(need[0])) > image_slots(tuple(need[1]))
