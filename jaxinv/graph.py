@@ -128,9 +128,11 @@ def images_for(need, at_least: tuple = (0, 0, 0)) -> tuple:
     need = np.asarray(need, np.int64).reshape(-1, 3)
     need = need[(need <= MAX_IMAGES).all(-1)]
     box = tuple(int(i) for i in at_least)
-    if len(need) and image_slots(box) < int(np.max(np.prod(2 * need + 1, axis=-1))):
-        widest = need[int(np.argmax(np.prod(2 * need + 1, axis=-1)))]
-        box = tuple(max(a, int(b)) for a, b in zip(box, widest))
+    if not len(need):
+        return box
+    slots = np.prod(2 * need + 1, axis=-1)
+    if image_slots(box) < int(slots.max()):
+        box = tuple(max(a, int(b)) for a, b in zip(box, need[int(np.argmax(slots))]))
     return box
 
 
