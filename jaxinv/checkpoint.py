@@ -8,21 +8,36 @@ from the previous complete step.
 
 A ``fingerprint`` string identifies the inputs of a run; resuming with
 different inputs raises instead of mixing two runs' results.
+
+A step whose files were damaged afterwards (a full disk, a truncated copy, a
+garbled file) is skipped with a warning and moved aside to ``corrupt/``; the
+run resumes from the newest step that reads back. When none does,
+:class:`CheckpointError` says so in one line naming the folder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Checkpointer", "fingerprint_arrays"]
+__all__ = ["Checkpointer", "CheckpointError", "fingerprint_arrays"]
 
 log = logging.getLogger("jaxinv.checkpoint")
+
+
+class CheckpointError(FileNotFoundError):
+    """No step of a checkpoint folder reads back (each is damaged or incomplete).
+
+    A :class:`FileNotFoundError` (no usable checkpoint was found), so the
+    command line prints its one-line message instead of a traceback."""
 
 
 def fingerprint_arrays(*arrays) -> str:
@@ -55,11 +70,18 @@ class Checkpointer:
             self.directory / "orbax", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
         meta = self.directory / "fingerprint.json"
         if meta.exists():
-            saved = json.loads(meta.read_text()).get("fingerprint", "")
+            try:
+                saved = json.loads(meta.read_text()).get("fingerprint", "")
+            except (ValueError, AttributeError, OSError) as e:  # written by a run killed mid-write
+                log.warning("unreadable %s (%s); cannot check that the checkpoint belongs to this run",
+                            meta, _one_line(e))
+                saved = ""
             if fingerprint and saved and saved != fingerprint and self._manager.latest_step() is not None:
                 raise ValueError(f"checkpoint in {self.directory} belongs to a different run (inputs or settings "
                                  f"differ: {saved} != {fingerprint}); use a new directory or delete it")
-        meta.write_text(json.dumps({"fingerprint": fingerprint}))
+        tmp = meta.with_name(meta.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint}))
+        os.replace(tmp, meta)  # atomic: a kill leaves the old file or the new one
 
     @property
     def latest_step(self) -> int | None:
@@ -73,16 +95,48 @@ class Checkpointer:
         structure, e.g. ``(params, opt_state)`` freshly initialized) the leaves
         are restored into that structure, so NamedTuples such as optax states
         keep their types; only the target's structure, shapes and dtypes are used."""
-        step = self._manager.latest_step()
-        if step is None:
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             return None
-        if target is None:
-            args = self._ocp.args.StandardRestore()
-        else:
-            args = self._ocp.args.StandardRestore(_to_numpy(target))
-        tree = self._manager.restore(step, args=args)
-        log.info("resumed from %s step %d", self.directory, step)
-        return step, tree
+        bad: list[tuple[int, str]] = []
+        for step in steps:
+            if target is None:
+                args = self._ocp.args.StandardRestore()
+            else:
+                args = self._ocp.args.StandardRestore(_to_numpy(target))
+            try:
+                with _quiet_absl():
+                    tree = self._manager.restore(step, args=args)
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many kinds
+                bad.append((step, _one_line(e)))
+                log.warning("checkpoint step %d in %s does not read back (%s); trying the previous step",
+                            step, self.directory, bad[-1][1])
+                continue
+            if bad:
+                self._set_aside([b for b, _ in bad])
+                log.warning("resuming from step %d of %s; damaged step(s) %s moved to %s", step, self.directory,
+                            ", ".join(str(b) for b, _ in bad), self.directory / "corrupt")
+            log.info("resumed from %s step %d", self.directory, step)
+            return step, tree
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory}: step(s) {', '.join(str(b) for b, _ in bad)} are damaged "
+            f"or incomplete (step {bad[0][0]}: {bad[0][1]}); delete that folder or choose another out_dir to "
+            "start over")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move damaged step folders out of orbax's sight (kept for inspection, never deleted),
+        so the resumed run can write those step numbers again."""
+        dest_root = self.directory / "corrupt"
+        dest_root.mkdir(exist_ok=True)
+        for step in steps:
+            src = self.directory / "orbax" / str(step)
+            if not src.exists():
+                continue
+            dest, k = dest_root / str(step), 1
+            while dest.exists():
+                dest, k = dest_root / f"{step}.{k}", k + 1
+            shutil.move(str(src), str(dest))
+        self._manager.reload()
 
     def save(self, step: int, tree: Any) -> None:
         tree = _to_numpy(tree)
@@ -99,6 +153,25 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Orbax logs a damaged metadata file at ERROR (with its whole content) before raising; the
+    warning above says it in one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _to_numpy(tree):

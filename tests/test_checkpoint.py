@@ -56,3 +56,55 @@ def test_fingerprint_mismatch_refused(tmp_path):
     ck.close()
     with pytest.raises(ValueError, match="different run"):
         Checkpointer(tmp_path / "ck", "b")
+
+
+def _damage(step_dir, how):
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+    assert files
+    for p in files:
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2] if how == "truncate" else b"\x00garbled" * 7)
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_damaged_latest_step_falls_back_to_previous(tmp_path, how, caplog):
+    from jaxinv.checkpoint import Checkpointer
+
+    ck = Checkpointer(tmp_path / "ck", "fp")
+    ck.save(1, {"x": np.zeros(3)})
+    ck.save(2, {"x": np.ones(3)})
+    ck.close()
+    _damage(tmp_path / "ck" / "orbax" / "2", how)
+
+    ck = Checkpointer(tmp_path / "ck", "fp")
+    with caplog.at_level("WARNING", logger="jaxinv.checkpoint"):
+        step, tree = ck.restore()
+    assert step == 1
+    np.testing.assert_array_equal(np.asarray(tree["x"]), np.zeros(3))
+    assert any("step 2" in r.getMessage() and "previous step" in r.getMessage() for r in caplog.records)
+    # the damaged step is kept aside, and the resumed run can write that step number again
+    assert (tmp_path / "ck" / "corrupt" / "2").is_dir()
+    ck.save(2, {"x": np.full(3, 7.0)})
+    ck.close()
+    step, tree = Checkpointer(tmp_path / "ck", "fp").restore()
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(tree["x"]), np.full(3, 7.0))
+
+
+def test_no_readable_step_is_a_one_line_error_naming_the_folder(tmp_path):
+    from jaxinv.checkpoint import CheckpointError, Checkpointer
+
+    ck = Checkpointer(tmp_path / "ck", "fp")
+    ck.save(1, {"x": np.zeros(3)})
+    ck.save(2, {"x": np.ones(3)})
+    ck.close()
+    for step in (1, 2):
+        _damage(tmp_path / "ck" / "orbax" / str(step), "garble")
+    ck = Checkpointer(tmp_path / "ck", "fp")
+    with pytest.raises(CheckpointError) as info:
+        ck.restore()
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "ck") in msg and "no readable checkpoint" in msg
+    assert isinstance(info.value, FileNotFoundError)  # the CLI prints these in one line
+    # nothing is moved when there is nothing to resume from
+    assert (tmp_path / "ck" / "orbax" / "1").is_dir() and not (tmp_path / "ck" / "corrupt").exists()
