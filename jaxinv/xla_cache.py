@@ -11,7 +11,11 @@ switches that on, in ``$JAXINV_XLA_CACHE`` or else ``<jaxinv cache>/xla``
 JAX (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is. Tracing
 and lowering still run in every process; only XLA's compilation is skipped.
 Entries are keyed by the program, the jax/jaxlib version and the device, so a
-cache written by another version is ignored rather than misused.
+cache written by another version is ignored rather than misused. The program
+(the lowered HLO, with the compile options and XLA flags) is everything a
+compiled executable depends on: a jaxinv upgrade or setting that changes what is
+computed changes the program and so the key, which is why jaxinv's own version
+need not (and, to keep unchanged programs warm across upgrades, does not) join it.
 
 jaxlib 0.10.1 logs two C++ errors for every executable it loads from the cache
 ("Target machine feature +prefer-no-gather is not supported on the host

@@ -127,3 +127,67 @@ def test_data_info_cli(capsys):
     assert main(["data", "info", "perov_5"]) == 0
     out = capsys.readouterr().out
     assert "3787 structures" in out and "heat_ref" in out and "atoms per cell: min 5, max 5" in out
+
+
+def _perov_rows(n):
+    src = load_dataset.__globals__["find_dataset_dir"]("perov_5")[0] / "val.csv"
+    csv.field_size_limit(2**31 - 1)
+    with open(src, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return reader.fieldnames, [r for _, r in zip(range(n), reader)]
+
+
+def _write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_upstream_test_file_is_the_test_split_never_pooled(tmp_path, monkeypatch, isolated_cache, capsys):
+    header, rows = _perov_rows(60)
+    _write_csv(tmp_path / "data" / "perov_5" / "val.csv", header, rows[:45])
+    _write_csv(tmp_path / "data" / "perov_5" / "test.csv", header, rows[45:])
+    monkeypatch.setenv("JAXINV_DATA", str(tmp_path / "data"))
+    ds = load_dataset("perov_5")
+    test_ids = {r["material_id"] for r in rows[45:]}
+    assert set(ds.subset("test").ids) == test_ids  # exactly the upstream test file
+    learn = set(ds.subset("train").ids) | set(ds.subset("valid").ids)
+    assert learn == {r["material_id"] for r in rows[:45]} and not (learn & test_ids)
+    assert len(ds.subset("valid")) > 0 and len(ds.subset("train")) > len(ds.subset("valid"))
+    assert "test.csv" in ds.split_source and "never pooled" in ds.split_source
+    assert list(load_dataset("perov_5:test").ids) == list(ds.subset("test").ids)
+
+    from jaxinv.cli import main
+
+    assert main(["data", "info", "perov_5"]) == 0
+    out = capsys.readouterr().out
+    assert "60 structures" in out and "test 15)" in out and "upstream test.csv" in out
+
+
+def test_without_upstream_test_file_the_test_split_is_said_to_be_ours(tmp_path, monkeypatch, isolated_cache,
+                                                                     caplog):
+    header, rows = _perov_rows(40)
+    _write_csv(tmp_path / "data" / "perov_5" / "val.csv", header, rows)
+    monkeypatch.setenv("JAXINV_DATA", str(tmp_path / "data"))
+    with caplog.at_level(logging.WARNING, logger="jaxinv.data"):
+        ds = load_dataset("perov_5")
+    assert "jaxinv's own split" in ds.split_source and "no upstream test.csv" in ds.split_source
+    assert ds.summary()["split_source"] == ds.split_source
+    assert "jaxinv's own split" in caplog.text
+
+
+def test_one_non_numeric_value_skips_its_row_not_the_column(tmp_path, isolated_cache, caplog):
+    header, rows = _perov_rows(12)
+    rows[2]["heat_ref"] = "abc"
+    path = tmp_path / "mine" / "some.csv"  # not a registered dataset: columns are inferred
+    _write_csv(path, header, rows)
+    with caplog.at_level(logging.WARNING, logger="jaxinv.data"):
+        ds = load_dataset(str(path))
+    assert {"heat_ref", "heat_all", "dir_gap", "ind_gap"} <= set(ds.labels)
+    assert len(ds) == 11 and rows[2]["material_id"] not in set(ds.ids)
+    (skip,) = ds.skipped
+    assert skip.row == 3 and "heat_ref" in skip.reason and "abc" in skip.reason
+    assert "row 3" in caplog.text
+    np.testing.assert_allclose(ds.labels["heat_ref"], [float(r["heat_ref"]) for k, r in enumerate(rows) if k != 2])

@@ -8,8 +8,13 @@ Search order for a registered dataset ``name``:
    which is filled from CDVAE's upstream files when the machine is online.
 
 Parsed arrays are cached as ``.npz`` under ``$JAXINV_CACHE/parsed/``, keyed by
-the file's path, size and modification time, so a second load takes
-milliseconds instead of seconds of CIF parsing.
+what produced them: the file's path, size and modification time, the property
+columns asked for, the parser's format version, and the versions of jaxinv and
+pymatgen (which parses the CIFs). A second load takes milliseconds instead of
+seconds of CIF parsing; a cache written by other code or settings is not reused.
+
+Splits: an upstream ``test.csv`` is always the test split and is never pooled
+into training; see :func:`load_dataset`.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from jaxinv.data.registry import REGISTRY, SPLIT_FILES, DatasetInfo
 __all__ = ["load_dataset", "parse_spec", "find_dataset_dir", "DatasetNotFoundError", "cache_dir", "read_cdvae_csv"]
 
 log = logging.getLogger("jaxinv.data")
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # bump when the parsing or the cached layout changes
 _TEXT_COLUMNS = {"", "material_id", "cif", "formula", "pretty_formula", "elements", "index"}
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -117,25 +122,50 @@ def _parse_row(cif: str):
     return lat, s.frac_coords, np.array(s.atomic_numbers, np.int32)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _property_columns(header: list[str], rows: list[dict], info: DatasetInfo | None) -> list[str]:
+    """Numeric columns: the registry's properties, or (for an unregistered file) every column
+    whose non-empty values are mostly numbers. A stray non-numeric value does not drop its
+    column; its row is skipped with the reason instead (see :func:`read_cdvae_csv`)."""
     if info is not None:
         return [p for p in info.properties if p in header]
     cols = []
     for h in header:
         if h in _TEXT_COLUMNS or h.startswith("Unnamed"):
             continue
-        vals = [r.get(h, "") for r in rows[:50]]
-        try:
-            [float(v) for v in vals if v != ""]
-        except ValueError:
-            continue
-        cols.append(h)
+        vals = [(r.get(h) or "").strip() for r in rows]
+        vals = [v for v in vals if v]
+        if vals and 2 * sum(_is_number(v) for v in vals) > len(vals):
+            cols.append(h)
     return cols
 
 
-def _file_key(path: Path) -> str:
+def _producer_tag(info: DatasetInfo | None) -> str:
+    """What a parsed-CSV cache depends on besides the file: the parser's format version,
+    jaxinv's and pymatgen's versions and the property columns asked for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import jaxinv
+
+    try:
+        pmg = version("pymatgen")
+    except PackageNotFoundError:  # pragma: no cover - pymatgen is a dependency
+        pmg = "?"
+    props = ",".join(info.properties) if info is not None else "<numeric columns>"
+    return f"format {_CACHE_VERSION}|jaxinv {jaxinv.__version__}|pymatgen {pmg}|properties {props}"
+
+
+def _file_key(path: Path, info: DatasetInfo | None = None) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_CACHE_VERSION}".encode()).hexdigest()[:16]
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_producer_tag(info)}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def read_cdvae_csv(path: str | Path, info: DatasetInfo | None = None, use_cache: bool = True) -> dict:
@@ -146,7 +176,7 @@ def read_cdvae_csv(path: str | Path, info: DatasetInfo | None = None, use_cache:
     finite number. Returns a dict of arrays plus ``skipped`` (list of SkippedRow).
     """
     path = Path(path)
-    cache = cache_dir() / "parsed" / f"{path.parent.name}-{path.stem}-{_file_key(path)}.npz"
+    cache = cache_dir() / "parsed" / f"{path.parent.name}-{path.stem}-{_file_key(path, info)}.npz"
     if use_cache and cache.exists():
         try:
             z = np.load(cache, allow_pickle=False)
@@ -178,7 +208,10 @@ def read_cdvae_csv(path: str | Path, info: DatasetInfo | None = None, use_cache:
                 raw = (row.get(p) or "").strip()
                 if raw == "":
                     raise ValueError(f"missing value for {p!r}")
-                v = float(raw)
+                try:
+                    v = float(raw)
+                except ValueError:
+                    raise ValueError(f"{p!r} is not a number: {raw[:40]!r}") from None
                 if not math.isfinite(v):
                     raise ValueError(f"{p!r} is {raw}")
                 values[p] = v
@@ -225,11 +258,20 @@ def read_cdvae_csv(path: str | Path, info: DatasetInfo | None = None, use_cache:
     return out
 
 
-def _hash_split(ids: np.ndarray, salt: str) -> np.ndarray:
-    """Deterministic split by a hash of each id: stable when rows are added or reordered."""
+def _hash_split(ids: np.ndarray, salt: str, with_test: bool = True) -> np.ndarray:
+    """Deterministic split by a hash of each id: stable when rows are added or reordered.
+
+    ``with_test=False`` (an upstream test file exists) gives train/valid only: the
+    rows that would have been test go to train, so a row's valid membership is the
+    same either way (90/10)."""
     u = np.array([int(hashlib.sha1(f"{salt}:{i}".encode()).hexdigest()[:8], 16) / 2**32 for i in ids])
     a, b, _ = SPLIT_FRACTIONS
-    return np.where(u < a, "train", np.where(u < a + b, "valid", "test"))
+    valid = (u >= a) & (u < a + b)
+    rest = np.where(u < a, "train", "test") if with_test else np.full(len(u), "train")
+    return np.where(valid, "valid", rest).astype("<U5")
+
+
+_OWN_SPLIT_NOTED: set = set()
 
 
 def load_dataset(spec: str | os.PathLike, split: str | None = None, use_cache: bool = True,
@@ -238,10 +280,15 @@ def load_dataset(spec: str | os.PathLike, split: str | None = None, use_cache: b
 
     ``spec`` may also be a CSV file or a directory of CDVAE CSV files.
 
-    Splits: when ``train.csv``, ``val.csv`` and ``test.csv`` all exist they are
-    the splits. Otherwise the rows of whatever files exist are pooled and split
-    80/10/10 by a hash of ``material_id`` (deterministic and stable), and
-    ``Dataset.split_source`` says so.
+    Splits (``Dataset.split_source`` says which rule applied):
+
+    * ``train.csv``, ``val.csv`` and ``test.csv`` all exist: they are the splits;
+    * an upstream ``test.csv`` exists but not both others: ``test.csv`` is the
+      test split, and is never pooled into training; the rows of the other
+      file(s) are split 90/10 into train/valid by a hash of ``material_id``;
+    * no ``test.csv``: the rows of whatever files exist are pooled and split
+      80/10/10 by that hash, so ``:test`` is jaxinv's own split, not the
+      upstream test set (logged once per dataset and process).
     """
     spec = os.fspath(spec)
     name, spec_split = parse_spec(spec)
@@ -274,7 +321,6 @@ def load_dataset(spec: str | os.PathLike, split: str | None = None, use_cache: b
             raise DatasetNotFoundError(f"no train.csv, val.csv or test.csv in {directory}")
 
     parsed = {s: read_cdvae_csv(p, info, use_cache) for s, p in files.items()}
-    upstream_splits = set(files) == set(SPLIT_FILES)
     parts = list(parsed.values())
     props = set(parts[0]["labels"])
     for p in parts[1:]:
@@ -285,13 +331,7 @@ def load_dataset(spec: str | os.PathLike, split: str | None = None, use_cache: b
         offsets.append(p["offsets"][1:] + total)
         total += p["offsets"][-1]
     ids = np.concatenate([p["ids"] for p in parts])
-    if upstream_splits:
-        split_arr = np.concatenate([np.full(len(p["ids"]), s) for s, p in parsed.items()])
-        source = "upstream train/val/test files"
-    else:
-        split_arr = _hash_split(ids, name)
-        names = ", ".join(p.name for p in files.values())
-        source = f"80/10/10 hash split of {names} (upstream split files not all present)"
+    split_arr, source = _assign_splits(name, files, parsed, ids)
     ds = Dataset(
         name=name, ids=ids, lattice=lattice,
         frac=np.concatenate([p["frac"] for p in parts]),
@@ -305,6 +345,30 @@ def load_dataset(spec: str | os.PathLike, split: str | None = None, use_cache: b
     if ds.skipped:
         log.warning("%s: loaded %d structures, skipped %d malformed rows", name, len(ds), len(ds.skipped))
     return ds.subset(split) if split else ds
+
+
+def _assign_splits(name: str, files: dict, parsed: dict, ids: np.ndarray) -> tuple[np.ndarray, str]:
+    """Split label of every row (in the order of ``parsed``) and a sentence saying where it came from."""
+    if set(files) == set(SPLIT_FILES):
+        split = np.concatenate([np.full(len(p["ids"]), s) for s, p in parsed.items()])
+        return split.astype("<U5"), "upstream train/val/test files"
+    if "test" in files:  # the upstream test file stays the test split, whatever else is missing
+        split, start = np.empty(len(ids), "<U5"), 0
+        for s, p in parsed.items():
+            n = len(p["ids"])
+            split[start:start + n] = "test" if s == "test" else _hash_split(p["ids"], name, with_test=False)
+            start += n
+        others = ", ".join(f.name for s, f in files.items() if s != "test")
+        return split, (f"test = upstream test.csv; train/valid = 90/10 hash split of {others} "
+                       "(test.csv never pooled into training)")
+    names = ", ".join(p.name for p in files.values())
+    source = (f"80/10/10 hash split of {names}: no upstream test.csv, so ':test' is jaxinv's own split, "
+              "not the upstream test set")
+    key = (name, tuple(str(f) for f in files.values()))
+    if key not in _OWN_SPLIT_NOTED:
+        _OWN_SPLIT_NOTED.add(key)
+        log.warning("%s: %s", name, source)
+    return _hash_split(ids, name), source
 
 
 def load_from_config(data_cfg, seed: int = 0) -> Dataset:

@@ -10,8 +10,11 @@ with ``replace_nan_token=0``).
 
 CrystalNN costs ~10 ms per site, so structure fingerprints are computed in worker
 processes (``n_jobs``) and cached on disk in an SQLite file keyed by a hash of the
-exact geometry (lattice, fractional coordinates, atomic numbers) and the matminer
-and pymatgen versions.
+exact geometry (lattice, fractional coordinates, atomic numbers) and of everything
+that produced the value: :data:`FINGERPRINT_CODE_VERSION`, jaxinv's, matminer's and
+pymatgen's versions and the fingerprint settings (preset, reduction, image limit).
+A structure that timed out is stored under the time limit it was given, so a run
+with another limit computes it again instead of reading a failure.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ __all__ = ["structure_fingerprints", "composition_fingerprints", "load_magpie_sc
 
 log = logging.getLogger("jaxinv.metrics")
 
+# bump when the fingerprint code changes what it returns (entries of older code are then ignored)
+FINGERPRINT_CODE_VERSION = 2
 N_STRUCT_FEATURES = 61
 N_COMP_FEATURES = 132
 SCALER_FILE = "cdvae_magpie_scaler.json"
@@ -182,10 +187,19 @@ def _worker_init():
 
 
 def _version_tag() -> str:
+    """Everything a cached fingerprint depends on besides the geometry."""
     from importlib.metadata import version
 
-    return (f"crystalnn-ops-mean|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
-            f"|lll|max cells {MAX_IMAGE_CELLS}|timeout {FINGERPRINT_TIMEOUT:g}")  # failures are cached
+    import jaxinv
+
+    return (f"code {FINGERPRINT_CODE_VERSION}|jaxinv {jaxinv.__version__}|crystalnn-ops-mean"
+            f"|matminer {version('matminer')}|pymatgen {version('pymatgen')}"
+            f"|lll|max cells {MAX_IMAGE_CELLS}|search radius {_SEARCH_RADIUS:g}")
+
+
+def _timeout_tag(tag: str, timeout: float) -> str:
+    """Key tag of a structure that ran out of time: valid only for the same time limit."""
+    return f"{tag}|timed out after {float(timeout):g} s"
 
 
 def structure_key(lattice, numbers, frac, tag: str = "") -> str:
@@ -256,13 +270,23 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
     skip = np.zeros(n, bool) if skip is None else np.asarray(skip, bool)
     tag = _version_tag()
     keys = [structure_key(l, z, f, tag) for l, z, f in zip(lattices, numbers, fracs)]
+    limit = timeout  # a structure that timed out is a failure only under this same limit
     db = None
     if cache:
         try:
             db = FingerprintCache(default_cache_path() if cache is True else cache)
         except sqlite3.Error as e:  # a read-only or broken cache must not stop scoring
             log.warning("fingerprint cache unavailable (%s); computing without it", e)
-    known = db.get_many(sorted(set(k for k, s in zip(keys, skip) if not s))) if db else {}
+    wanted = sorted(set(k for k, s in zip(keys, skip) if not s))
+    known = db.get_many(wanted) if db else {}
+    timeout_keys = {}
+    if db is not None and limit is not None:  # structures that ran out of this same time limit before
+        wanted_set, ttag = set(wanted), _timeout_tag(tag, limit)
+        timeout_keys = {key: structure_key(l, z, f, ttag)
+                        for key, l, z, f in zip(keys, lattices, numbers, fracs) if key in wanted_set}
+        missing = {timeout_keys[k]: k for k in wanted if k not in known}
+        for tk in db.get_many(sorted(missing)):
+            known[missing[tk]] = None
     todo = {}
     for k, key in enumerate(keys):
         if not skip[k] and key not in known and key not in todo:
@@ -283,9 +307,12 @@ def structure_fingerprints(structures, n_jobs: int = 2, cache: bool | str | os.P
             if isinstance(out, TaskTimeout):
                 vec, seconds = None, 0.0
                 timed_out += 1
+                results[key] = None
+                if limit is not None:  # stored only under its time limit
+                    pending[structure_key(*todo[key], _timeout_tag(tag, limit))] = None
             else:
                 vec, seconds = out
-            results[key] = pending[key] = vec
+                results[key] = pending[key] = vec
             cpu += seconds
             if db is not None and len(pending) >= 256:  # keep finished work if interrupted
                 db.put_many(pending)

@@ -14,7 +14,11 @@ The checkpoint is located, in this order, in
 
 It is read with :mod:`jaxinv.potentials.torch_pickle`, converted once, and the
 converted parameters are cached as ``.npz`` next to a JSON config, so later
-loads need neither torch nor sevenn nor the checkpoint.
+loads need neither torch nor sevenn nor the checkpoint. The cached file is keyed
+by what produced it (:func:`_producer_tag`: the sevenn checkpoint version, the
+conversion's format version, and the jaxinv and e3nn-jax versions, whose
+Clebsch-Gordan convention decides the sign patches), so a conversion written
+by other code is converted again rather than reused.
 
 Conversion notes (SevenNet checkpoints written before sevenn 0.11): the radial
 MLP's last layer stores its columns in the *construction* order of the
@@ -272,6 +276,24 @@ def _save(path: Path, config: NequIPConfig, params: dict, meta: dict) -> None:
     os.replace(tmp.name, path)
 
 
+def _producer_tag() -> str:
+    """Everything a cached conversion depends on besides the model's name."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import jaxinv
+
+    try:
+        e3 = version("e3nn-jax")
+    except PackageNotFoundError:  # pragma: no cover - e3nn-jax is a dependency
+        e3 = getattr(e3nn, "__version__", "?")
+    return f"sevenn {SEVENN_VERSION}|format {FORMAT_VERSION}|jaxinv {jaxinv.__version__}|e3nn-jax {e3}"
+
+
+def _converted_path(cache: Path, name: str) -> Path:
+    key = hashlib.sha1(_producer_tag().encode()).hexdigest()[:12]
+    return cache / "sevennet" / f"{name}-sevenn{SEVENN_VERSION}-v{FORMAT_VERSION}-{key}.npz"
+
+
 def _load(path: Path) -> tuple[NequIPConfig, dict, dict]:
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z["__header__"]))
@@ -298,20 +320,24 @@ def load_sevennet(name: str = "7net-0", cache: Path | str | None = None, downloa
     """
     name = _canonical(name)
     cache = Path(cache) if cache is not None else cache_dir()
-    converted = cache / "sevennet" / f"{name}-sevenn{SEVENN_VERSION}-v{FORMAT_VERSION}.npz"
+    converted = _converted_path(cache, name)
+    producer = _producer_tag()
     loaded = None
     if converted.is_file():
         try:
             loaded = _load(converted)
-        except (TypeError, KeyError, ValueError) as e:  # written by another jaxinv version: convert again
+            if loaded[2].get("producer") != producer:
+                raise ValueError(f"written by {loaded[2].get('producer') or 'an older jaxinv'}, not {producer}")
+        except (TypeError, KeyError, ValueError, OSError) as e:  # other code or a damaged file: convert again
             log.warning("ignoring cached %s (%s); converting the checkpoint again", converted, e)
+            loaded = None
     if loaded is not None:
         config, params, meta = loaded
     else:
         ckpt = find_checkpoint(name, cache, download)
         config, params = convert_checkpoint(load_pth(ckpt))
         meta = {"source": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
-                "sevenn_version": SEVENN_VERSION}
+                "sevenn_version": SEVENN_VERSION, "producer": producer}
         _save(converted, config, params, meta)
     # speed-only settings come from the caller, not from the cached conversion
     chunk = NequIPConfig.edge_chunk if edge_chunk is None else int(edge_chunk)
