@@ -95,7 +95,7 @@ def _quick_model(cfg, run, targets):
 def main(cfg, run):
     from jaxinv.screening.candidates import Candidates
     from jaxinv.screening.funnel import chain
-    from jaxinv.screening.report import write_outputs
+    from jaxinv.screening.report import stage_windows, write_outputs
     from jaxinv.screening.stages import build_stage, load_potential_spec
     from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes
 
@@ -132,6 +132,11 @@ def main(cfg, run):
         else:
             targets = sorted({t for s in cfg.stages if s.get("type") == "property" for t in s.get("windows", {})})
             context["model"] = _quick_model(cfg, run, targets)
+            if (context["model"].history or {}).get("epoch"):
+                from jaxinv.plotting import property_learning_curve
+
+                property_learning_curve(context["model"].history, run.out_dir / "quick_model" / "learning_curve.png",
+                                        title="quick composition model")
     if "relax" in kinds or "stability" in kinds:
         if not cfg.potential:
             raise ValueError("relax/stability stages need potential=<registry name, e.g. sevennet0> "
@@ -152,7 +157,8 @@ def main(cfg, run):
     funnel = chain(*stages)
     survivors, records = funnel.run(cands, work, progress=cfg.progress)
     paths = write_outputs(survivors, records, run.out_dir, n_cif=cfg.n_cif,
-                          title=f"Screening of {cfg.candidates.prototypes} substitutions")
+                          title=f"Screening of {cfg.candidates.prototypes} substitutions",
+                          windows=stage_windows(stages))
     summary = {"candidates": stats, "stages": [r.__dict__ for r in records], "survivors": len(survivors),
                "report": str(paths["report"])}
     run.save_json(summary, "summary.json")

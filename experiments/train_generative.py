@@ -11,8 +11,10 @@ Model presets live in ``configs/generative/model/`` (coord_vae, coord_cvae,
 voxel_vae, voxel_cvae, coord_gan, coord_cgan, coord_gan_comp); any field can be
 overridden (``model.latent=64``). The run folder gets ``checkpoint/`` (orbax
 state, ``model.json``: everything ``jaxinv run generate model=<run folder>``
-needs), ``metrics.jsonl`` (validation records), ``samples/`` (CIF and extxyz)
-and ``results.json`` (CDVAE metrics of the samples against the test split).
+needs), ``metrics.jsonl`` (validation records), ``train_losses.jsonl`` (training
+losses, means over blocks of steps), ``learning_curve.png`` (training and
+validation losses against the step), ``samples/`` (CIF and extxyz) and
+``results.json`` (CDVAE metrics of the samples against the test split).
 
 Validation while training: losses on the valid split, validity of a few
 hundred samples and (VAEs) the reconstruction match rate of valid crystals.
@@ -58,8 +60,10 @@ def main(cfg, run):
     from jaxinv.generative.evaluation import generation_metrics, quick_check, reconstruction_metrics, sample_timed
     from jaxinv.generative.model import GenerativeModel
     from jaxinv.generative.species import Vocabulary
+    from jaxinv.generative.steps import read_loss_log, record_losses
     from jaxinv.generative.train import train
     from jaxinv.io import write_cifs, write_extxyz
+    from jaxinv.plotting import generative_learning_curve
     from omegaconf import OmegaConf
 
     if cfg.data.split not in (None, "train"):
@@ -95,9 +99,12 @@ def main(cfg, run):
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     tcfg.progress = tcfg.progress and cfg.progress
     t0 = time.perf_counter()
-    state, history = train(model, arrays["train"], tcfg, cfg.seed, arrays["valid"], run.out_dir / "checkpoint",
-                           validate if cfg.check_samples else None, run.path("metrics.jsonl"))
+    with record_losses(model, every=max(1, min(25, tcfg.steps // 100)), path=run.path("train_losses.jsonl")):
+        state, history = train(model, arrays["train"], tcfg, cfg.seed, arrays["valid"], run.out_dir / "checkpoint",
+                               validate if cfg.check_samples else None, run.path("metrics.jsonl"))
     train_s = time.perf_counter() - t0
+    generative_learning_curve(read_loss_log(run.path("train_losses.jsonl")), history, run.path("learning_curve.png"),
+                              f"{model.config.kind} on {ds.name}")
     params = state.params
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     results = {"model": model.to_dict(), "n_params": int(n_params), "train_seconds_this_session": train_s,

@@ -7,7 +7,9 @@
 Trains on the train split, selects each member's best epoch and fits a σ scale
 on the valid split, and scores the test split: MAE, RMSE, and the fraction of
 errors inside ±1σ and ±2σ, with raw and recalibrated σ. The model is saved to
-``<run>/model`` (orbax parameters + JSON) for the ``screen`` experiment.
+``<run>/model`` (orbax parameters + JSON) for the ``screen`` experiment, and
+``learning_curve.png`` shows the NLL and every target's MAE per epoch (train and
+valid, per member).
 """
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ def main(cfg, run):
     hist = model.fit(raw["train"], y["train"], tc, val=(raw["valid"], y["valid"]),
                      checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True)
     t_train = time.perf_counter() - t0
+    if hist["epoch"]:  # a rerun of a finished run trains nothing and keeps its plot
+        from jaxinv.plotting import property_learning_curve
+
+        property_learning_curve(hist, run.path("learning_curve.png"), ds.units,
+                                f"{model.kind} ensemble ({tc.n_members} members) on {ds.name}")
     results = {"dataset": ds.name, "split_source": ds.split_source, "n": {s: len(d) for s, d in splits.items()},
                "model": {"kind": model.kind, "features": model.features, **model.module_kwargs},
                "train": tc.__dict__, "seconds": {"inputs": t_inputs, "train": t_train}, "targets": {}}

@@ -11,6 +11,9 @@ critic takes ``n_critic`` steps (``lax.scan``) and the generator one.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,8 @@ import jax.numpy as jnp
 from jaxinv.generative.models import frac_to_vec
 from jaxinv.generative.symmetry import augment_frac, augment_voxels, sort_slots
 
-__all__ = ["TrainState", "make_optimizer", "init_state", "make_train_step", "make_eval_step", "vae_loss"]
+__all__ = ["TrainState", "make_optimizer", "init_state", "make_train_step", "make_eval_step", "vae_loss", "LossLog",
+           "record_losses", "read_loss_log"]
 
 
 @struct.dataclass
@@ -217,10 +221,92 @@ def generator_loss(model, gen_params, critic_params, batch, key):
 # ---------------------------------------------------------------- factories
 def make_train_step(model):
     """The jitted ``train_step(state, batch, key) -> (state, metrics)`` of a model
-    (built once per model object, so repeated training calls compile once)."""
+    (built once per model object, so repeated training calls compile once). Inside
+    :func:`record_losses` the step also hands its metrics to the model's :class:`LossLog`."""
     if "train_step" not in model.jit_cache:
         model.jit_cache["train_step"] = _build_train_step(model)
-    return model.jit_cache["train_step"]
+    fn = model.jit_cache["train_step"]
+    loss_log = model.jit_cache.get("loss_log")
+    if loss_log is None:
+        return fn
+
+    def recorded_step(state, batch, key):
+        new, m = fn(state, batch, key)
+        loss_log.add(state.step, m)
+        return new, m
+
+    return recorded_step
+
+
+# ------------------------------------------------------------- loss history
+class LossLog:
+    """Training metrics of every step, kept as means over blocks of ``every`` steps.
+
+    Steps hand over device values; they are fetched once per block, so recording
+    adds no synchronization beyond one transfer every ``every`` steps. Each block
+    becomes ``{"step": steps done at its end, "n": steps in it, <metric>: mean}``
+    in :attr:`records`, and a line of ``path`` (JSON lines) when given, so a killed
+    run keeps what it recorded (see :func:`read_loss_log`)."""
+
+    def __init__(self, every: int = 25, path: str | Path | None = None):
+        self.every = max(int(every), 1)
+        self.path = None if path is None else Path(path)
+        self.records: list[dict] = []
+        self._pending: list = []
+
+    def add(self, step, metrics: dict) -> None:
+        """Metrics of the step that started at ``step`` (device values are fine)."""
+        self._pending.append((step, metrics))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        got = jax.device_get(self._pending)
+        self._pending = []
+        rec = {"step": int(got[-1][0]) + 1, "n": len(got)}
+        for k in got[0][1]:
+            v = np.asarray([np.mean(m[k]) for _, m in got], np.float64)
+            rec[k] = float(np.mean(v))
+        self.records.append(rec)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+@contextlib.contextmanager
+def record_losses(model, every: int = 25, path: str | Path | None = None):
+    """``with record_losses(model) as log: train(model, ...)``: the training steps
+    made by :func:`make_train_step` inside the block record their metrics in ``log``
+    (a :class:`LossLog`, flushed on exit)."""
+    log = LossLog(every, path)
+    model.jit_cache["loss_log"] = log
+    try:
+        yield log
+    finally:
+        model.jit_cache.pop("loss_log", None)
+        log.flush()
+
+
+def read_loss_log(path: str | Path) -> list[dict]:
+    """The records of a :class:`LossLog` file in step order. Records of a run that
+    was killed and resumed from an earlier checkpoint are replaced by the resumed
+    run's: a record drops the earlier ones that end at or after its step."""
+    path = Path(path)
+    out: list[dict] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        while out and out[-1]["step"] >= rec["step"]:
+            out.pop()
+        out.append(rec)
+    return out
 
 
 def _build_train_step(model):

@@ -2,55 +2,112 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_outputs"]
+__all__ = ["write_outputs", "stage_windows"]
 
 
 def _plot_funnel(records, path: Path) -> None:
-    import matplotlib
+    from jaxinv.plotting import save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    save(_funnel_figure(records), path)
 
+
+def _funnel_figure(records):
+    """Candidates left after each stage, bars on a log axis from 1 (ticks 1, 10, 100, 1k, ...)."""
+    from jaxinv.plotting import count_axis, pyplot
+
+    plt = pyplot()
     names = ["input"] + [r.name for r in records]
     counts = [records[0].n_in if records else 0] + [r.n_out for r in records]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.barh(range(len(names))[::-1], counts, color="tab:blue")
-    ax.set_yticks(range(len(names))[::-1], names)
-    ax.set_xscale("log")
-    for y, c in zip(range(len(names))[::-1], counts):
-        ax.text(max(c, 1), y, f" {c:,}", va="center", fontsize=8)
+    ys = np.arange(len(names))[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.3))
+    ax.barh(ys, [c - 0.8 if c > 0 else 0 for c in counts], left=0.8, color="tab:blue")
+    ax.set_yticks(ys, names)
+    count_axis(ax, counts, "x")
+    hi = max(max(counts, default=1), 1) * 2.5
+    ax.set_xlim(0.8, hi)
+    for y, c in zip(ys, counts):  # the count at the end of its bar: inside a long bar, after a short one
+        inside = c > 0 and math.log(c / 0.8) > 0.6 * math.log(hi / 0.8)
+        ax.text(max(c, 0.8), y, f"{c:,} " if inside else f" {c:,}", va="center", ha="right" if inside else "left",
+                color="white" if inside else "black", fontsize=8)
     ax.set_xlabel("candidates (log scale)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def _plot_predictions(table, x: str, y: str, path: Path) -> bool:
-    if f"pred_{x}" not in table or f"pred_{y}" not in table:
+def stage_windows(stages) -> dict:
+    """Target windows of a funnel's stages, ``{property: (lo, hi)}``: the property
+    stages' windows and the rank stages' windows on ``pred_<property>`` columns."""
+    out = {}
+    for st in stages:
+        cfg = getattr(st, "config", None) or {}
+        for col, bounds in (cfg.get("windows") or {}).items():
+            name = col[5:] if col.startswith("pred_") else col
+            lo, hi = (list(bounds) + [None, None])[:2]
+            lo = -np.inf if lo is None else float(lo)
+            hi = np.inf if hi is None else float(hi)
+            if name in out:  # several stages on one property: the intersection
+                lo, hi = max(lo, out[name][0]), min(hi, out[name][1])
+            out[name] = (lo, hi)
+    return out
+
+
+def _plot_predictions(table, x: str, y: str | None, path: Path, windows: dict | None = None) -> bool:
+    fig = _predictions_figure(table, x, y, windows)
+    if fig is None:
         return False
-    import matplotlib
+    from jaxinv.plotting import save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.errorbar(table[f"pred_{x}"], table[f"pred_{y}"], xerr=table.get(f"sigma_{x}"), yerr=table.get(f"sigma_{y}"),
-                fmt="o", ms=3, alpha=0.6, elinewidth=0.6)
-    ax.set_xlabel(f"predicted {x} (±1σ)")
-    ax.set_ylabel(f"predicted {y} (±1σ)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
-def write_outputs(cands, records, out_dir, n_cif: int = 50, title: str = "Screening report") -> dict:
+def _predictions_figure(table, x: str, y: str | None, windows: dict | None = None):
+    """Predicted ``y`` against predicted ``x`` (±1σ), or σ against the prediction when
+    ``y`` is None, with the screen's target windows shaded (None: no such columns)."""
+    if f"pred_{x}" not in table or (y is not None and f"pred_{y}" not in table):
+        return None
+    from jaxinv.plotting import pyplot, shade_windows, value_axis
+
+    plt = pyplot()
+    windows = windows or {}
+    mx, sx = np.asarray(table[f"pred_{x}"], float), table.get(f"sigma_{x}")
+    sx = None if sx is None else np.asarray(sx, float)
+    if y is None:
+        my, sy = (sx if sx is not None else np.zeros_like(mx)), None
+        ylabel = f"σ of {x}"
+    else:
+        my, sy = np.asarray(table[f"pred_{y}"], float), table.get(f"sigma_{y}")
+        sy = None if sy is None else np.asarray(sy, float)
+        ylabel = f"predicted {y} (±1σ)"
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt="o", ms=3, alpha=0.6, elinewidth=0.6, label=f"candidates ({len(mx)})",
+                zorder=2)
+    spread = lambda m, s: np.concatenate([m, m] if s is None else [m - s, m + s])
+    shade_windows(ax, windows.get(x), windows.get(y) if y is not None else None, x, y or "", spread(mx, sx),
+                  spread(my, sy) if y is not None else my)
+    value_axis(ax, [ax.get_xlim()], "x", log=False)
+    value_axis(ax, [ax.get_ylim()], "y", log=False)
+    ax.set_xlabel(f"predicted {x} (±1σ)")
+    ax.set_ylabel(ylabel)
+    # above the axes: a legend inside would hide candidates
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, frameon=False, borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(cands, records, out_dir, n_cif: int = 50, title: str = "Screening report",
+                  windows: dict | None = None) -> dict:
     """``ranked.csv`` (all columns, in order), ``cif/`` (first ``n_cif``),
-    ``funnel.png``, ``predictions.png`` (when two predicted columns exist) and ``report.md``."""
+    ``funnel.png``, ``predictions.png`` (when a predicted column exists) and ``report.md``.
+
+    ``windows``: the screen's target windows, ``{property: [lo, hi]}`` (None for an
+    open side; see :func:`stage_windows`), shaded on ``predictions.png``, whose axes
+    are the windowed properties first."""
     from jaxinv.io import write_cifs
 
     out = Path(out_dir)
@@ -68,12 +125,19 @@ def write_outputs(cands, records, out_dir, n_cif: int = 50, title: str = "Screen
     cifs = write_cifs(cands.select(np.arange(n)).crystal, out / "cif",
                       names=[f"{i + 1:04d}_{table['id'][i]}_{table['formula'][i]}" for i in range(n)]) if n else []
     _plot_funnel(records, out / "funnel.png")
+    windows = dict(windows or {})
     preds = [k[5:] for k in table if k.startswith("pred_")]
-    has_scatter = len(preds) >= 2 and _plot_predictions(table, preds[0], preds[1], out / "predictions.png")
+    preds = [p for p in windows if p in preds] + [p for p in preds if p not in windows]
+    has_scatter = bool(preds) and _plot_predictions(table, preds[0], preds[1] if len(preds) > 1 else None,
+                                                    out / "predictions.png", windows)
     lines = [f"# {title}", "", "| stage | in | out | seconds | dropped (reason: count) |", "|---|---|---|---|---|"]
     for r in records:
         why = "; ".join(f"{k}: {v}" for k, v in sorted(r.dropped.items(), key=lambda kv: -kv[1])) or "-"
         lines.append(f"| {r.name} | {r.n_in:,} | {r.n_out:,} | {r.seconds:.1f} | {why} |")
+    if windows:
+        from jaxinv.plotting import window_text
+
+        lines += ["", "Target windows: " + "; ".join(f"{k} {window_text(v)}" for k, v in windows.items()) + "."]
     lines += ["", "![funnel](funnel.png)", ""]
     if has_scatter:
         lines += ["![predictions](predictions.png)", ""]

@@ -83,14 +83,21 @@ def _loss(module, params, x, y, warm):
     nll = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
     nll_fixed_mean = 0.5 * jnp.log(var) + 0.5 * (y0 - jax.lax.stop_gradient(mean)) ** 2 / var
     per = jnp.where(warm, (y0 - mean) ** 2 + nll_fixed_mean, nll)
-    return jnp.sum(jnp.where(valid, per, 0.0)) / jnp.maximum(valid.sum(), 1)
+    n = jnp.maximum(valid.sum(), 1)
+    # for the learning curve: the batch's NLL (comparable with the validation NLL
+    # also during warmup) and its MAE per target (standardized units)
+    mae = jnp.sum(jnp.where(valid, jnp.abs(y0 - mean), 0.0), 0) / jnp.maximum(valid.sum(0), 1)
+    return jnp.sum(jnp.where(valid, per, 0.0)) / n, (jnp.sum(jnp.where(valid, nll, 0.0)) / n, mae)
 
 
-def _val_nll(module, params, x, y):
+def _val_metrics(module, params, x, y):
+    """Per member: validation NLL (M,) and MAE per target (M, T), standardized units."""
     mean, var = ensemble_apply(module, params, x)  # (M, B, T)
     valid = jnp.isfinite(y)[None]
-    nll = 0.5 * jnp.log(var) + 0.5 * (jnp.where(valid, y[None], 0.0) - mean) ** 2 / var
-    return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1)
+    y0 = jnp.where(valid, y[None], 0.0)
+    nll = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
+    mae = jnp.sum(jnp.where(valid, jnp.abs(y0 - mean), 0.0), 1) / jnp.maximum(valid.sum(1), 1)
+    return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1), mae
 
 
 def _optimizer(lr: float, weight_decay: float, total_steps: int):
@@ -104,7 +111,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
     """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
     program, so repeated fits (active learning rounds, seeds) reuse one compilation."""
     tx = _optimizer(lr, weight_decay, total_steps)
-    loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module)), in_axes=(0, 0, 0, None))
+    loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module), has_aux=True), in_axes=(0, 0, 0, None))
 
     def one_epoch(carry, _):
         params, opt_state, best, best_val, key, epoch, n_valid, x, y, xv, yv, warm_epochs = carry
@@ -115,22 +122,26 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
             idx = jax.random.randint(k, (m, batch_size), 0, n_valid)
             bx = jax.tree_util.tree_map(lambda a: a[idx], x)
             by = y[idx]
-            loss, g = loss_grad(p, bx, by, epoch < warm_epochs)
+            (loss, aux), g = loss_grad(p, bx, by, epoch < warm_epochs)
             upd, s = jax.vmap(tx.update)(g, s, p)
-            return (optax.apply_updates(p, upd), s), loss.mean()
+            return (optax.apply_updates(p, upd), s), (loss, aux)
 
         key, sub = jax.random.split(key)
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(sub, steps))
+        (params, opt_state), (losses, (nll, mae)) = jax.lax.scan(step, (params, opt_state),
+                                                                 jax.random.split(sub, steps))
         if has_val:
-            val = _val_nll(module, params, xv, yv)
+            val, val_mae = _val_metrics(module, params, xv, yv)
         else:
-            val = jnp.full(best_val.shape, losses[-1])
+            val, val_mae = jnp.full(best_val.shape, losses[-1].mean()), jnp.full(mae.shape[1:], jnp.nan)
         # during warmup the variance is not trained on its own mean yet: keep the latest
         better = (val < best_val) | (epoch < warm_epochs)
         sel = lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
         best = jax.tree_util.tree_map(sel, params, best)
         best_val = jnp.where(better, val, best_val)
-        return (params, opt_state, best, best_val, key, epoch + 1, n_valid, x, y, xv, yv, warm_epochs), losses.mean()
+        # the epoch's record: step means of the training metrics, per member
+        record = {"train_loss": losses.mean(0), "train_nll": nll.mean(0), "train_mae": mae.mean(0),
+                  "val_nll": val if has_val else jnp.full(val.shape, jnp.nan), "val_mae": val_mae}
+        return (params, opt_state, best, best_val, key, epoch + 1, n_valid, x, y, xv, yv, warm_epochs), record
 
     @jax.jit
     def run(carry):
@@ -143,6 +154,13 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         init_example=None, log_every: bool = False):
     """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
     standardized targets ``y`` (N, T). Returns (stacked best params, history).
+
+    The history has, per epoch run in this call (``epoch``, counted from 1):
+    ``train_loss`` (the objective, member mean) and per member
+    ``train_loss_members`` (E, M), ``train_nll`` (E, M) and ``train_mae`` (E, M, T)
+    (means over the epoch's minibatches), ``val_nll`` (E, M) and ``val_mae`` (E, M, T)
+    (NaN without ``val``), all on standardized targets; also ``warmup_epochs`` and
+    ``best_val_nll`` (M,).
 
     ``val``: optional (x_val, y_val) for per-member model selection. With
     ``checkpoint`` (a directory) training state is saved with orbax after every
@@ -187,20 +205,28 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
             start, state = int(restored[0]), restored[1]
             carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
             log.info("training resumed at epoch %d", start)
-    history = []
+    records = []
     epoch = start
     while epoch < cfg.epochs:
-        carry, losses = run(carry)
+        carry, rec = run(carry)
         epoch += chunk
-        history.extend(np.asarray(losses).tolist())
+        records.append(jax.tree_util.tree_map(np.asarray, rec))
         if log_every:
-            log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(losses[-1]),
+            log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(rec["train_loss"][-1].mean()),
                      np.round(np.asarray(carry[3]), 3).tolist())
         if ckpt is not None:
             ckpt.save(epoch, carry[:6])
     if ckpt is not None:
         ckpt.close()
-    return carry[2], {"train_loss": history[: cfg.epochs], "best_val_nll": np.asarray(carry[3]).tolist()}
+    cat = {k: np.concatenate([r[k] for r in records])[: cfg.epochs - start] for k in records[0]} if records else {}
+    n_run = len(cat["train_loss"]) if cat else 0
+    history = {"train_loss": cat["train_loss"].mean(1).tolist() if cat else [],
+               "epoch": list(range(start + 1, start + n_run + 1)), "warmup_epochs": warm_epochs,
+               "best_val_nll": np.asarray(carry[3]).tolist()}
+    if cat:
+        history["train_loss_members"] = cat["train_loss"].tolist()
+        history.update({k: cat[k].tolist() for k in ("train_nll", "train_mae", "val_nll", "val_mae")})
+    return carry[2], history
 
 
 # ----------------------------------------------------------------- the model
@@ -227,6 +253,7 @@ class PropertyModel:
     y_std: np.ndarray | None = None
     sigma_scale: np.ndarray | None = None
     params: Any = None
+    history: dict | None = field(default=None, repr=False, compare=False)  # of the last fit (not saved)
 
     @property
     def module(self):
@@ -257,7 +284,10 @@ class PropertyModel:
     # ------------------------------------------------------------- training
     def fit(self, raw_x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None,
             checkpoint: str | None = None, log_every: bool = False) -> dict:
-        """Set the scalers from the training data and train the ensemble (y: (N, T) in target units)."""
+        """Set the scalers from the training data and train the ensemble (y: (N, T) in target units).
+
+        Returns the history of :func:`fit` (also kept as ``self.history``), with
+        ``train_mae`` and ``val_mae`` in the targets' units and ``targets`` added."""
         y = np.asarray(y, np.float64).reshape(len(y), -1)
         if self.kind == "composition":
             raw_x = np.asarray(raw_x, np.float32)
@@ -276,6 +306,11 @@ class PropertyModel:
             v = (self.scale_inputs(val[0]), ((yv - self.y_mean) / self.y_std).astype(np.float32))
         self.params, hist = fit(self.module, self.scale_inputs(raw_x), ys, cfg, val=v, checkpoint=checkpoint,
                                 log_every=log_every)
+        for k in ("train_mae", "val_mae"):
+            if k in hist:
+                hist[k] = (np.asarray(hist[k]) * self.y_std).tolist()
+        hist["targets"] = list(self.targets)
+        self.history = hist
         return hist
 
     # ----------------------------------------------------------- prediction
