@@ -7,9 +7,12 @@ Matbench Discovery do, and write ``metrics.json``, ``metrics.md`` and
     jaxinv evaluate samples=pred.extxyz csp_targets=perov_5:test csp_k=20    # CSP top-20
     jaxinv evaluate samples=relaxed.extxyz hull_entries=mp_entries.json energy_key=energy
 
-``samples`` is anything :func:`jaxinv.io.read_structures` reads (a folder of CIFs,
-extxyz, a JSON list of structures, a CDVAE CSV); ``reference``, ``train`` and
-``csp_targets`` are dataset specs (``perov_5:test``) or such files.
+``samples`` is anything :func:`jaxinv.io.read_structures_named` reads (a folder of
+CIFs/POSCARs, extxyz, a JSON list of structures, a CDVAE CSV); ``reference``,
+``train`` and ``csp_targets`` are dataset specs (``perov_5:test``) or such files.
+Unreadable files (or entries) are skipped and listed in ``skipped.csv``;
+``per_sample.csv`` names each sample by its file stem (``<stem>_<index>`` in a
+multi-structure file) or material id.
 """
 from __future__ import annotations
 
@@ -55,13 +58,25 @@ class Config(RunConfig):
     e_hull_true_key: Optional[str] = None  # per-sample true e_above_hull for classification metrics
 
 
+def load_named(spec: str, limit: Optional[int] = None) -> tuple[list, list, list]:
+    """Structures, names and skipped files (:class:`jaxinv.io.Skipped`) from a
+    file/folder, or from a dataset spec such as ``perov_5:test`` (material ids, nothing skipped)."""
+    from jaxinv.data import load_dataset
+    from jaxinv.io import read_structures_named
+
+    if Path(spec).exists():
+        structures, names, skipped = read_structures_named(spec)
+    else:
+        ds = load_dataset(spec)
+        structures, names, skipped = ds.structures(), [str(i) for i in ds.ids], []
+    if limit is not None:
+        structures, names = structures[:limit], names[:limit]
+    return structures, names, skipped
+
+
 def load_structures(spec: str, limit: Optional[int] = None) -> list:
     """Structures from a file/folder, or a dataset spec such as ``perov_5:test``."""
-    from jaxinv.data import load_dataset
-    from jaxinv.io import read_structures
-
-    structures = read_structures(spec) if Path(spec).exists() else load_dataset(spec).structures()
-    return structures[:limit] if limit is not None else structures
+    return load_named(spec, limit)[0]
 
 
 def _dataset_name(cfg) -> Optional[str]:
@@ -80,17 +95,10 @@ def _label(structures, key) -> np.ndarray:
 
 def _sample_energies(cfg, samples) -> np.ndarray:
     """Per-sample ``energy_key`` values. ASE moves ``energy`` (and ``free_energy``)
-    of an extxyz file from ``info`` into a calculator, which read_structures drops,
-    so for extxyz files the calculator results are read too."""
-    values = _label(samples, cfg.energy_key)
-    path = Path(cfg.samples)
-    if np.isnan(values).all() and path.is_file() and path.suffix.lower() in (".extxyz", ".xyz"):
-        from ase.io import read
-
-        atoms = read(str(path), index=":")[: len(samples)]
-        values = np.array([float((a.calc.results if a.calc is not None else {}).get(
-            cfg.energy_key, a.info.get(cfg.energy_key, np.nan))) for a in atoms])
-    return values
+    of an extxyz file from ``info`` into a calculator; the reader puts scalar
+    calculator results back into ``properties``, frame by frame, so skipped frames
+    cannot shift the energies onto the wrong samples."""
+    return _label(samples, cfg.energy_key)
 
 
 def _load_entries(path: str) -> list:
@@ -102,13 +110,14 @@ def _load_entries(path: str) -> list:
     return list(data if isinstance(data, list) else data.get("entries", []))
 
 
-def _write_per_sample(path: Path, samples, per_sample: dict) -> None:
+def _write_per_sample(path: Path, samples, per_sample: dict, names=None) -> None:
     cols = [k for k, v in per_sample.items() if np.ndim(v) == 1 and len(v) == len(samples)]
+    names = names if names is not None else [str(i) for i in range(len(samples))]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "formula"] + cols)
+        w.writerow(["index", "name", "formula"] + cols)
         for i, s in enumerate(samples):
-            w.writerow([i, s.composition.reduced_formula] + [_cell(per_sample[c][i]) for c in cols])
+            w.writerow([i, names[i], s.composition.reduced_formula] + [_cell(per_sample[c][i]) for c in cols])
 
 
 def _cell(x):
@@ -137,27 +146,42 @@ def _check(cfg) -> None:
 
 
 def main(cfg, run):
+    from jaxinv.io import write_skipped
     from jaxinv.metrics import format_report, score_csp, score_generation, score_stability
     from jaxinv.metrics.coverage import cov_cutoffs
 
     _check(cfg)
     t0 = time.perf_counter()
-    samples = load_structures(cfg.samples, cfg.limit)
-    log.info("read %d samples from %s", len(samples), cfg.samples)
+    samples, names, unread = load_named(cfg.samples, cfg.limit)
+    log.info("read %d samples from %s (%d skipped)", len(samples), cfg.samples, len(unread))
     metrics: dict = {"samples": cfg.samples}
     per_sample: dict = {}
     cache = (cfg.cache_path or True) if cfg.fingerprint_cache else False
 
     if cfg.csp_targets:
-        targets = load_structures(cfg.csp_targets)
+        targets, _, unread_targets = load_named(cfg.csp_targets)
+        if unread or unread_targets:
+            from jaxinv.config import ConfigError
+
+            bad = unread or unread_targets
+            write_skipped(run.path("skipped.csv"), unread + unread_targets)
+            raise ConfigError("samples" if unread else "csp_targets",
+                              f"{len(bad)} unreadable file(s)/entries (first: {bad[0].file}: {bad[0].reason}; all in "
+                              f"{run.path('skipped.csv')}); CSP scoring pairs predictions with targets by position, "
+                              "so every one must be readable")
         m, ps = score_csp(samples, targets, k=cfg.csp_k, oxidation_states=cfg.oxidation_states, n_jobs=cfg.n_jobs,
                           progress=cfg.progress)
         metrics.update(m)
         metrics["csp_targets"] = cfg.csp_targets
         per_sample["valid"] = ps["valid"]
     else:
-        reference = load_structures(cfg.reference, cfg.reference_limit) if cfg.reference else None
-        train = load_structures(cfg.train) if cfg.train else None
+        reference, train = None, None
+        if cfg.reference:
+            reference, _, more = load_named(cfg.reference, cfg.reference_limit)
+            unread = unread + more
+        if cfg.train:
+            train, _, more = load_named(cfg.train)
+            unread = unread + more
         wanted = list(cfg.metrics)
         skipped = []
         if reference is None:
@@ -198,9 +222,14 @@ def main(cfg, run):
         log.warning("stability needs both hull_entries and energy_key; skipped")
 
     metrics["total_seconds"] = time.perf_counter() - t0
+    metrics["skipped_inputs"] = len(unread)  # unreadable files/entries, listed in skipped.csv
     run.save_json(metrics, "metrics.json")
     report = format_report(metrics, title=f"metrics of {cfg.samples}")
+    if unread:
+        report += f"\n{len(unread)} input file(s)/entries skipped as unreadable: see skipped.csv\n"
     run.path("metrics.md").write_text(report)
-    _write_per_sample(run.path("per_sample.csv"), samples, per_sample)
+    _write_per_sample(run.path("per_sample.csv"), samples, per_sample, names)
+    if any(Path(x).exists() for x in (cfg.samples, cfg.reference, cfg.train) if x):
+        write_skipped(run.path("skipped.csv"), unread)
     print(report)
     return metrics

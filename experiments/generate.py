@@ -101,11 +101,28 @@ def main(cfg, run):
                "symmetrization": symmetrization,
                "atoms_per_cell": {int(k): int(v) for k, v in zip(*np.unique(samples.n_atoms, return_counts=True))}}
     if cfg.evaluate:
+        from pathlib import Path
+
         from jaxinv.data import load_dataset
+        from jaxinv.io import read_structures_named, write_skipped
 
         ds = None if (cfg.reference and cfg.train) else load_dataset(model.dataset)
-        ref = load_dataset(cfg.reference).structures() if cfg.reference else ds.subset("test").structures()
-        train = load_dataset(cfg.train).structures() if cfg.train else ds.subset("train").structures()
+        unread, user_files = [], False
+
+        def structures_of(spec):  # a dataset spec, or a file/folder of structures (bad files skipped)
+            nonlocal user_files
+            if not Path(spec).exists():
+                return load_dataset(spec).structures()
+            got = read_structures_named(spec)
+            unread.extend(got.skipped)
+            user_files = True
+            return got.structures
+
+        ref = structures_of(cfg.reference) if cfg.reference else ds.subset("test").structures()
+        train = structures_of(cfg.train) if cfg.train else ds.subset("train").structures()
+        if user_files:
+            write_skipped(run.path("skipped.csv"), unread)
+            results["skipped_references"] = len(unread)
         metrics, per_sample = generation_metrics(samples, model.dataset, ref, train, n_jobs=cfg.n_jobs,
                                                  progress=cfg.progress, metrics=list(cfg.metrics))
         results["metrics"] = metrics

@@ -19,7 +19,7 @@ import numpy as np
 from jaxinv.config import DataConfig, PotentialConfig, RunConfig
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
-from jaxinv.io import read_structures, write_cifs, write_extxyz
+from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
 from jaxinv.potentials.registry import load_potential
 from jaxinv.relax import relax
 
@@ -46,15 +46,21 @@ class Config(RunConfig):
 
 
 def _inputs(cfg):
+    """Structures, their ids (file stems, ``<stem>_<index>`` for multi-structure files,
+    or dataset material ids) and the skipped files (None for a dataset)."""
     if cfg.structures:
-        structures = read_structures(cfg.structures)
-        return structures, [f"{k:05d}" for k in range(len(structures))]
+        structures, names, skipped = read_structures_named(cfg.structures)
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable file(s)/entries of {cfg.structures}; see skipped.csv")
+        return structures, names, skipped
     ds = load_from_config(cfg.data, cfg.seed)
-    return ds.structures(), [str(i) for i in ds.ids]
+    return ds.structures(), [str(i) for i in ds.ids], None
 
 
 def main(cfg, run):
-    structures, ids = _inputs(cfg)
+    structures, ids, skipped = _inputs(cfg)
+    if skipped is not None:
+        write_skipped(run.path("skipped.csv"), skipped)
     structures = perturb(structures, rattle=cfg.rattle, strain=cfg.strain, seed=cfg.seed)
     potential = load_potential(cfg.potential.name, **cfg.potential.options)
     print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
@@ -73,16 +79,20 @@ def main(cfg, run):
                         f"{np.linalg.norm(r.forces, axis=1).max():.5f}", f"{np.abs(r.stress).max():.6f}",
                         f"{r.structure.volume:.4f}"])
     final = [r.structure for r in results]
-    if cfg.write_cifs:
-        write_cifs(final, run.out_dir / "cif", names=[f"{r.index:05d}_{i}" for r, i in zip(results, ids)])
+    if cfg.write_cifs:  # user files keep their names (unique); dataset rows are numbered in order
+        names = list(ids) if cfg.structures else [f"{r.index:05d}_{i}" for r, i in zip(results, ids)]
+        write_cifs(final, run.out_dir / "cif", names=names)
     write_extxyz(final, run.path("relaxed.extxyz"),
-                 extra_info={"energy": [r.energy for r in results], "status": [r.status for r in results]})
+                 extra_info={"energy": [r.energy for r in results], "status": [r.status for r in results],
+                             "name": [str(i) for i in ids]})
     statuses = {}
     for r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     steps = np.array([r.steps for r in results])
     summary = {"structures": len(results), "statuses": statuses, "mean_steps": float(steps.mean()),
                "potential": potential.name}
+    if skipped is not None:
+        summary["skipped"] = len(skipped)
     print("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) +
           f"; mean steps {steps.mean():.1f}")
     run.save_json(summary, "summary.json")

@@ -56,14 +56,17 @@ class Config(RunConfig):
     n_cif: int = 50
 
 
-def _prototypes(cfg, seed):
-    from jaxinv.io import read_structures
+def _prototypes(cfg, seed, skipped=None):
+    """Prototype structures and names (file stems or material ids); unreadable files
+    of a folder/file are skipped and appended to ``skipped``."""
+    from jaxinv.io import read_structures_named
 
     spec = cfg.candidates.prototypes
     p = Path(spec)
     if p.exists():
-        structures = read_structures(p)
-        names = [f"{p.stem}-{i}" for i in range(len(structures))]
+        structures, names, unread = read_structures_named(p)
+        if skipped is not None:
+            skipped.extend(unread)
     else:
         from jaxinv.data import load_dataset
 
@@ -102,11 +105,14 @@ def main(cfg, run):
     work = run.out_dir / "funnel"
     cand_path = run.out_dir / "candidates.npz"
     stats = {}
+    unread, user_files = [], False  # files of prototypes= / reference= that could not be read
+    resumed = cand_path.exists()
     if cand_path.exists():  # a resumed run reuses its candidates exactly
         cands = Candidates.load(cand_path)
         print(f"resuming with {len(cands):,} candidates from {cand_path}")
     else:
-        structures, names = _prototypes(cfg, cfg.seed)
+        structures, names = _prototypes(cfg, cfg.seed, unread)
+        user_files = Path(cfg.candidates.prototypes).exists()
         t0 = time.perf_counter()
         protos = prepare_prototypes(structures, names)
         t_proto = time.perf_counter() - t0
@@ -115,6 +121,7 @@ def main(cfg, run):
         stats["prototype_seconds"] = t_proto
         stats["prototypes_usable"] = len(protos)
         stats["prototypes_given"] = len(structures)
+        stats["prototypes_skipped"] = len(unread)
         cands.save(cand_path)
         print(f"{len(protos)} prototypes -> {stats['enumerated']:,} substitutions -> {len(cands):,} unique "
               f"in {stats['seconds']:.1f} s")
@@ -143,16 +150,23 @@ def main(cfg, run):
                              "or 'module:factory'")
         context["potential"] = load_potential_spec(cfg.potential)
     if "stability" in kinds:
-        from jaxinv.io import read_structures
+        from jaxinv.io import read_structures_named
         from jaxinv.metrics import HullReference
         from jaxinv.relax import relax
 
         if not cfg.reference:
             raise ValueError("the stability stage needs reference=<folder of CIFs of competing phases>")
-        refs = [r for r in relax(read_structures(cfg.reference), context["potential"], progress=False)
+        ref_set = read_structures_named(cfg.reference)
+        unread += ref_set.skipped
+        user_files = True
+        refs = [r for r in relax(ref_set.structures, context["potential"], progress=False)
                 if not r.failed]
         context["hull_reference"] = HullReference.from_structures([r.structure for r in refs],
                                                                   lambda s: np.array([r.energy for r in refs]))
+    if user_files and not (resumed and run.path("skipped.csv").exists()):
+        from jaxinv.io import write_skipped  # (a resumed run keeps the list its first start wrote)
+
+        write_skipped(run.path("skipped.csv"), unread)
     stages = [build_stage(dict(s), context) for s in cfg.stages]
     funnel = chain(*stages)
     survivors, records = funnel.run(cands, work, progress=cfg.progress)

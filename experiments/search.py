@@ -95,7 +95,9 @@ def resolve_objective(spec: str | None):
     return lambda crystal: sign * np.asarray(fn(crystal), np.float64)
 
 
-def build_problem(cfg) -> Problem:
+def build_problem(cfg, skipped: list | None = None) -> Problem:
+    """The search problem of a config; seed files that cannot be read are skipped
+    (logged) and appended to ``skipped`` (:class:`jaxinv.io.Skipped` records)."""
     common = dict(cluster=cfg.cluster, box=cfg.box, bond_length=cfg.bond_length or None,
                   min_distance=cfg.min_distance or None, volume_per_atom=cfg.volume_per_atom)
     if "," in cfg.composition:
@@ -114,12 +116,15 @@ def build_problem(cfg) -> Problem:
             from jaxinv.data import load_dataset
 
             name, _, split = cfg.seeds[len("dataset:"):].partition(":")
-            structures = load_dataset(name, split=split or None).structures()
+            ds = load_dataset(name, split=split or None)
+            structures, names = ds.structures(), [str(i) for i in ds.ids]
         else:
-            from jaxinv.io import read_structures
+            from jaxinv.io import read_structures_named
 
-            structures = read_structures(cfg.seeds)
-        seeds, _ = from_structures(space, structures)
+            structures, names, unread = read_structures_named(cfg.seeds)
+            if skipped is not None:
+                skipped.extend(unread)
+        seeds, _ = from_structures(space, structures, names=names)
     relax = FireConfig(fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
                        pressure=cfg.pressure_gpa * GPA, cell="fixed" if cfg.cluster else "frechet")
     fp = FingerprintConfig(**{f.name: getattr(cfg.fingerprint, f.name) for f in dataclasses.fields(FingerprintConfig)})
@@ -128,7 +133,12 @@ def build_problem(cfg) -> Problem:
 
 
 def main(cfg, run):
-    problem = build_problem(cfg)
+    unread = []
+    problem = build_problem(cfg, unread)
+    if cfg.seeds and not cfg.seeds.startswith("dataset:"):
+        from jaxinv.io import write_skipped
+
+        write_skipped(run.path("skipped.csv"), unread)
     options = dict(cfg.algorithm.options)
     search = make_search(cfg.algorithm.name, problem, **options)
     print(f"{search.name} search for {cfg.composition} with {problem.potential.name}: "

@@ -202,13 +202,15 @@ def random_structures(space: SearchSpace, n: int, rng: np.random.Generator, **kw
     return random_clusters(space, n, rng) if space.cluster else random_crystals(space, n, rng, **kwargs)
 
 
-def from_structures(space: SearchSpace, structures) -> tuple[Crystal, np.ndarray]:
+def from_structures(space: SearchSpace, structures, names=None) -> tuple[Crystal, np.ndarray]:
     """User or dataset structures (pymatgen or ASE) in the space's layout.
 
-    Structures whose composition is not in the space are skipped and logged.
+    Structures whose composition is not in the space are skipped and logged, by
+    ``names[k]`` (e.g. the file stem) when given, else by index.
     """
     lattices, fracs, numbers, masks, cis = [], [], [], [], []
     for k, s in enumerate(structures):
+        label = names[k] if names is not None else k
         if hasattr(s, "get_cell"):  # ASE Atoms
             lattice, frac, z = s.cell.array, s.get_scaled_positions(wrap=False), s.numbers
         else:
@@ -216,14 +218,14 @@ def from_structures(space: SearchSpace, structures) -> tuple[Crystal, np.ndarray
         z = np.asarray(z, np.int32)
         mask = np.ones(len(z), bool)
         if len(z) > space.n_max:
-            log.info("seed %d has %d atoms (> %d); skipped", k, len(z), space.n_max)
+            log.info("seed %s has %d atoms (> %d); skipped", label, len(z), space.n_max)
             continue
         zz = np.zeros(space.n_max, np.int32)
         mm = np.zeros(space.n_max, bool)
         zz[: len(z)], mm[: len(z)] = np.sort(z), True
         ci = space.composition_index(zz, mm)
         if ci < 0:
-            log.info("seed %d (%s) is outside the search's compositions; skipped", k, z.tolist())
+            log.info("seed %s (%s) is outside the search's compositions; skipped", label, z.tolist())
             continue
         lat, f, zz, mm = _layout(space, ci, lattice, frac, z)
         lattices.append(lat), fracs.append(f), numbers.append(zz), masks.append(mm), cis.append(ci)
