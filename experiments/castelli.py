@@ -8,28 +8,44 @@ See :mod:`jaxinv.screening.castelli` for the criteria and their units.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import numpy as np
 
-from jaxinv.config import RunConfig
+from jaxinv.config import Rule, RunConfig, at_least, checked, each, fraction, non_negative, nonempty, one_of
+
+
+def _acquisitions():
+    from jaxinv.screening.acquisition import ACQUISITIONS
+
+    return ACQUISITIONS
+
+
+def _feature_kinds():
+    from jaxinv.screening.features import FEATURE_KINDS
+
+    return FEATURE_KINDS
 
 
 @dataclass
 class Config(RunConfig):
-    seeds: int = 10
-    strategies: List[str] = field(default_factory=lambda: ["p_window", "random"])
-    gap: str = "dir_gap"
-    features: str = "magpie_site_oxi"
-    initial_fraction: float = 0.02
-    batch_fraction: float = 0.01
-    budget_fraction: float = 0.2
-    members: int = 4
-    epochs: int = 40
-    hidden: List[int] = field(default_factory=lambda: [64, 32])
-    calibrate_sigma: bool = False  # scale σ on earlier batches' held-out predictions (hurt here: see RESULTS.md)
-    diversity: float = 0.0  # batch diversity length; 0 = plain top-k
+    """Fields and their meanings: configs/castelli.yaml (``jaxinv run castelli --help``)."""
+
+    seeds: int = checked(10, at_least(1))
+    strategies: List[str] = checked(["p_window", "random"], nonempty, each(one_of(_acquisitions)))
+    gap: str = checked("dir_gap", one_of("dir_gap", "ind_gap"))
+    features: str = checked("magpie_site_oxi", one_of(_feature_kinds))
+    initial_fraction: float = checked(0.02, fraction)
+    batch_fraction: float = checked(0.01, fraction)
+    budget_fraction: float = checked(0.2, fraction, Rule(
+        lambda v, c: None if v >= c.initial_fraction else f"must be >= initial_fraction ({c.initial_fraction})",
+        ">= initial_fraction"))
+    members: int = checked(4, at_least(1))
+    epochs: int = checked(40, at_least(1))
+    hidden: List[int] = checked([64, 32], each(at_least(1)))
+    calibrate_sigma: bool = False  # (hurt here: see RESULTS.md)
+    diversity: float = checked(0.0, non_negative)
 
 
 def main(cfg, run):

@@ -26,36 +26,66 @@ from typing import List, Optional
 import numpy as np
 from omegaconf import MISSING
 
-from jaxinv.config import RunConfig
+from jaxinv.config import Rule, RunConfig, at_least, checked, dataset_spec, each, existing_path, one_of, positive
 
 log = logging.getLogger("jaxinv.evaluate")
 
 
+def _metric_names():
+    from jaxinv.metrics.suite import GENERATION_METRICS
+
+    return GENERATION_METRICS
+
+
+def _rule_sets():
+    from jaxinv.metrics.composition import RULE_SETS
+
+    return RULE_SETS
+
+
+def _cutoffs_problem(name, cfg):
+    from jaxinv.metrics.coverage import cov_cutoffs
+
+    try:
+        cov_cutoffs(name)
+    except KeyError as e:
+        return str(e.args[0])
+    return None
+
+
+def _stability_pair(value, cfg):
+    if bool(cfg.hull_entries) != bool(cfg.energy_key):
+        return "stability needs both hull_entries and energy_key"
+    return None
+
+
 @dataclass
 class Config(RunConfig):
-    samples: str = MISSING  # folder of CIFs, extxyz, json or csv
-    reference: Optional[str] = None  # e.g. perov_5:test (coverage and property distances)
-    train: Optional[str] = None  # e.g. perov_5:train (novelty)
-    dataset: Optional[str] = None  # coverage cutoffs preset; default: the reference's dataset name
-    struct_cutoff: Optional[float] = None
-    comp_cutoff: Optional[float] = None
-    oxidation_states: str = "smact14"  # smact14 (CDVAE) | icsd24 (smact 4 default) | smact4:<set>
-    metrics: List[str] = field(default_factory=lambda: ["validity", "coverage", "properties", "uniqueness",
-                                                        "novelty"])
-    properties: List[str] = field(default_factory=list)  # extra labels compared by Wasserstein distance
-    wdist_samples: Optional[int] = 1000  # CDVAE's random valid subsample; null: all valid samples
-    limit: Optional[int] = None  # score only the first N samples
-    reference_limit: Optional[int] = None
-    n_jobs: int = 2
+    """Fields and their meanings: configs/evaluate.yaml (``jaxinv evaluate --help``)."""
+
+    samples: str = checked(MISSING, existing_path())
+    reference: Optional[str] = checked(None, dataset_spec)
+    train: Optional[str] = checked(None, dataset_spec)
+    dataset: Optional[str] = checked(None, Rule(_cutoffs_problem, "perov_5 | carbon_24 | mp_20"))
+    struct_cutoff: Optional[float] = checked(None, positive)
+    comp_cutoff: Optional[float] = checked(None, positive)
+    oxidation_states: str = checked("smact14", one_of(_rule_sets))
+    metrics: List[str] = checked(["validity", "coverage", "properties", "uniqueness", "novelty"],
+                                 each(one_of(_metric_names)))
+    properties: List[str] = field(default_factory=list)
+    wdist_samples: Optional[int] = checked(1000, at_least(1))
+    limit: Optional[int] = checked(None, at_least(1))
+    reference_limit: Optional[int] = checked(None, at_least(1))
+    n_jobs: int = checked(2, at_least(1))
     fingerprint_cache: bool = True
-    cache_path: Optional[str] = None  # default $JAXINV_CACHE/metrics/fingerprints.sqlite
-    scaler_path: Optional[str] = None  # CDVAE Magpie scaler; default searched under shared/data/metrics
-    csp_targets: Optional[str] = None  # score samples as CSP predictions of these targets
-    csp_k: int = 1  # candidates per target, run-major (candidate j of target i at j * n_targets + i)
-    hull_entries: Optional[str] = None  # JSON list of pymatgen (Computed)Entry dicts
-    energy_key: Optional[str] = None  # per-sample property holding the energy (eV)
-    energy_per_atom: bool = False  # energy_key is per atom
-    e_hull_true_key: Optional[str] = None  # per-sample true e_above_hull for classification metrics
+    cache_path: Optional[str] = None
+    scaler_path: Optional[str] = checked(None, existing_path("file"))
+    csp_targets: Optional[str] = checked(None, dataset_spec)
+    csp_k: int = checked(1, at_least(1))
+    hull_entries: Optional[str] = checked(None, existing_path("file"))
+    energy_key: Optional[str] = checked(None, Rule(_stability_pair, "given with hull_entries", check_none=True))
+    energy_per_atom: bool = False
+    e_hull_true_key: Optional[str] = None
 
 
 def load_named(spec: str, limit: Optional[int] = None) -> tuple[list, list, list]:
@@ -128,29 +158,11 @@ def _cell(x):
     return x
 
 
-def _check(cfg) -> None:
-    """Config values the schema cannot check, named before any work starts."""
-    from jaxinv.config import ConfigError
-    from jaxinv.metrics.composition import RULE_SETS, get_rules
-    from jaxinv.metrics.suite import GENERATION_METRICS
-
-    unknown = sorted(set(cfg.metrics) - set(GENERATION_METRICS))
-    if unknown:
-        raise ConfigError("metrics", f"unknown {unknown}; choose from {list(GENERATION_METRICS)}")
-    try:
-        get_rules(cfg.oxidation_states)
-    except ValueError:
-        raise ConfigError("oxidation_states", f"unknown set {cfg.oxidation_states!r}; known: {', '.join(RULE_SETS)}")
-    if cfg.csp_k < 1 or cfg.n_jobs < 1:
-        raise ConfigError("csp_k" if cfg.csp_k < 1 else "n_jobs", "must be at least 1")
-
-
 def main(cfg, run):
     from jaxinv.io import write_skipped
     from jaxinv.metrics import format_report, score_csp, score_generation, score_stability
     from jaxinv.metrics.coverage import cov_cutoffs
 
-    _check(cfg)
     t0 = time.perf_counter()
     samples, names, unread = load_named(cfg.samples, cfg.limit)
     log.info("read %d samples from %s (%d skipped)", len(samples), cfg.samples, len(unread))

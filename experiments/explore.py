@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from jaxinv.config import DataConfig, RunConfig
+from jaxinv.config import DataConfig, RunConfig, at_least, checked, non_negative, positive
 from jaxinv.data import load_from_config
 from jaxinv.graph import neighbor_graph
 from jaxinv.io import write_all
@@ -18,10 +18,12 @@ from jaxinv.io import write_all
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/explore.yaml (``jaxinv run explore --help``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
-    cutoff: float = 5.0
-    batch_size: int = 256
-    n_export: int = 20
+    cutoff: float = checked(5.0, positive)
+    batch_size: int = checked(256, at_least(1))
+    n_export: int = checked(20, non_negative)
 
 
 def main(cfg, run):

@@ -26,32 +26,43 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
-from jaxinv.config import RunConfig
+from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, each,
+                           existing_path, formula, load_configured_potential, one_of, positive)
+
+
+def _metric_names():
+    from jaxinv.metrics.suite import GENERATION_METRICS
+
+    return GENERATION_METRICS
 
 
 @dataclass
 class RelaxSamples:
-    potential: Optional[str] = None  # a jaxinv potential name (null: score the samples as decoded)
+    potential: OptionalPotentialConfig = field(default_factory=OptionalPotentialConfig)  # none: as decoded
     pressure_gpa: float = 0.0
-    max_steps: int = 300
+    max_steps: int = checked(300, at_least(1))
 
 
 @dataclass
 class Config(RunConfig):
-    model: str = MISSING  # a train_generative run folder
-    n: int = 1000
-    batch_size: int = 1024
-    targets: Dict[str, float] = field(default_factory=dict)  # property-conditioned models: property -> value
-    composition: Optional[str] = None  # composition-conditioned GAN: a formula such as SrTiO3
-    n_cif: int = -1  # CIF files written (-1: all samples)
+    """Fields and their meanings: configs/generate.yaml (``jaxinv run generate --help``)."""
+
+    model: str = checked(MISSING, existing_path("dir"))
+    n: int = checked(1000, at_least(1))
+    batch_size: int = checked(1024, at_least(1))
+    targets: Dict[str, float] = field(default_factory=dict)
+    composition: Optional[str] = checked(None, formula, Rule(
+        lambda v, c: "give either targets (property conditioning) or composition, not both" if c.targets else None,
+        "not with targets"))
+    n_cif: int = checked(-1, at_least(-1))
     evaluate: bool = True
-    reference: Optional[str] = None  # default <dataset>:test
-    train: Optional[str] = None  # default <dataset>:train (novelty)
-    metrics: List[str] = field(default_factory=lambda: ["validity", "coverage", "properties", "uniqueness",
-                                                        "novelty"])
-    n_jobs: int = 2
+    reference: Optional[str] = checked(None, dataset_spec)
+    train: Optional[str] = checked(None, dataset_spec)
+    metrics: List[str] = checked(["validity", "coverage", "properties", "uniqueness", "novelty"],
+                                 each(one_of(_metric_names)))
+    n_jobs: int = checked(2, at_least(1))
     relax: RelaxSamples = field(default_factory=RelaxSamples)
-    symmetrize: Optional[float] = None  # Å: snap samples onto the symmetry spglib finds at this tolerance
+    symmetrize: Optional[float] = checked(None, positive)
 
 
 def main(cfg, run):
@@ -76,13 +87,14 @@ def main(cfg, run):
     samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(cfg.seed), cfg.n, targets, cfg.batch_size)
     print(f"{cfg.n} crystals in {dt:.2f} s ({rate:.0f} / s, decoding included)")
     relaxation = None
-    if cfg.relax.potential:
+    potential = load_configured_potential(cfg.relax.potential)  # None: score the samples as decoded
+    if potential is not None:
         from jaxinv.crystal import Crystal
         from jaxinv.generative.evaluation import relax_samples
 
-        structures, relaxation = relax_samples(samples, cfg.relax.potential, cfg.relax.pressure_gpa,
+        structures, relaxation = relax_samples(samples, potential, cfg.relax.pressure_gpa,
                                                cfg.relax.max_steps, progress=cfg.progress)
-        print(f"relaxed with {cfg.relax.potential} at {cfg.relax.pressure_gpa:g} GPa: {relaxation['statuses']}")
+        print(f"relaxed with {potential.name} at {cfg.relax.pressure_gpa:g} GPa: {relaxation['statuses']}")
         samples = Crystal.from_structures(structures, n_max=samples.n_max)
     symmetrization = None
     if cfg.symmetrize:

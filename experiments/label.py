@@ -19,25 +19,29 @@ from typing import List
 
 import numpy as np
 
-from jaxinv.config import ConfigError, DataConfig, PotentialConfig, RunConfig
+from jaxinv.config import (DataConfig, PotentialConfig, Rule, RunConfig, at_least, between, checked, each,
+                           load_configured_potential, non_negative, nonempty, one_of)
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.potentials.label import label_structures
-from jaxinv.potentials.registry import load_potential
 
 log = logging.getLogger("jaxinv.label")
 
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/label.yaml (``jaxinv run label --help``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     potential: PotentialConfig = field(default_factory=PotentialConfig)
-    splits: List[str] = field(default_factory=lambda: ["train", "valid", "test"])
-    copies: int = 2
+    splits: List[str] = checked(["train", "valid", "test"], nonempty, each(one_of("train", "valid", "test")))
+    copies: int = checked(2, non_negative, Rule(
+        lambda v, c: None if v or c.include_original else "must be >= 1 when include_original=false (nothing to label)",
+        ">= 1 without include_original"))
     include_original: bool = True
-    rattle: float = 0.05
-    strain: float = 0.03
-    batch_size: int = 64
+    rattle: float = checked(0.05, non_negative)
+    strain: float = checked(0.03, between(0, 1, hi_open=True))
+    batch_size: int = checked(64, at_least(1))
 
 
 def label_split(cfg, potential, split: str, seed: int):
@@ -57,9 +61,7 @@ def label_split(cfg, potential, split: str, seed: int):
 def main(cfg, run):
     from ase.io import write
 
-    if cfg.copies < 0:
-        raise ConfigError("copies", f"must be >= 0, not {cfg.copies}")
-    potential = load_potential(cfg.potential.name, **cfg.potential.options)
+    potential = load_configured_potential(cfg.potential)
     summary = {"potential": potential.name, "dataset": cfg.data.name, "rattle": cfg.rattle, "strain": cfg.strain,
                "copies": cfg.copies, "splits": {}}
     for k, split in enumerate(cfg.splits):

@@ -26,21 +26,37 @@ from typing import Any, Dict, Optional
 import numpy as np
 from omegaconf import MISSING
 
-from jaxinv.config import RunConfig
+from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, existing_path,
+                           load_configured_potential, non_negative, one_of, positive)
+
+
+def _objectives_problem(spec, cfg):
+    from jaxinv.generative.latent import parse_objectives
+
+    if not spec:
+        return "give at least one objective, e.g. 'objectives={heat_ref: {max: 1.0}}'"
+    try:
+        parse_objectives(spec)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
 
 
 @dataclass
 class Config(RunConfig):
-    model: str = MISSING  # a train_generative run folder of a VAE with a property head
-    objectives: Dict[str, Any] = field(default_factory=lambda: {"heat_ref": {"max": 1.0}, "dir_gap": [1.5, 3.0]})
-    n: int = 512
-    start: str = "prior"  # prior | data
-    steps: int = 300
-    learning_rate: float = 0.05
-    prior_weight: float = 0.1
-    oracle: Optional[str] = None  # train_property model folder
-    potential: Optional[str] = None  # relax valid candidates with this jaxinv potential (sevennet0, tersoff_c, ...)
-    relax_steps: int = 300
+    """Fields and their meanings: configs/optimize_latent.yaml (``jaxinv run optimize_latent --help``)."""
+
+    model: str = checked(MISSING, existing_path("dir"))
+    objectives: Dict[str, Any] = checked({"heat_ref": {"max": 1.0}, "dir_gap": [1.5, 3.0]},
+                                         Rule(_objectives_problem, "property -> min | max | [low, high] | {...}"))
+    n: int = checked(512, at_least(1))
+    start: str = checked("prior", one_of("prior", "data"))
+    steps: int = checked(300, non_negative)
+    learning_rate: float = checked(0.05, positive)
+    prior_weight: float = checked(0.1, non_negative)
+    oracle: Optional[str] = checked(None, existing_path("dir"))
+    potential: OptionalPotentialConfig = field(default_factory=OptionalPotentialConfig)
+    relax_steps: int = checked(300, at_least(1))
 
 
 def main(cfg, run):
@@ -61,11 +77,7 @@ def main(cfg, run):
         from jaxinv.screening.train import PropertyModel
 
         oracle = PropertyModel.load(cfg.oracle)
-    potential = None
-    if cfg.potential:
-        from jaxinv.potentials.registry import load_potential
-
-        potential = load_potential(cfg.potential)
+    potential = load_configured_potential(cfg.potential)  # None: no relaxation
     dataset = load_dataset(model.dataset)
     out = design(model, params, objectives, cfg.n, cfg.start, cfg.steps, cfg.learning_rate, cfg.prior_weight,
                  dataset=dataset, oracle=oracle, seed=cfg.seed, potential=potential, relax_steps=cfg.relax_steps)

@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
-from jaxinv.config import DataConfig, PotentialConfig, RunConfig
+from jaxinv.config import (DataConfig, PotentialConfig, RunConfig, at_least, between, checked, existing_path,
+                           load_configured_potential, non_negative, one_of, positive)
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
-from jaxinv.potentials.registry import load_potential
 from jaxinv.relax import relax
 
 log = logging.getLogger("jaxinv.relax")
@@ -28,19 +28,21 @@ log = logging.getLogger("jaxinv.relax")
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/relax.yaml (``jaxinv run relax --help``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     potential: PotentialConfig = field(default_factory=PotentialConfig)
-    structures: Optional[str] = None
-    rattle: float = 0.0
-    strain: float = 0.0
-    fmax: float = 0.05
-    stress_tol: float = 0.005
-    max_steps: int = 500
+    structures: Optional[str] = checked(None, existing_path())
+    rattle: float = checked(0.0, non_negative)
+    strain: float = checked(0.0, between(0, 1, hi_open=True))
+    fmax: float = checked(0.05, positive)
+    stress_tol: float = checked(0.005, positive)
+    max_steps: int = checked(500, at_least(1))
     pressure_gpa: float = 0.0
-    cell: str = "frechet"
-    criterion: str = "stress"
-    max_edges: int = 60000
-    max_batch: int = 128
+    cell: str = checked("frechet", one_of("frechet", "fixed", "volume", "shape"))
+    criterion: str = checked("stress", one_of("stress", "ase"))
+    max_edges: int = checked(60000, at_least(1))
+    max_batch: int = checked(128, at_least(1))
     checkpoint: bool = True
     write_cifs: bool = True
 
@@ -62,7 +64,7 @@ def main(cfg, run):
     if skipped is not None:
         write_skipped(run.path("skipped.csv"), skipped)
     structures = perturb(structures, rattle=cfg.rattle, strain=cfg.strain, seed=cfg.seed)
-    potential = load_potential(cfg.potential.name, **cfg.potential.options)
+    potential = load_configured_potential(cfg.potential)
     print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
           f"stress_tol {cfg.stress_tol} eV/Å^3, cell {cfg.cell}, P = {cfg.pressure_gpa} GPa)")
     results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,

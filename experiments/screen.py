@@ -24,36 +24,85 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from jaxinv.config import RunConfig
+from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, existing_path,
+                           fraction, load_configured_potential, non_negative, one_of)
 
 log = logging.getLogger("jaxinv.screening")
 
 
+STAGE_TYPES = ("composition", "property", "relax", "stability", "rank")
+_FROM_CONTEXT = {"property": "model", "relax": "potential", "stability": "reference"}  # may come from the run
+
+
+def _stages_problem(stages, cfg):
+    """Each stage a known type whose other keys are arguments of its stage function."""
+    import inspect
+
+    from jaxinv.screening import stages as lib
+
+    functions = {"composition": lib.composition_filter, "property": lib.property_filter, "relax": lib.relax_stage,
+                 "stability": lib.stability_stage, "rank": lib.rank_stage}
+    for k, spec in enumerate(stages):
+        if not isinstance(spec, dict) or spec.get("type") not in STAGE_TYPES:
+            got = spec.get("type") if isinstance(spec, dict) else spec
+            return f"stage {k}: type {got!r} is not one of {' | '.join(STAGE_TYPES)}"
+        params = inspect.signature(functions[spec["type"]]).parameters
+        args = set(spec) - {"type"}
+        unknown = sorted(args - set(params) - ({"reference"} if spec["type"] == "stability" else set()))
+        if unknown:
+            return (f"stage {k} ({spec['type']}): no argument {', '.join(map(repr, unknown))}; "
+                    f"its arguments: {', '.join(params)}")
+        need = [p for p, v in params.items() if v.default is v.empty and p != _FROM_CONTEXT.get(spec["type"])]
+        if set(need) - args:
+            return f"stage {k} ({spec['type']}) needs {', '.join(sorted(set(need) - args))}"
+    return None
+
+
+def _needs_potential(potential, cfg):
+    stages = [s for s in cfg.stages if isinstance(s, Mapping)]
+    kinds = [s.get("type") for s in stages]
+    own = all(s.get("potential") for s in stages if s.get("type") == "relax")
+    if potential["name"] == "none" and ("stability" in kinds or ("relax" in kinds and not own)):
+        return "the relax and stability stages need a potential: potential=<name>, e.g. potential=sevennet0"
+    return None
+
+
+def _needs_reference(reference, cfg):
+    if reference is None and any(isinstance(s, Mapping) and s.get("type") == "stability" for s in cfg.stages):
+        return "the stability stage needs reference=<folder of CIFs of competing phases>"
+    return None if reference is None else existing_path().test(reference, cfg)
+
+
 @dataclass
 class CandidateConfig:
-    prototypes: str = "perov_5"  # dataset name (optionally name:split) or a folder/file of CIFs
-    n_prototypes: Optional[int] = 100  # a seeded sample of the prototypes (null: all)
-    threshold: float = 1e-3  # minimum substitution probability (product over site classes)
-    method: str = "exhaustive"  # exhaustive (every substitution above threshold) | top_k (JAX, m^k per prototype)
-    max_per_prototype: Optional[int] = 4096  # best kept per prototype (null: all)
-    budget: int = 65536  # top_k only: combinations scored per prototype (m^k)
-    dls_volume: bool = False  # rescale survivors of the composition stage with pymatgen's DLS
+    prototypes: str = checked("perov_5", dataset_spec)
+    n_prototypes: Optional[int] = checked(100, at_least(1))
+    threshold: float = checked(1e-3, fraction)
+    method: str = checked("exhaustive", one_of("exhaustive", "top_k"))
+    max_per_prototype: Optional[int] = checked(4096, at_least(1))
+    budget: int = checked(65536, at_least(1))
+    dls_volume: bool = False
 
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/screen.yaml (``jaxinv run screen --help``)."""
+
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    model: Optional[str] = None
-    quick_model_epochs: int = 100
-    potential: Optional[str] = None
-    reference: Optional[str] = None
-    stages: List[Dict[str, Any]] = field(default_factory=list)
-    n_cif: int = 50
+    model: Optional[str] = checked(None, existing_path())
+    quick_model_epochs: int = checked(100, at_least(1))
+    potential: OptionalPotentialConfig = checked(OptionalPotentialConfig(), Rule(_needs_potential, "not none with "
+                                                                                 "relax or stability stages"))
+    reference: Optional[str] = checked(None, Rule(_needs_reference, "an existing path (needed by stability)",
+                                                  check_none=True))
+    stages: List[Dict[str, Any]] = checked([], Rule(_stages_problem, "stages of known types and arguments"))
+    n_cif: int = checked(50, non_negative)
 
 
 def _prototypes(cfg, seed, skipped=None):
@@ -99,7 +148,7 @@ def main(cfg, run):
     from jaxinv.screening.candidates import Candidates
     from jaxinv.screening.funnel import chain
     from jaxinv.screening.report import stage_windows, write_outputs
-    from jaxinv.screening.stages import build_stage, load_potential_spec
+    from jaxinv.screening.stages import build_stage
     from jaxinv.screening.substitution import enumerate_substitutions, prepare_prototypes
 
     work = run.out_dir / "funnel"
@@ -145,10 +194,7 @@ def main(cfg, run):
                 property_learning_curve(context["model"].history, run.out_dir / "quick_model" / "learning_curve.png",
                                         title="quick composition model")
     if "relax" in kinds or "stability" in kinds:
-        if not cfg.potential:
-            raise ValueError("relax/stability stages need potential=<registry name, e.g. sevennet0> "
-                             "or 'module:factory'")
-        context["potential"] = load_potential_spec(cfg.potential)
+        context["potential"] = load_configured_potential(cfg.potential)  # None: each relax stage names its own
     if "stability" in kinds:
         from jaxinv.io import read_structures_named
         from jaxinv.metrics import HullReference

@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from jaxinv.config import PotentialConfig, RunConfig
-from jaxinv.potentials.registry import load_potential
+from jaxinv.config import (PotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, existing_path, formula,
+                           load_configured_potential, module_function, non_negative, one_of, positive)
 from jaxinv.relax import GPA, FireConfig
 from jaxinv.search import FingerprintConfig, Problem, SearchSpace, make_search, run_search
 from jaxinv.search.pareto import pareto_ranks
@@ -31,44 +31,109 @@ from jaxinv.search.pareto import pareto_ranks
 log = logging.getLogger("jaxinv.search")
 
 
+def _algorithm_options(name: str) -> list[str]:
+    import inspect
+
+    from jaxinv.search import ALGORITHMS
+    from jaxinv.search.ea import random_search
+
+    config_cls = ALGORITHMS[name][1]
+    if config_cls is None:  # random search: the keyword arguments of random_search
+        return [p for p in inspect.signature(random_search).parameters if p not in ("problem", "name")]
+    return [f.name for f in dataclasses.fields(config_cls)]
+
+
+def _options_problem(options, node):
+    from jaxinv.search import ALGORITHMS
+
+    if node.name not in ALGORITHMS:
+        return None
+    allowed = _algorithm_options(node.name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        return f"{node.name} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(allowed)}"
+    return None
+
+
+def _composition_problem(spec: str, cfg):
+    """Counts per cell (Si8) of real elements, or A,B with 0 < min_atoms <= max_atoms."""
+    from jaxinv.search.composition import parse_formula
+
+    if "," in spec:
+        parts = [p.strip() for p in spec.split(",")]
+        if len(parts) != 2 or not all(parts):
+            return f"{spec!r}: a composition range is two elements, A,B"
+        for p in parts:
+            why = formula.test(p, cfg)
+            if why:
+                return why
+        if len(set(parts)) == 1:
+            return f"{spec!r}: a binary search needs two different elements"
+        if not 0 < cfg.min_atoms <= cfg.max_atoms:
+            return f"a composition range needs 0 < min_atoms <= max_atoms (they are {cfg.min_atoms}, {cfg.max_atoms})"
+        return None
+    why = formula.test(spec, cfg)
+    if why:
+        return why
+    try:
+        parse_formula(spec)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _seeds_problem(spec: str, cfg):
+    if spec.startswith("dataset:"):
+        return dataset_spec.test(spec[len("dataset:"):], cfg)
+    return existing_path().test(spec, cfg)
+
+
+def _objective_problem(spec: str, cfg):
+    return None if spec.lstrip("-") == "volume_per_atom" else module_function.test(spec.lstrip("-"), cfg)
+
+
 @dataclass
 class AlgorithmConfig:
-    name: str = "ea"
-    options: Dict[str, Any] = field(default_factory=dict)
+    name: str = checked("ea", one_of(lambda: __import__("jaxinv.search").search.ALGORITHMS))
+    options: Dict[str, Any] = checked({}, Rule(_options_problem, "the algorithm's config fields"))
 
 
 @dataclass
 class FingerprintOptions:
-    r_max: float = 0.0
-    n_bins: int = 128
-    sigma: float = 0.01
-    threshold: float = 0.002
-    energy_tol: float = 0.002
+    r_max: float = checked(0.0, non_negative)
+    n_bins: int = checked(128, at_least(1))
+    sigma: float = checked(0.01, positive)
+    threshold: float = checked(0.002, non_negative)
+    energy_tol: float = checked(0.002, non_negative)
 
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/search.yaml (``jaxinv run search --help``)."""
+
     potential: PotentialConfig = field(default_factory=PotentialConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    composition: str = "???"  # Si8 (counts per cell) or A,B for a binary range with min/max_atoms
-    min_atoms: int = 0
-    max_atoms: int = 0
+    composition: str = checked("???", Rule(_composition_problem, "counts per cell (Si8) or A,B"))
+    min_atoms: int = checked(0, non_negative)
+    max_atoms: int = checked(0, non_negative)
     cluster: bool = False
-    box: float = 0.0  # vacuum box edge of a cluster search (Å)
-    bond_length: float = 0.0  # 0: from covalent radii
-    min_distance: float = 0.0  # 0: 0.7 bond_length
-    volume_per_atom: float = 0.0  # 0: pyxtal's estimate
-    seeds: Optional[str] = None  # CIF folder / extxyz / JSON, or dataset:NAME[:SPLIT]
-    batch: int = 16
-    max_relaxations: int = 400
-    max_generations: int = 1000
-    target: Optional[float] = None  # stop when the best fitness reaches it
-    fmax: float = 0.05
-    stress_tol: float = 0.005
-    max_steps: int = 500
+    box: float = checked(0.0, non_negative, Rule(lambda v, c: "a cluster search needs box > 0 (Å)"
+                                                 if c.cluster and v <= 0 else None, "> 0 with cluster=true"))
+    bond_length: float = checked(0.0, non_negative)
+    min_distance: float = checked(0.0, non_negative)
+    volume_per_atom: float = checked(0.0, non_negative)
+    seeds: Optional[str] = checked(None, Rule(_seeds_problem, "an existing path or dataset:NAME[:SPLIT]"))
+    batch: int = checked(16, at_least(1))
+    max_relaxations: int = checked(400, at_least(1))
+    max_generations: int = checked(1000, at_least(1))
+    target: Optional[float] = None
+    fmax: float = checked(0.05, positive)
+    stress_tol: float = checked(0.005, positive)
+    max_steps: int = checked(500, at_least(1))
     pressure_gpa: float = 0.0
     fingerprint: FingerprintOptions = field(default_factory=FingerprintOptions)
-    objective: Optional[str] = None  # volume_per_atom, -volume_per_atom, or module:function (minimised)
+    objective: Optional[str] = checked(None, Rule(_objective_problem, "volume_per_atom, -volume_per_atom or "
+                                                                      "module:function"))
     checkpoint: bool = True
 
 
@@ -107,7 +172,7 @@ def build_problem(cfg, skipped: list | None = None) -> Problem:
         space = SearchSpace.binary(a, b, cfg.min_atoms, cfg.max_atoms, **common)
     else:
         space = SearchSpace.fixed(cfg.composition, **common)
-    potential = load_potential(cfg.potential.name, **cfg.potential.options)
+    potential = load_configured_potential(cfg.potential)
     seeds = None
     if cfg.seeds:
         from jaxinv.search.seeds import from_structures

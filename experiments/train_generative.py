@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxinv.config import DataConfig, RunConfig, repo_root
-from jaxinv.generative.model import ModelConfig
+from jaxinv.config import (DataConfig, Rule, RunConfig, at_least, checked, constrain, non_negative, one_of, positive,
+                           repo_root)
+from jaxinv.generative.model import CONDITIONS, KINDS, ModelConfig
 from jaxinv.generative.train import TrainConfig
 
 # The model presets are a config group named ``model`` that only this experiment
@@ -40,17 +41,37 @@ os.environ.setdefault("JAXINV_GENERATIVE_CONFIGS", str(repo_root() / "configs" /
 log = logging.getLogger("jaxinv.generative")
 
 
+# The model and train sections are library dataclasses; their rules are declared here.
+constrain(
+    ModelConfig,
+    kind=one_of(*KINDS),
+    condition=(one_of(*CONDITIONS), Rule(lambda v, m: "composition conditioning is implemented for coord_gan only"
+                                         if v == "composition" and m.kind != "coord_gan" else None,
+                                         "composition: coord_gan only")),
+    latent=at_least(1), hidden=at_least(1), encoder=one_of("set", "mlp"), enc_hidden=at_least(1),
+    width=at_least(1), critic_hidden=at_least(1), sigma=positive, beta=non_negative, kl_warmup=non_negative,
+    grid=(at_least(8), Rule(lambda v, m: f"must be divisible by 8 (got {v})" if v % 8 else None, "divisible by 8")),
+    w_lattice=non_negative, w_frac=non_negative, w_species=non_negative, w_image=non_negative,
+    w_property=non_negative, gp_weight=non_negative, n_critic=at_least(1), lr=positive, lr_critic=positive,
+    grad_clip=positive,
+)
+constrain(TrainConfig, steps=non_negative, batch_size=at_least(1), eval_every=non_negative, eval_size=at_least(1),
+          checkpoint_every_s=positive, time_limit_min=non_negative)
+
+
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/train_generative.yaml (``jaxinv run train_generative --help``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    check_samples: int = 256  # samples scored for validity at every evaluation
-    check_recon: int = 128  # valid-split crystals reconstructed at every evaluation (VAEs)
-    n_samples: int = 1000  # samples generated after training, written and scored
-    n_cif: int = 100  # of them also written as CIF files (all go to samples.extxyz)
-    evaluate: bool = True  # score the samples (CDVAE metrics vs the test split, reconstruction of test)
-    n_jobs: int = 2
+    check_samples: int = checked(256, non_negative)
+    check_recon: int = checked(128, non_negative)
+    n_samples: int = checked(1000, non_negative)
+    n_cif: int = checked(100, non_negative)
+    evaluate: bool = True
+    n_jobs: int = checked(2, at_least(1))
 
 
 def main(cfg, run):

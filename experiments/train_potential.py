@@ -22,7 +22,8 @@ from typing import List, Optional
 import jax
 import numpy as np
 
-from jaxinv.config import ConfigError, RunConfig
+from jaxinv.config import (ConfigError, Rule, RunConfig, at_least, checked, each, existing_path, non_negative, one_of,
+                           positive)
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.nequip import NequIPConfig
 from jaxinv.potentials.train import Trainer, TrainConfig, fit_element_shifts, load_extxyz, save_potential
@@ -30,31 +31,43 @@ from jaxinv.potentials.train import Trainer, TrainConfig, fit_element_shifts, lo
 log = logging.getLogger("jaxinv.train_potential")
 
 
+def _data_dir_problem(data_dir, cfg):
+    if data_dir is None:
+        return None if cfg.train_file else "give data_dir (with train.extxyz) or train_file"
+    why = existing_path("dir").test(data_dir, cfg)
+    if why is None and not cfg.train_file and not (Path(data_dir) / "train.extxyz").is_file():
+        why = f"{data_dir} has no train.extxyz (or give train_file)"
+    return why
+
+
 @dataclass
 class ModelSpec:
-    channels: int = 16
-    lmax: int = 1
-    num_layers: int = 3
-    cutoff: float = 5.0
-    num_basis: int = 8
-    radial_hidden: List[int] = field(default_factory=lambda: [32])
+    channels: int = checked(16, at_least(1))
+    lmax: int = checked(1, non_negative)
+    num_layers: int = checked(3, at_least(1))
+    cutoff: float = checked(5.0, positive)
+    num_basis: int = checked(8, at_least(1))
+    radial_hidden: List[int] = checked([32], each(at_least(1)))
 
 
 @dataclass
 class Config(RunConfig):
-    data_dir: Optional[str] = None
-    train_file: Optional[str] = None
-    valid_file: Optional[str] = None
-    test_file: Optional[str] = None
-    limit: Optional[int] = None  # first N training structures (after a seeded shuffle)
+    """Fields and their meanings: configs/train_potential.yaml (``jaxinv run train_potential --help``)."""
+
+    data_dir: Optional[str] = checked(None, Rule(_data_dir_problem, "a folder with train.extxyz (or train_file)",
+                                                 check_none=True))
+    train_file: Optional[str] = checked(None, existing_path("file"))
+    valid_file: Optional[str] = checked(None, existing_path("file"))
+    test_file: Optional[str] = checked(None, existing_path("file"))
+    limit: Optional[int] = checked(None, at_least(1))
     model: ModelSpec = field(default_factory=ModelSpec)
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 5e-3
-    energy_weight: float = 1.0
-    force_weight: float = 10.0
-    stress_weight: float = 10.0
-    loss: str = "huber"
+    epochs: int = checked(30, at_least(1))
+    batch_size: int = checked(16, at_least(1))
+    learning_rate: float = checked(5e-3, positive)
+    energy_weight: float = checked(1.0, non_negative)
+    force_weight: float = checked(10.0, non_negative)
+    stress_weight: float = checked(10.0, non_negative)
+    loss: str = checked("huber", one_of("huber", "mse"))
 
 
 def _files(cfg) -> dict[str, Optional[Path]]:

@@ -19,38 +19,58 @@ from typing import List, Optional
 
 import numpy as np
 
-from jaxinv.config import DataConfig, RunConfig
+from jaxinv.config import DataConfig, Rule, RunConfig, at_least, checked, each, non_negative, nonempty, one_of, positive
+
+
+def _feature_kinds():
+    from jaxinv.screening.features import FEATURE_KINDS
+
+    return FEATURE_KINDS
+
+
+def _targets_problem(targets, cfg):
+    """Each target a property column of a registered dataset (a CSV path is read later)."""
+    from jaxinv.data.registry import REGISTRY
+
+    info = REGISTRY.get(str(cfg.data.name))
+    unknown = [t for t in targets if info is not None and t not in info.properties]
+    if unknown:
+        return f"{', '.join(map(repr, unknown))} not among {info.name}'s properties: {', '.join(info.properties)}"
+    return None
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "composition"  # composition | cgcnn
-    features: str = "magpie_site"  # composition model: magpie | magpie_site | magpie_ionic | magpie_site_ionic
-    hidden: List[int] = field(default_factory=lambda: [128, 64])
-    cgcnn_features: int = 64
-    n_conv: int = 3
-    n_rbf: int = 40  # Gaussian distance expansion of the CGCNN edges
-    cutoff: float = 5.0
+    kind: str = checked("composition", one_of("composition", "cgcnn"))
+    features: str = checked("magpie_site", one_of(_feature_kinds))
+    hidden: List[int] = checked([128, 64], each(at_least(1)))
+    cgcnn_features: int = checked(64, at_least(1))
+    n_conv: int = checked(3, at_least(1))
+    n_rbf: int = checked(40, at_least(1))
+    cutoff: float = checked(5.0, positive)
 
 
 @dataclass
 class TrainSection:
-    n_members: int = 5
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    chunk_epochs: int = 50  # epochs per compiled call; progress is logged and checkpointed after each
+    n_members: int = checked(5, at_least(1))
+    epochs: int = checked(200, at_least(1))
+    batch_size: int = checked(128, at_least(1))
+    lr: float = checked(2e-3, positive)
+    weight_decay: float = checked(1e-4, non_negative)
+    chunk_epochs: int = checked(50, at_least(1))
 
 
 @dataclass
 class Config(RunConfig):
+    """Fields and their meanings: configs/train_property.yaml (``jaxinv run train_property --help``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
-    targets: List[str] = field(default_factory=lambda: ["heat_ref", "dir_gap", "ind_gap"])
+    targets: List[str] = checked(["heat_ref", "dir_gap", "ind_gap"], nonempty, Rule(_targets_problem,
+                                                                                     "properties of the dataset"))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainSection = field(default_factory=TrainSection)
     recalibrate: bool = True
-    checkpoint: bool = True  # orbax training checkpoints in <run>/train_ckpt (resumable)
+    checkpoint: bool = True
 
 
 def build_model(cfg):

@@ -57,6 +57,25 @@ def run_experiment(name: str, overrides: list[str] | None = None, print_config: 
     return result
 
 
+def experiment_help(name: str, overrides: list[str] | None = None) -> str:
+    """``jaxinv run NAME --help``: what the experiment does and every field of its config
+    (default, meaning, accepted values); composes the config, loads nothing."""
+    import inspect
+
+    from jaxinv.config import describe
+
+    module = load_experiment(name)
+    doc = inspect.cleandoc(module.__doc__ or "")
+    head = f"usage: jaxinv run {name} [key=value ...] [--cfg] [--help]"
+    return "\n\n".join(part for part in (head, doc, describe(name, module.Config, overrides)) if part)
+
+
+def _split_flags(overrides: list[str]) -> tuple[list[str], set[str]]:
+    """Flags that argparse leaves among the overrides (they may follow the experiment name)."""
+    flags = {"--cfg", "--help", "-h"}
+    return [o for o in overrides if o not in flags], {o for o in overrides if o in flags}
+
+
 def _data_info(name: str, as_json: bool) -> int:
     from jaxinv.data import load_dataset
 
@@ -91,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                "  jaxinv data info perov_5\n  jaxinv run --list",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p_run = sub.add_parser("run", help="run an experiment: jaxinv run NAME [key=value ...]")
+    p_run = sub.add_parser("run", help="run an experiment: jaxinv run NAME [key=value ...]",
+                           epilog="jaxinv run NAME --help lists the experiment's fields, defaults and meanings.")
     p_run.add_argument("experiment", nargs="?", help="experiment name (see --list)")
     p_run.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides, e.g. data=carbon_24 seed=1")
     p_run.add_argument("--list", action="store_true", help="list the experiments")
@@ -120,11 +140,18 @@ def main(argv: list[str] | None = None) -> int:
                 print("experiments:\n  " + "\n  ".join(list_experiments()))
                 return 0
             # flags may also follow the experiment name, where REMAINDER collects them
-            overrides = [o for o in args.overrides if o != "--cfg"]
-            run_experiment(args.experiment, overrides, print_config=args.cfg or len(overrides) < len(args.overrides))
+            overrides, flags = _split_flags(args.overrides)
+            if flags & {"--help", "-h"}:
+                print(experiment_help(args.experiment, overrides))
+                return 0
+            run_experiment(args.experiment, overrides, print_config=args.cfg or "--cfg" in flags)
             return 0
         if args.command == "evaluate":
-            run_experiment("evaluate", args.overrides)
+            overrides, flags = _split_flags(args.overrides)
+            if flags & {"--help", "-h"}:
+                print(experiment_help("evaluate", overrides))
+                return 0
+            run_experiment("evaluate", overrides, print_config="--cfg" in flags)
             return 0
         if args.command == "data":
             if args.data_command != "info":
