@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,14 @@ def restore_state(model, tree) -> TrainState:
     return serialization.from_state_dict(template, tree)
 
 
+def _write_records(path: str | Path, records: list[dict]) -> None:
+    """``records`` as JSON lines, replacing ``path`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
 def _device_batch(batch: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
@@ -120,6 +129,10 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
             state = restore_state(model, tree["state"])
             history = json.loads(str(np.asarray(tree["history"]).tobytes(), "utf-8")) if "history" in tree else []
             log.info("resumed at step %d", int(state.step))
+        if metrics_file is not None:
+            # a run killed after an evaluation but before its checkpoint evaluates that step again:
+            # the file restarts from the records of the state resumed from, so no record appears twice
+            _write_records(metrics_file, history)
 
     def snapshot():
         return {"state": serialization.to_state_dict(state),

@@ -22,6 +22,7 @@ stage's ``config``; resuming with different inputs or settings raises.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -180,6 +181,9 @@ class Funnel:
                 records.append(StageRecord(**entry["record"]))
                 continue
             sdir.mkdir(parents=True, exist_ok=True)
+            # a chunk killed after writing its dropped rows but before counting as done runs again:
+            # its rows (and any other unfinished chunk's) leave dropped.csv first, so none appears twice
+            _keep_dropped_of(sdir / "dropped.csv", set(entry["chunks"]))
             size = stage.chunk_size or max(len(current), 1)
             n_chunks = max(1, -(-len(current) // size))
             entry.update(status="running", n_chunks=n_chunks)
@@ -231,12 +235,37 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+_DROPPED_HEADER = "id,chunk,reason\n"
+
+
+def _keep_dropped_of(path: Path, chunks: set) -> None:
+    """Rewrite ``dropped.csv`` (atomically) with only the rows of the finished ``chunks``
+    (their numbers as strings); nothing to do when every row belongs to one."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [_DROPPED_HEADER]
+    for line in lines[1:]:
+        try:
+            row = next(csv.reader([line]))
+        except (csv.Error, StopIteration):  # a line cut short by a kill
+            continue
+        if len(row) >= 3 and line.endswith("\n") and row[1] in chunks:
+            kept.append(line)
+    if kept == lines:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 def _append_dropped(path: Path, ids, reasons, chunk: int) -> None:
-    """Dropped rows of one chunk; a chunk re-run after a kill may repeat its lines,
-    so readers keep the last line per id."""
+    """Dropped rows of one chunk. A run resumed after a kill first removes the rows of
+    chunks that had not counted as done (:func:`_keep_dropped_of`), so each dropped
+    candidate appears once."""
     new = not path.exists()
     with open(path, "a") as fh:
         if new:
-            fh.write("id,chunk,reason\n")
+            fh.write(_DROPPED_HEADER)
         for i, r in zip(ids, reasons):
             fh.write(f"{i},{chunk},\"{r}\"\n")
