@@ -168,11 +168,16 @@ def _relax(crystals, valid, potential, steps: int):
     t0 = time.perf_counter()
     results = relax(structures, potential, max_steps=steps, progress=False)
     dt = time.perf_counter() - t0
-    relaxed = [r.structure for r in results]
-    e = np.array([r.energy / len(r.structure) for r in results])
+    # a failed relaxation (e.g. collapsed into the potential's short-range hole) has no trustworthy
+    # energy or geometry: it keeps its input structure and counts with a NaN energy
+    failed = np.array([r.failed for r in results])
+    relaxed = [s if bad else r.structure for s, r, bad in zip(structures, results, failed)]
+    e = np.array([np.nan if bad else r.energy / len(r.structure) for r, bad in zip(results, failed)])
     converged = np.array([r.status == "converged" for r in results])
     v = validity(relaxed)
-    out = {"n": len(idx), "seconds": dt, "converged": float(converged.mean()),
-           "energy_per_atom_mean": float(np.mean(e)), "energy_per_atom_median": float(np.median(e)),
+    finite = e[np.isfinite(e)]
+    out = {"n": len(idx), "seconds": dt, "converged": float(converged.mean()), "failed": float(failed.mean()),
+           "energy_per_atom_mean": float(np.mean(finite)) if finite.size else float("nan"),
+           "energy_per_atom_median": float(np.median(finite)) if finite.size else float("nan"),
            "valid_after_relaxation": float(v["valid"].mean()), "potential": potential.name}
     return out, list(zip(idx.tolist(), relaxed, e.tolist()))

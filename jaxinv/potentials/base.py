@@ -57,6 +57,9 @@ class Potential:
 
     ``species`` lists the atomic numbers the potential knows (None: any).
     ``energy_fn`` must follow the contract in the module docstring.
+    ``metadata["bond_radii"]`` (119 radii in Å, by atomic number) sets the length
+    scale of the relaxer's collapse guard for potentials in reduced units; by
+    default it is the covalent radii (:attr:`bond_radii` is None).
     """
 
     name: str
@@ -65,6 +68,13 @@ class Potential:
     cutoff: float
     species: tuple[int, ...] | None = None
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def bond_radii(self) -> tuple | None:
+        """Per-element bond radii (Å, atomic numbers 0..118) for the collapse guard, or None
+        (covalent radii)."""
+        radii = self.metadata.get("bond_radii")
+        return None if radii is None else tuple(float(r) for r in radii)
 
     def __call__(self, crystal: Crystal, graph: Graph | None = None, stress: bool = True) -> "Outputs":
         """Energies, forces and stress of a batch (host convenience; builds the graph)."""

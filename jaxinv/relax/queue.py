@@ -139,7 +139,7 @@ class RelaxQueue:
                  compact: bool = True, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True):
         self.potential = potential
-        self.config = config
+        self.config = config = config.for_potential(potential)
         self.max_edges = int(max_edges)
         self.max_batch = int(max_batch)
         if batch_fraction is None:

@@ -101,7 +101,7 @@ class Relaxer:
     def __init__(self, potential: Potential, config: FireConfig, batch: int, chunk_steps: int = 50,
                  images: tuple = (1, 1, 1), capacity: int = 16, compact: bool | None = None):
         self.potential = potential
-        self.config = config
+        self.config = config = config.for_potential(potential)
         self.batch = int(batch)
         self.compact = jax.default_backend() == "cpu" if compact is None else bool(compact)
         self.graph_cutoff = potential.cutoff + config.skin_for(potential.cutoff)
@@ -166,7 +166,7 @@ class Relaxer:
         n = np.maximum(c.mask.sum(-1), 1)
         volume = np.abs(np.linalg.det(lattice))
         enthalpy = (energy.astype(np.float64) + self.config.pressure * volume) / n
-        failed = (status >= 3) | ~np.isfinite(enthalpy)  # FAILED_NAN, _CELL, _GRAPH, _COLLAPSE
+        failed = (status >= 3) | ~np.isfinite(enthalpy)  # FAILED_NAN, _CELL, _GRAPH, _COLLAPSE, _ISOLATED
         enthalpy = np.where(failed, np.inf, enthalpy)
         frac = np.where(c.mask[..., None], frac, 0.0)
         return lattice[:k], frac[:k], energy[:k].astype(np.float64), enthalpy[:k], status[:k], steps[:k]

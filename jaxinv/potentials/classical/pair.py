@@ -77,7 +77,7 @@ def lennard_jones(sigma=1.0, epsilon=1.0, species: Sequence | None = None, cutof
     tables = {"sigma": pair_table(sigma, n, "arithmetic"), "epsilon": pair_table(epsilon, n, "geometric")}
     cutoff = 3.0 * float(tables["sigma"].max()) if cutoff is None else float(cutoff)
     return _pair_potential("lennard-jones", lj_energy, tables, species_t, cutoff, truncation,
-                           _default_onset(truncation, cutoff, r_onset), {})
+                           _default_onset(truncation, cutoff, r_onset), _reduced_units(species_t, tables["sigma"]))
 
 
 def morse(r0, epsilon, alpha, species: Sequence | None = None, cutoff: float | None = None,
@@ -100,7 +100,16 @@ def morse(r0, epsilon, alpha, species: Sequence | None = None, cutoff: float | N
     if cutoff is None:
         cutoff = float((tables["r0"] + 7.0 / tables["alpha"]).max())
     return _pair_potential("morse", morse_energy, tables, species_t, float(cutoff), truncation,
-                           _default_onset(truncation, cutoff, r_onset), {})
+                           _default_onset(truncation, cutoff, r_onset), _reduced_units(species_t, tables["r0"]))
+
+
+def _reduced_units(species, length_table) -> dict:
+    """Without species the potential is in its own units (LJ's sigma, Morse's r0), not Å of
+    real elements: the relaxer's collapse guard then measures bonds in those units, half the
+    length per atom, instead of in covalent radii."""
+    if species is not None:
+        return {}
+    return {"bond_radii": (0.5 * float(np.max(length_table)),) * 119}
 
 
 def isolated_cluster(positions, numbers, cutoff: float, margin: float = 1.0) -> Crystal:

@@ -1,0 +1,107 @@
+"""Issue 22: relaxation results a user can trust on structures nobody tuned for.
+
+* a pair that falls into a potential's short-range hole fails its structure, with a
+  limit per species pair (a fraction of the covalent-radius sum), wherever an energy
+  is trusted (relax status, search fitness);
+* the default convergence test is at least as strict as ASE's at the same ``fmax``:
+  a filter started afresh at the final geometry finds every row below ``fmax``;
+* an atom with no neighbor within the cutoff is flagged, not "converged".
+"""
+import jax.numpy as jnp
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from jaxinv.crystal import Crystal
+from jaxinv.data.perturb import perturb
+from jaxinv.potentials import Potential, pair_energy_sum
+from jaxinv.relax import FireConfig, relax
+from jaxinv.search.evaluate import Relaxer
+from toy_potentials import LJ, ase_lj
+
+SI_BOND = 2 * 1.11  # Å, sum of Si covalent radii (Cordero 2008)
+
+
+def holed_si(center=1.0, width=0.3, depth=80.0):
+    """A Si pair potential with a physical minimum near 2.35 Å and, as SevenNet-0 has for
+    Si2 and GaAs, an unphysical deep well at ``center`` (0.45 of the covalent-radius sum,
+    twice the old fixed 0.5 Å guard)."""
+    def energy(params, crystal, graph):
+        def pair(r, zi, zj):
+            sr6 = (2.1 / jnp.maximum(r, 1.6)) ** 6
+            return 4 * 0.5 * (sr6 * sr6 - sr6) - depth * jnp.exp(-(((r - center) / width) ** 2))
+        return pair_energy_sum(pair, crystal, graph)
+    return Potential("holed-si", energy, {}, cutoff=5.0, species=(14,))
+
+
+def si2(distance):
+    """Two Si atoms ``distance`` Å apart along x in a 6 Å cubic cell."""
+    return Structure(Lattice.cubic(6.0), ["Si", "Si"], [[0, 0, 0], [distance / 6.0, 0, 0]])
+
+
+def closest(structure):
+    d = structure.distance_matrix + np.eye(len(structure)) * 1e3
+    return float(d.min())
+
+
+def test_a_pair_in_a_short_range_hole_fails_per_species_pair():
+    pot = holed_si()
+    hole, fine = relax([si2(1.45), si2(2.3)], pot, fmax=0.01, cell="fixed", progress=False)
+    # the slide into the well ends far above the old 0.5 Å guard, at 0.45 of the covalent sum
+    assert hole.status == "failed_collapse" and hole.failed
+    assert 0.5 < closest(hole.structure) < 0.55 * SI_BOND
+    assert fine.status == "converged" and closest(fine.structure) > 0.9 * SI_BOND
+    # switched off, the same start "converges" in the hole with an absurd energy: what users saw
+    off = relax([si2(1.45)], pot, fmax=0.01, cell="fixed", progress=False, min_bond_fraction=0.0)[0]
+    assert off.converged and off.energy_per_atom < fine.energy_per_atom - 5.0
+
+
+def test_search_fitness_never_trusts_a_collapsed_structure():
+    relaxer = Relaxer(holed_si(), FireConfig(fmax=0.02, max_steps=300, cell="fixed"), batch=2, compact=False)
+    out = relaxer(Crystal.from_structures([si2(1.45), si2(2.3)]))
+    assert out.status[0] == 6  # FAILED_COLLAPSE
+    assert np.isinf(out.enthalpy[0]) and np.isfinite(out.enthalpy[1])
+
+
+def test_reduced_unit_potentials_measure_the_guard_in_their_own_units():
+    """LJ in reduced units (sigma = 1) has its minimum at 1.12 'Å', below half the covalent sum of
+    any element it is applied to; its own sigma sets the guard's scale, not covalent radii."""
+    from jaxinv.potentials.classical import lennard_jones
+
+    lj = lennard_jones(sigma=1.0, epsilon=1.0)
+    fcc = Structure(Lattice.cubic(1.6), ["Ar"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    result = relax([fcc], lj, fmax=1e-3, progress=False)[0]
+    assert result.converged, result.status
+    assert abs(closest(result.structure) - 2 ** (1 / 6)) < 0.03
+
+
+def test_isolated_atoms_are_flagged_not_converged():
+    vacuum = Structure(Lattice.cubic(200.0), ["Si", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    bulk = perturb([Structure(Lattice.cubic(3.3), ["Si"] * 4,
+                              [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])], rattle=0.02, seed=1)[0]
+    lonely, fine = relax([vacuum, bulk], LJ, fmax=1e-3, progress=False)
+    assert lonely.status == "failed_isolated" and not lonely.converged
+    assert fine.converged
+
+
+def ase_rows(structure, calc, fmax_pressure=0.0):
+    """Largest row norm of ASE's FrechetCellFilter forces, for a filter started at ``structure``."""
+    from ase.filters import FrechetCellFilter
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calc
+    return float(np.sqrt((FrechetCellFilter(atoms, scalar_pressure=fmax_pressure).get_forces() ** 2).sum(1).max()))
+
+
+def test_default_convergence_is_at_least_as_strict_as_ase():
+    """With a tight fmax and the default stress tolerance, stress alone let the cell rows of
+    ASE's test (V |sigma| / N) stay above fmax: 'converged' structures that ASE would keep
+    relaxing. Now every row of a filter started at the result is below fmax."""
+    fcc = Structure(Lattice.cubic(3.3), ["Si"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    big = fcc.copy()
+    big.make_supercell([2, 2, 1])
+    structures = perturb([fcc] * 3 + [big] * 2, rattle=0.03, strain=0.06, seed=4)
+    fmax = 0.005
+    for s, r in zip(structures, relax(structures, LJ, fmax=fmax, progress=False)):
+        assert r.converged
+        assert ase_rows(r.structure, ase_lj()) < fmax
