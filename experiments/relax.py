@@ -43,6 +43,7 @@ class Config(RunConfig):
     criterion: str = checked("stress", one_of("stress", "ase"))
     max_edges: int = checked(60000, at_least(1))
     max_batch: int = checked(128, at_least(1))
+    precision: str = checked("float64", one_of("float64", "float32"))
     checkpoint: bool = True
     write_cifs: bool = True
 
@@ -70,7 +71,7 @@ def main(cfg, run):
     results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
                     pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, criterion=cfg.criterion, progress=cfg.progress,
                     checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
-                    max_edges=cfg.max_edges, max_batch=cfg.max_batch)
+                    max_edges=cfg.max_edges, max_batch=cfg.max_batch, precision=cfg.precision)
     with open(run.path("relaxed.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "formula", "energy_eV", "energy_per_atom_eV", "steps", "status",

@@ -128,21 +128,14 @@ def main(cfg, run):
 
 
 def _plot(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss and validation MAEs per epoch, axes scaled by jaxinv.plotting (linear
+    with plain labels over less than a decade, readable log ticks over more)."""
+    from jaxinv.plotting import Curve, Panel, learning_curve
 
     epochs = [h["epoch"] for h in history]
-    keys = [k for k in ("valid_energy_mae", "valid_force_mae", "valid_stress_mae") if history and k in history[0]]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.2), squeeze=False)
-    axes = axes[0]
-    axes[0].semilogy(epochs, [h["loss"] for h in history])
-    axes[0].set(xlabel="epoch", title="training loss")
     units = {"valid_energy_mae": "eV/atom", "valid_force_mae": "eV/Å", "valid_stress_mae": "eV/Å³"}
-    for ax, k in zip(axes[1:], keys):
-        ax.semilogy(epochs, [h[k] for h in history])
-        ax.set(xlabel="epoch", title=f"{k.replace('valid_', 'valid ')} ({units[k]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    keys = [k for k in units if history and k in history[0]]
+    panels = [Panel("training loss", [Curve(epochs, [h["loss"] for h in history])])]
+    panels += [Panel(f"{k.replace('valid_', 'valid ')} ({units[k]})", [Curve(epochs, [h[k] for h in history])])
+               for k in keys]
+    learning_curve(panels, path)

@@ -263,3 +263,21 @@ def test_train_generative_writes_a_learning_curve(tmp_path):
     records = [json.loads(line) for line in (out / "train_losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4] and all("loss" in r for r in records)
     assert (out / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_train_potential_learning_curve_is_readable_over_tiny_ranges(tmp_path, monkeypatch):
+    """The NequIP trainer's curve used semilogy on every panel: MAEs that move by 3% got
+    labels like 1.015x10^-1."""
+    from jaxinv.cli import load_experiment
+    from jaxinv import plotting
+
+    figures = []
+    monkeypatch.setattr(plotting, "save", lambda fig, path, dpi=120: figures.append(fig) or path)
+    e = np.arange(1, 31)
+    history = [{"epoch": int(k), "loss": 10.0 * np.exp(-k / 4), "valid_energy_mae": 0.101 + 0.003 * np.exp(-k / 8),
+                "valid_force_mae": 0.2 + 0.01 * np.exp(-k / 8)} for k in e]
+    load_experiment("train_potential")._plot(history, tmp_path / "learning_curve.png")
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert [ax.get_yscale() for ax in axes] == ["log", "linear", "linear"]
+    for ax in axes:
+        _readable(ax, "y")

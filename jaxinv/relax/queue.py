@@ -11,6 +11,18 @@ from an edge budget (``max_edges``): message-passing cost and memory scale with
 edges, so a batch of small cells holds many more structures than a batch of
 large ones.
 
+Why float64 by default (``precision``): in float32 a structure's forces depend on the
+batch it runs in at the 1e-5 eV/Å level, because the flattened batch graph changes
+the order of XLA's floating-point sums (SevenNet-0 on perov_5: 1.7e-5 eV/Å between a
+structure alone and second in a batch of four). FIRE's discrete decisions (velocity
+resets, time-step growth, the step clip) amplify that noise, and a cubic perovskite
+that starts on a symmetric saddle point escapes it only through the noise, so the same
+input converged 2.6 eV per cell apart in a batch of 64 and of 8, and again after a
+resume, which refills batches differently. In float64 the noise is 1e-14 eV/Å and a
+structure ends the same alone, in any batch or after a resume (to 1e-9 eV/atom on 12
+rattled perov_5 structures). SevenNet-0 then costs about 2.5x more per step on a CPU;
+``precision="float32"`` trades that reproducibility for speed.
+
 Finished slots still cost a full evaluation per step (a batch is one SIMD
 program), so two rules keep slots busy. On a CPU, where a batch costs about
 the sum of its structures, the batch holds at most ``batch_fraction`` of the
@@ -46,7 +58,9 @@ from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
                                fire_relaxer, gather_slots, tree_select)
 
-__all__ = ["RelaxQueue", "RelaxResult", "as_crystal"]
+__all__ = ["RelaxQueue", "RelaxResult", "as_crystal", "PRECISIONS"]
+
+PRECISIONS = ("float64", "float32")
 
 
 def batch_dtype():
@@ -66,7 +80,7 @@ class RelaxResult:
     forces: np.ndarray  # (n, 3) eV/Å
     stress: np.ndarray  # (3, 3) eV/Å^3, ASE sign
     steps: int
-    status: str  # converged | max_steps | failed_nan | failed_cell | failed_graph | failed_collapse
+    status: str  # converged | max_steps | failed_nan | failed_cell | failed_graph | failed_collapse | failed_isolated
     trajectory: dict | None = None  # lattice (T,3,3), frac (T,n,3), energy (T,)
 
     @property
@@ -131,13 +145,18 @@ class RelaxQueue:
     batch as a fraction of the pending list; None: 1/4 on a CPU, 1 on an
     accelerator), ``compact`` (shrink the batch for the last few running
     structures), ``trajectory`` (keep every accepted frame), ``checkpoint``
-    (a directory) and ``progress``.
+    (a directory), ``progress`` and ``precision`` (float64, the default, makes a
+    structure's result independent of its batch; see the module docstring).
     """
 
     def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = 60_000,
                  max_batch: int = 128, chunk_steps: int = 20, batch_fraction: float | None = None,
                  compact: bool = True, trajectory: bool = False,
-                 checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True):
+                 checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True,
+                 precision: str = "float64"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
+        self.precision = precision
         self.potential = potential
         self.config = config = config.for_potential(potential)
         self.max_edges = int(max_edges)
@@ -199,11 +218,15 @@ class RelaxQueue:
         return Crystal(lattice, frac, numbers, mask, {})
 
     def _fingerprint(self, crystal: Crystal) -> str:
-        cfg = repr(self.config) + self.potential.name
+        cfg = repr(self.config) + self.potential.name + self.precision
         return fingerprint_arrays(crystal.lattice, crystal.frac, crystal.numbers, np.frombuffer(cfg.encode(), np.uint8))
 
     # ------------------------------------------------------------------ run
     def run(self, inputs) -> list[RelaxResult]:
+        with jax.enable_x64(self.precision == "float64"):
+            return self._run(inputs)
+
+    def _run(self, inputs) -> list[RelaxResult]:
         crystal = as_crystal(inputs)
         check_species(self.potential, crystal)
         m, sizes = crystal.batch_size, crystal.n_atoms
