@@ -21,6 +21,8 @@ what makes it resumable), ``ranked.csv``, ``cif/``, ``report.md``, PNGs.
 """
 from __future__ import annotations
 
+import json
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -156,8 +158,10 @@ def main(cfg, run):
     stats = {}
     unread, user_files = [], False  # files of prototypes= / reference= that could not be read
     resumed = cand_path.exists()
-    if cand_path.exists():  # a resumed run reuses its candidates exactly
+    stats_path = run.out_dir / "candidates_stats.json"
+    if cand_path.exists():  # a resumed run reuses its candidates exactly, and their enumeration's statistics
         cands = Candidates.load(cand_path)
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         print(f"resuming with {len(cands):,} candidates from {cand_path}")
     else:
         structures, names = _prototypes(cfg, cfg.seed, unread)
@@ -171,6 +175,7 @@ def main(cfg, run):
         stats["prototypes_usable"] = len(protos)
         stats["prototypes_given"] = len(structures)
         stats["prototypes_skipped"] = len(unread)
+        stats_path.write_text(json.dumps(stats, default=float))  # before the candidates: they mark the start done
         cands.save(cand_path)
         print(f"{len(protos)} prototypes -> {stats['enumerated']:,} substitutions -> {len(cands):,} unique "
               f"in {stats['seconds']:.1f} s")

@@ -316,6 +316,8 @@ def test_screen_killed_and_resumed(tmp_path, env):
             assert rows == _csv_rows(whole / "funnel" / stage / "dropped.csv"), stage
     a, b = json.loads((killed / "summary.json").read_text()), json.loads((whole / "summary.json").read_text())
     assert a["survivors"] == b["survivors"]
+    drop_time = lambda stats: {k: v for k, v in stats.items() if "seconds" not in k}
+    assert a["candidates"] and drop_time(a["candidates"]) == drop_time(b["candidates"])  # kept across the kill
     assert [(s["name"], s["n_in"], s["n_out"], s["dropped"]) for s in a["stages"]] == \
         [(s["name"], s["n_in"], s["n_out"], s["dropped"]) for s in b["stages"]]
 

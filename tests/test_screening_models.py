@@ -193,6 +193,26 @@ def test_training_resumes_from_checkpoint(toy_fit):
                                                                        checkpoint=str(toy_fit.ckpt))
 
 
+def test_a_save_killed_before_its_parameters_leaves_no_model(toy_fit, tmp_path, monkeypatch):
+    """model.json marks a complete model (a resumed screen reuses a folder that has one), so it is
+    written last: a save that dies while writing the parameters leaves none."""
+    from jaxinv import checkpoint
+    from jaxinv.screening.train import PropertyModel
+
+    def killed(self, step, tree):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        toy_fit.model.save(tmp_path / "model")
+    assert not (tmp_path / "model" / "model.json").exists()
+    monkeypatch.undo()
+    toy_fit.model.save(tmp_path / "model")
+    loaded = PropertyModel.load(tmp_path / "model")
+    for a, b in zip(jax.tree_util.tree_leaves(toy_fit.model.params), jax.tree_util.tree_leaves(loaded.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_cgcnn_ensemble_runs_on_graph(batio3):
     from jaxinv.crystal import Crystal
     from jaxinv.screening.train import PropertyModel, TrainConfig

@@ -350,10 +350,13 @@ class PropertyModel:
         for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale"):
             v = getattr(self, k)
             meta[k] = None if v is None else np.asarray(v).tolist()
-        (directory / "model.json").write_text(json.dumps(meta))
         ck = Checkpointer(directory / "params", max_to_keep=1)
         ck.save(0, self.params)
         ck.close()
+        # model.json last, and atomically: a run killed while saving leaves no model that looks complete
+        tmp = directory / "model.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(directory / "model.json")
         return directory
 
     @classmethod
