@@ -10,7 +10,7 @@ import importlib
 
 from jaxinv.potentials.base import Potential
 
-__all__ = ["load_potential", "available_potentials"]
+__all__ = ["load_potential", "available_potentials", "factory_of"]
 
 _REGISTRY: dict[str, tuple[str, str, dict, str]] = {
     "sevennet0": ("jaxinv.potentials.sevennet", "load_sevennet", {"name": "7net-0"},
@@ -34,6 +34,13 @@ _REGISTRY: dict[str, tuple[str, str, dict, str]] = {
 def available_potentials() -> dict[str, str]:
     """Name -> one-line description."""
     return {k: v[3] for k, v in _REGISTRY.items()}
+
+
+def factory_of(name: str) -> tuple[str, str, dict] | None:
+    """(module, factory function name, default options) of a registered potential, or None;
+    the module is not imported (checking a config must not load SevenNet's)."""
+    entry = _REGISTRY.get(name)
+    return None if entry is None else (entry[0], entry[1], dict(entry[2]))
 
 
 def load_potential(name: str, **options) -> Potential:
