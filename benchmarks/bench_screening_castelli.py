@@ -16,32 +16,12 @@ import numpy as np
 
 from jaxinv.data import load_dataset
 from jaxinv.screening.active import ActiveConfig
+from jaxinv.screening.castelli import plot_recall
 from jaxinv.screening.castelli import replay
 from jaxinv.screening.features import featurize
 from jaxinv.screening.train import TrainConfig
 
 HERE = Path(__file__).parent
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    f = np.asarray(result["fractions"]) * 100
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, curves in result["curves"].items():
-        c = np.asarray(curves)
-        ax.plot(f, c.mean(0), label=f"{name} (mean of {len(c)} seeds)")
-        ax.fill_between(f, c.min(0), c.max(0), alpha=0.2)
-    ax.axhline(0.9, ls="--", c="k", lw=0.8)
-    ax.set_xlabel("oracle calls (% of the 3,787-structure pool)")
-    ax.set_ylabel(f"recall of the {result['n_hits']} true hits")
-    ax.set_title(f"Castelli replay (heat <= 0.2 eV/atom, {result['gap']} 1.5-3 eV)")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -81,7 +61,7 @@ def main() -> None:
         res["feature_seconds"] = t_feat
         res["seeds_done"] = seed + 1
         out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-        plot(res, out.with_suffix(".png"))
+        plot_recall(res, out.with_suffix(".png"))
     f = np.asarray(res["fractions"])
     cols = [k for k in (2, 5, 10, 15, 20) if np.isclose(f * 100, k).any()]
     print("| strategy | " + " | ".join(f"recall @ {k}%" for k in cols) + " | seconds |")

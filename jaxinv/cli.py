@@ -2,41 +2,34 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import logging
 import sys
-from pathlib import Path
 
 __all__ = ["main", "load_experiment", "run_experiment"]
 
 
-def _experiments_dir() -> Path:
-    from jaxinv.config import repo_root
-
-    return repo_root() / "experiments"
-
-
 def list_experiments() -> list[str]:
-    d = _experiments_dir()
-    return sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_")) if d.is_dir() else []
+    """The experiments: the modules of :mod:`jaxinv.experiments` (names starting with ``_`` excluded)."""
+    import pkgutil
+
+    import jaxinv.experiments
+
+    return sorted(m.name for m in pkgutil.iter_modules(jaxinv.experiments.__path__) if not m.name.startswith("_"))
 
 
 def load_experiment(name: str):
-    """Import ``experiments/<name>.py`` (it needs ``Config`` and ``main(cfg, run)``)."""
+    """Import ``jaxinv.experiments.<name>`` (it needs ``Config`` and ``main(cfg, run)``)."""
     from jaxinv.config import ConfigError
 
-    path = _experiments_dir() / f"{name}.py"
-    if not path.is_file():
-        raise ConfigError("", f"unknown experiment '{name}'; known: {', '.join(list_experiments()) or 'none'} "
-                              f"(looked in {path.parent}; set JAXINV_HOME to the jaxinv checkout if it moved)")
-    spec = importlib.util.spec_from_file_location(f"jaxinv_experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through it
-    spec.loader.exec_module(module)
+    known = list_experiments()
+    if name not in known:
+        raise ConfigError("", f"unknown experiment '{name}'; known: {', '.join(known) or 'none'}")
+    module = importlib.import_module(f"jaxinv.experiments.{name}")
     for attr in ("Config", "main"):
         if not hasattr(module, attr):
-            raise ConfigError("", f"experiments/{name}.py defines no {attr}")
+            raise ConfigError("", f"jaxinv/experiments/{name}.py defines no {attr}")
     return module
 
 

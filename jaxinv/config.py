@@ -1,10 +1,12 @@
 """Hydra configs for experiments: composition, validation and run folders.
 
-An experiment is a module in ``experiments/`` with a ``Config`` dataclass (the
-schema) and a ``main(cfg, run)`` function, and a YAML file of the same name in
-``configs/``. ``jaxinv run NAME key=value ...`` composes the YAML with Hydra
-(config groups such as ``data=perov_5`` and ``potential=sevennet0`` included),
-checks it against the schema, creates ``outputs/NAME/<timestamp>/`` holding the
+An experiment is a module of :mod:`jaxinv.experiments` with a ``Config``
+dataclass (the schema) and a ``main(cfg, run)`` function, and a YAML file of the
+same name in ``jaxinv/configs/`` (package data, :data:`CONFIG_DIR`): both ship
+in the wheel, so ``jaxinv run`` works from any folder of an installed jaxinv.
+``jaxinv run NAME key=value ...`` composes the YAML with Hydra (config groups
+such as ``data=perov_5`` and ``potential=sevennet0`` included), checks it
+against the schema, creates ``outputs/NAME/<timestamp>/`` holding the
 resolved ``config.yaml`` and ``run.log``, and calls ``main``.
 
 Any error in the config (a misspelt key, a wrong type, a missing value, an
@@ -19,7 +21,6 @@ import copy
 import dataclasses
 import datetime
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "compose", "validate", "check_values", "Run", "start_run", "repo_root", "DataConfig",
+__all__ = ["ConfigError", "compose", "validate", "check_values", "Run", "start_run", "CONFIG_DIR", "DataConfig",
            "PotentialConfig", "OptionalPotentialConfig", "RunConfig", "load_configured_potential", "Rule", "checked",
            "constrain", "at_least", "between", "positive", "non_negative", "fraction", "one_of", "each", "nonempty",
            "existing_path", "formula", "dataset_spec", "module_function", "potential_name", "potential_options"]
@@ -272,7 +273,7 @@ def _factory_signature(name: str):
         entry = getattr(registry, "_REGISTRY", {}).get(name)
         if entry is None:
             return None
-        module, attr, defaults = entry[0], entry[1], entry[2]
+        module, attr, defaults = entry
     if module not in sys.modules:
         found = _signature_in_source(importlib.util.find_spec(module), attr)
         if found is not None:
@@ -362,16 +363,15 @@ class RunConfig:
     progress: bool = True
 
 
-def repo_root() -> Path:
-    """The checkout holding ``configs/`` and ``experiments/`` (or ``$JAXINV_HOME``)."""
-    if os.environ.get("JAXINV_HOME"):
-        return Path(os.environ["JAXINV_HOME"]).resolve()
-    return Path(__file__).resolve().parents[1]
+# The experiments' YAML files, shipped inside the package (jaxinv/configs/**.yaml),
+# so that an installed jaxinv finds them from any folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def compose(name: str, overrides: list[str] | None = None, config_dir: str | Path | None = None,
             hydra_config: bool = False) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` with Hydra overrides (``key=value``, ``group=option``).
+    """Compose ``<config_dir>/<name>.yaml`` (default :data:`CONFIG_DIR`) with Hydra
+    overrides (``key=value``, ``group=option``).
 
     ``group=null`` selects the group's ``none`` option where it has one
     (``potential=null``); a group placed elsewhere by the defaults list
@@ -385,7 +385,7 @@ def compose(name: str, overrides: list[str] | None = None, config_dir: str | Pat
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    config_dir = Path(config_dir or repo_root() / "configs").resolve()
+    config_dir = Path(config_dir or CONFIG_DIR).resolve()
     if not (config_dir / f"{name}.yaml").exists():
         known = sorted(p.stem for p in config_dir.glob("*.yaml"))
         raise ConfigError("", f"no config '{name}.yaml' in {config_dir}; known: {', '.join(known)}")
@@ -604,7 +604,7 @@ def config_fields(name: str, schema: type, overrides: list[str] | None = None,
     single place meanings are written; accepted values come from the field's rules."""
     import json
 
-    config_dir = Path(config_dir or repo_root() / "configs").resolve()
+    config_dir = Path(config_dir or CONFIG_DIR).resolve()
     cfg = compose(name, overrides, config_dir, hydra_config=True)
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if not k.startswith("hydra/") and v is not None}
@@ -646,7 +646,7 @@ def config_fields(name: str, schema: type, overrides: list[str] | None = None,
 def describe(name: str, schema: type, overrides: list[str] | None = None, config_dir: str | Path | None = None) -> str:
     """What ``jaxinv run NAME --help`` prints after the experiment's docstring: the config
     groups and every field with its default, meaning and accepted values (:func:`config_fields`)."""
-    config_dir = Path(config_dir or repo_root() / "configs").resolve()
+    config_dir = Path(config_dir or CONFIG_DIR).resolve()
     choices, fields = config_fields(name, schema, overrides, config_dir)
     rows = [(f"{key} = {default}", "  ".join(t for t in (meaning, rules and f"[{rules}]") if t))
             for key, default, meaning, rules in fields]

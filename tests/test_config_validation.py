@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from jaxinv.cli import load_experiment, main
-from jaxinv.config import (ConfigError, Rule, at_least, checked, compose, config_fields, constrain, each, one_of,
-                           repo_root, validate)
+from jaxinv.config import (CONFIG_DIR, ConfigError, Rule, at_least, checked, compose, config_fields, constrain, each,
+                           one_of, validate)
 from jaxinv.potentials.registry import available_potentials
 
 REGISTERED = sorted(available_potentials())
@@ -144,7 +144,7 @@ def test_messages_say_what_is_wrong(capsys, nothing_loads):
 
 # ------------------------------------------------------------------------------- potentials
 def test_every_registered_potential_has_a_config():
-    folder = repo_root() / "configs" / "potential"
+    folder = CONFIG_DIR / "potential"
     assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted([*REGISTERED, "none"])
     for name in REGISTERED:
         assert OmegaConf.load(folder / f"{name}.yaml").name == name

@@ -1,13 +1,9 @@
 """Issue 4 validation, CI size: jaxinv batched relaxation vs ASE FIRE + FrechetCellFilter, both
 with the jaxinv SevenNet-0 potential, on rattled and strained perov_5 and carbon_24 structures.
 The full-size run (20 + 10 structures) is benchmarks/validate_relax.py."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from validate_relax import compare, sample  # noqa: E402
+from jaxinv.validation import compare, sample
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _feature_kinds():
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/castelli.yaml (``jaxinv run castelli --help``)."""
+    """Fields and their meanings: jaxinv/configs/castelli.yaml (``jaxinv run castelli --help``)."""
 
     seeds: int = checked(10, at_least(1))
     strategies: List[str] = checked(["p_window", "random"], nonempty, each(one_of(_acquisitions)))
@@ -51,7 +51,7 @@ class Config(RunConfig):
 def main(cfg, run):
     from jaxinv.data import load_dataset
     from jaxinv.screening.active import ActiveConfig
-    from jaxinv.screening.castelli import replay
+    from jaxinv.screening.castelli import plot_recall, replay
     from jaxinv.screening.features import featurize
     from jaxinv.screening.train import TrainConfig
 
@@ -69,13 +69,6 @@ def main(cfg, run):
         c = np.asarray(curves)
         print(f"{name:>10s}: recall at {100 * cfg.budget_fraction:.0f}% of oracle calls = "
               f"{c[:, -1].mean():.3f} ± {c[:, -1].std():.3f} ({len(c)} seeds)")
-    import importlib.util
-    from jaxinv.config import repo_root
-
-    spec = importlib.util.spec_from_file_location("bench_castelli", repo_root() / "benchmarks" /
-                                                  "bench_screening_castelli.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.plot(res, run.path("recall.png"))
+    plot_recall(res, run.path("recall.png"))
     run.save_json(res, "castelli.json")
     return res

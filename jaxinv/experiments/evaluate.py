@@ -61,7 +61,7 @@ def _stability_pair(value, cfg):
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/evaluate.yaml (``jaxinv evaluate --help``)."""
+    """Fields and their meanings: jaxinv/configs/evaluate.yaml (``jaxinv evaluate --help``)."""
 
     samples: str = checked(MISSING, existing_path())
     reference: Optional[str] = checked(None, dataset_spec)

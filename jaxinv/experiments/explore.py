@@ -18,7 +18,7 @@ from jaxinv.io import write_all
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/explore.yaml (``jaxinv run explore --help``)."""
+    """Fields and their meanings: jaxinv/configs/explore.yaml (``jaxinv run explore --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     cutoff: float = checked(5.0, positive)

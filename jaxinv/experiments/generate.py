@@ -45,7 +45,7 @@ class RelaxSamples:
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/generate.yaml (``jaxinv run generate --help``)."""
+    """Fields and their meanings: jaxinv/configs/generate.yaml (``jaxinv run generate --help``)."""
 
     model: str = checked(MISSING, existing_path("dir"))
     n: int = checked(1000, at_least(1))

@@ -30,7 +30,7 @@ log = logging.getLogger("jaxinv.label")
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/label.yaml (``jaxinv run label --help``)."""
+    """Fields and their meanings: jaxinv/configs/label.yaml (``jaxinv run label --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     potential: PotentialConfig = field(default_factory=PotentialConfig)

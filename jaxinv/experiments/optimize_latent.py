@@ -44,7 +44,7 @@ def _objectives_problem(spec, cfg):
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/optimize_latent.yaml (``jaxinv run optimize_latent --help``)."""
+    """Fields and their meanings: jaxinv/configs/optimize_latent.yaml (``jaxinv run optimize_latent --help``)."""
 
     model: str = checked(MISSING, existing_path("dir"))
     objectives: Dict[str, Any] = checked({"heat_ref": {"max": 1.0}, "dir_gap": [1.5, 3.0]},

@@ -8,7 +8,7 @@ substitution probabilities, trains a quick composition ensemble on perov_5 and
 keeps the charge-neutral candidates whose predicted heat of formation (<= 1 eV
 per 5-atom cell, Castelli's 0.2 eV/atom) and direct gap (1.5-3 eV) can pass
 within 2σ; writes ``ranked.csv``, CIFs of the best candidates and ``report.md``
-with plots. Every field of ``configs/quickstart.yaml`` is a ``screen`` field.
+with plots. Every field of ``jaxinv/configs/quickstart.yaml`` is a ``screen`` field.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ log = logging.getLogger("jaxinv.relax")
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/relax.yaml (``jaxinv run relax --help``)."""
+    """Fields and their meanings: jaxinv/configs/relax.yaml (``jaxinv run relax --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     potential: PotentialConfig = field(default_factory=PotentialConfig)

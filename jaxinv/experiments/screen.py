@@ -94,7 +94,7 @@ class CandidateConfig:
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/screen.yaml (``jaxinv run screen --help``)."""
+    """Fields and their meanings: jaxinv/configs/screen.yaml (``jaxinv run screen --help``)."""
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: Optional[str] = checked(None, existing_path())

@@ -109,7 +109,7 @@ class FingerprintOptions:
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/search.yaml (``jaxinv run search --help``)."""
+    """Fields and their meanings: jaxinv/configs/search.yaml (``jaxinv run search --help``)."""
 
     potential: PotentialConfig = field(default_factory=PotentialConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

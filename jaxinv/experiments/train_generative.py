@@ -7,7 +7,7 @@ optionally conditional) on a dataset's training split, then sample and score it.
     jaxinv run train_generative model=coord_cvae train.steps=2000
     jaxinv run train_generative out_dir=outputs/train_generative/<run>   # resume that run
 
-Model presets live in ``configs/generative/model/`` (coord_vae, coord_cvae,
+Model presets live in ``jaxinv/configs/generative/model/`` (coord_vae, coord_cvae,
 voxel_vae, voxel_cvae, coord_gan, coord_cgan, coord_gan_comp); any field can be
 overridden (``model.latent=64``). The run folder gets ``checkpoint/`` (orbax
 state, ``model.json``: everything ``jaxinv run generate model=<run folder>``
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxinv.config import (DataConfig, Rule, RunConfig, at_least, checked, constrain, non_negative, one_of, positive,
-                           repo_root)
+from jaxinv.config import (CONFIG_DIR, DataConfig, Rule, RunConfig, at_least, checked, constrain, non_negative,
+                           one_of, positive)
 from jaxinv.generative.model import CONDITIONS, KINDS, ModelConfig
 from jaxinv.generative.train import TrainConfig
 
 # The model presets are a config group named ``model`` that only this experiment
 # sees (``generate`` uses ``model=`` for a run folder), so they live outside the
-# shared configs/ search path and are added to it by train_generative.yaml.
-os.environ.setdefault("JAXINV_GENERATIVE_CONFIGS", str(repo_root() / "configs" / "generative"))
+# shared jaxinv/configs/ search path and are added to it by train_generative.yaml.
+os.environ.setdefault("JAXINV_GENERATIVE_CONFIGS", str(CONFIG_DIR / "generative"))
 
 log = logging.getLogger("jaxinv.generative")
 
@@ -61,7 +61,7 @@ constrain(TrainConfig, steps=non_negative, batch_size=at_least(1), eval_every=no
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/train_generative.yaml (``jaxinv run train_generative --help``)."""
+    """Fields and their meanings: jaxinv/configs/train_generative.yaml (``jaxinv run train_generative --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -52,7 +52,7 @@ class ModelSpec:
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/train_potential.yaml (``jaxinv run train_potential --help``)."""
+    """Fields and their meanings: jaxinv/configs/train_potential.yaml (``jaxinv run train_potential --help``)."""
 
     data_dir: Optional[str] = checked(None, Rule(_data_dir_problem, "a folder with train.extxyz (or train_file)",
                                                  check_none=True))

@@ -62,7 +62,7 @@ class TrainSection:
 
 @dataclass
 class Config(RunConfig):
-    """Fields and their meanings: configs/train_property.yaml (``jaxinv run train_property --help``)."""
+    """Fields and their meanings: jaxinv/configs/train_property.yaml (``jaxinv run train_property --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     targets: List[str] = checked(["heat_ref", "dir_gap", "ind_gap"], nonempty, Rule(_targets_problem,

@@ -31,7 +31,7 @@ log = logging.getLogger("jaxinv.generative")
 
 @dataclass
 class TrainConfig:
-    """Loop settings (the ``train`` section of ``configs/train_generative.yaml``)."""
+    """Loop settings (the ``train`` section of ``jaxinv/configs/train_generative.yaml``)."""
 
     steps: int = 5000
     batch_size: int = 64

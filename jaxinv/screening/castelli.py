@@ -36,7 +36,7 @@ import numpy as np
 from jaxinv.screening.active import ActiveConfig, active_learning
 
 __all__ = ["ATOMS_PER_CELL", "HEAT_MAX_PER_ATOM", "GAP_WINDOW", "castelli_hits", "castelli_windows", "replay",
-           "recall_curve"]
+           "recall_curve", "plot_recall"]
 
 log = logging.getLogger("jaxinv.screening")
 
@@ -100,3 +100,27 @@ def replay(features: np.ndarray, labels: dict, seeds=range(10), strategies=("p_w
         out["curves"][strategy] = np.asarray(curves).tolist()
         out["seconds"][strategy] = time.perf_counter() - t0
     return out
+
+
+def plot_recall(result: dict, path) -> None:
+    """Recall of the true hits against oracle calls, one band (min to max over seeds) and
+    mean per strategy, for a :func:`replay` result (``jaxinv run castelli`` and
+    ``benchmarks/bench_screening_castelli.py`` write it as ``recall.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = np.asarray(result["fractions"]) * 100
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, curves in result["curves"].items():
+        c = np.asarray(curves)
+        ax.plot(f, c.mean(0), label=f"{name} (mean of {len(c)} seeds)")
+        ax.fill_between(f, c.min(0), c.max(0), alpha=0.2)
+    ax.axhline(0.9, ls="--", c="k", lw=0.8)
+    ax.set_xlabel("oracle calls (% of the 3,787-structure pool)")
+    ax.set_ylabel(f"recall of the {result['n_hits']} true hits")
+    ax.set_title(f"Castelli replay (heat <= 0.2 eV/atom, {result['gap']} 1.5-3 eV)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,7 +1,7 @@
 """The funnel's stages. Each function returns a :class:`~jaxinv.screening.funnel.Stage`
 whose ``apply(candidates, context) -> Decision`` follows the contract in
 :mod:`jaxinv.screening.funnel`; ``build_stage`` makes one from a config dict
-(``{type: composition, ...}``), which is how ``configs/screen.yaml`` lists them.
+(``{type: composition, ...}``), which is how ``jaxinv/configs/screen.yaml`` lists them.
 
 * :func:`composition_filter`: element allow/deny lists, number of elements, SMACT.
 * :func:`property_filter`: ensemble predictions; keep while ``mean ± kσ`` can
