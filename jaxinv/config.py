@@ -268,9 +268,9 @@ def _factory_signature(name: str):
         module, _, attr = name.partition(":")
         defaults = {}
     else:
-        from jaxinv.potentials import registry
+        from jaxinv.potentials.registry import factory_of
 
-        entry = getattr(registry, "_REGISTRY", {}).get(name)
+        entry = factory_of(name)
         if entry is None:
             return None
         module, attr, defaults = entry
