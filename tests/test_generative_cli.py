@@ -26,9 +26,19 @@ def test_train_generate_optimize(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     # sample it and score validity
+    # references from the user's files: a bad file is skipped by name, the rest are used
+    refs = tmp_path / "refs"
+    from jaxinv.data import load_dataset
+    from jaxinv.io import write_cifs
+
+    write_cifs(load_dataset("perov_5").structures()[:2], refs, names=["good_a", "good_b"])
+    (refs / "broken.cif").write_text("data_broken\n_cell_length_a 4.0\n")
     gen = run_experiment("generate", [f"model={run}", "n=8", "metrics=[validity]", "progress=false",
-                                      "symmetrize=0.1", f"out_dir={tmp_path / 'gen'}"])
+                                      "symmetrize=0.1", f"reference={refs}", f"train={refs}",
+                                      f"out_dir={tmp_path / 'gen'}"])
     assert gen["n"] == 8 and 0 <= gen["metrics"]["validity"]["valid"] <= 1
+    skipped = (tmp_path / "gen" / "skipped.csv").read_text().splitlines()
+    assert skipped[0] == "file,reason" and all("broken.cif" in line for line in skipped[1:]) and len(skipped) > 1
     sym = gen["symmetrization"]
     assert sym["symprec"] == 0.1 and sym["symmetrized"] + sym["kept"] == 8
     assert (tmp_path / "gen" / "samples" / "samples.extxyz").exists()
