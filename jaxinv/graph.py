@@ -22,6 +22,19 @@ its own cell needs, so a batch of long and flat cells costs its most demanding
 cell, not the box of all their per-axis maxima. When a structure
 needs more edges or images than a graph has room for, ``overflow`` is set; the
 host-side :func:`neighbor_graph` then grows the capacity and rebuilds, outside jit.
+
+Graph sizing (one rule, here only), split as in jax-md's ``partition.py``:
+
+* :func:`allocate` (host, outside jit) builds a graph and sizes its edge capacity
+  by :func:`capacity_for`: ``capacity_bucket(int(headroom * most edges) + 4)``,
+  with one headroom setting, :data:`HEADROOM`, for graphs rebuilt while atoms move
+  (``headroom=None``: the exact bucket, for structures that stay put);
+* :func:`update` rebuilds a graph inside jit at its fixed sizes, and
+  :func:`did_buffer_overflow` (``graph.overflow`` per structure) tells the host to
+  reallocate, with :func:`grown_sizes` for what the overflowed step needed.
+
+Capacity only changes padding (and how often shapes change, i.e. recompile), never
+a complete graph's edges.
 """
 from __future__ import annotations
 
@@ -37,7 +50,8 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal
 
 __all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "edge_lengths", "capacity_bucket",
-           "trim_graph", "grown_sizes", "MAX_IMAGES"]
+           "trim_graph", "grown_sizes", "MAX_IMAGES", "HEADROOM", "capacity_for", "allocate", "update",
+           "did_buffer_overflow"]
 
 
 @struct.dataclass
@@ -66,11 +80,29 @@ class Graph:
 MAX_IMAGES = 48  # per axis; a cell thinner than cutoff/48 is treated as broken
 
 
+HEADROOM = 1.2  # edge slots per edge needed, for graphs rebuilt (inside jit) while atoms move
+_SLACK = 4  # slots on top of the headroom, for the smallest graphs
+
+
 def capacity_bucket(n: int, minimum: int = 16) -> int:
     """Edge capacity rounded up to a multiple of 2^k/4, so capacities repeat often."""
     n = max(int(n), minimum)
     step = 2 ** max(math.floor(math.log2(n)) - 2, 0)
     return int(math.ceil(n / step) * step)
+
+
+def capacity_for(n_edges, headroom: float | None = HEADROOM) -> int:
+    """The graph-sizing rule: edge capacity for graphs whose largest edge count is
+    ``max(n_edges)``, ``capacity_bucket(int(headroom * max(n_edges)) + 4)``.
+
+    ``headroom=None`` gives the exact bucket, ``capacity_bucket(max(n_edges))``, for
+    structures that do not move (labelling, training). Every graph capacity that is
+    derived from counted edges comes from here.
+    """
+    n = int(np.max(np.asarray(n_edges), initial=1))
+    if headroom is None:
+        return capacity_bucket(n)
+    return capacity_bucket(int(headroom * n) + _SLACK)
 
 
 def images_needed(lattice, cutoff: float):
@@ -88,7 +120,7 @@ def images_needed(lattice, cutoff: float):
     return xp.minimum(n, 1e6).astype(np.int32) + 1
 
 
-def grown_sizes(graph: Graph, lattice, cutoff: float, which=None, headroom: float = 1.2) -> tuple[int, tuple]:
+def grown_sizes(graph: Graph, lattice, cutoff: float, which=None, headroom: float = HEADROOM) -> tuple[int, tuple]:
     """Edge capacity and images for rebuilding ``graph`` on the host after it overflowed.
 
     A jitted relaxation step whose rebuilt graph overflows is rejected, so the
@@ -105,7 +137,7 @@ def grown_sizes(graph: Graph, lattice, cutoff: float, which=None, headroom: floa
         n_edges, lattice = n_edges[which], lattice[which]
     capacity = graph.capacity
     if n_edges.size and int(n_edges.max()) > capacity:
-        capacity = capacity_bucket(int(headroom * int(n_edges.max())) + 4)
+        capacity = capacity_for(n_edges, headroom)
     need = images_needed(lattice, cutoff) if len(lattice) else np.zeros((0, 3), np.int32)
     return capacity, images_for(need, graph.images)  # a collapsed cell fails instead (FAILED_GRAPH)
 
@@ -213,7 +245,7 @@ def _compact_on_host(c: Crystal, cutoff: float, images: tuple, capacity: int | N
     b, n, _, k = ok.shape
     rows, idx = np.nonzero(ok.reshape(b, -1))
     counts = np.bincount(rows, minlength=b)
-    cap = max(capacity or 0, capacity_bucket(int(counts.max(initial=0))))
+    cap = max(capacity or 0, capacity_for(counts, headroom=None))
     slot = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[rows]
     receivers, senders, image = _triplets(idx, n, k)
     senders_out = np.zeros((b, cap), np.int32)
@@ -225,14 +257,6 @@ def _compact_on_host(c: Crystal, cutoff: float, images: tuple, capacity: int | N
     shifts_out[rows, slot] = grid[rows, image] - offset[rows, senders] + offset[rows, receivers]
     mask_out[rows, slot] = True
     return senders_out, receivers_out, shifts_out, mask_out, counts.astype(np.int32), image_overflow
-
-
-def _estimate_capacity(c: Crystal, cutoff: float) -> int:
-    """Expected edges of the densest structure, with 25% headroom."""
-    ok = np.isfinite(c.lattice).all((1, 2)) & (images_needed(c.lattice, cutoff) <= MAX_IMAGES).all(-1)
-    n = c.n_atoms[ok].astype(np.float64)
-    per_atom = 4.0 / 3.0 * np.pi * cutoff**3 * n / c.volume[ok]
-    return capacity_bucket(int(1.25 * np.max(n * per_atom, initial=16)) + 8)
 
 
 def neighbor_graph(crystal: Crystal, cutoff: float, capacity: int | None = None, images: tuple | None = None,
@@ -261,6 +285,38 @@ def neighbor_graph(crystal: Crystal, cutoff: float, capacity: int | None = None,
         padded.append((pad2(s), pad2(r), pad2(sh), pad2(m), n, io))
     cat = [np.concatenate(xs) for xs in zip(*padded)]
     return Graph(*(jnp.asarray(x) for x in cat), cutoff=float(cutoff), images=images)
+
+
+def allocate(crystal: Crystal, cutoff: float, headroom: float | None = HEADROOM, capacity: int | None = None,
+             images: tuple | None = None, max_pairs: int = 2**24) -> Graph:
+    """A host-built graph of ``crystal`` sized for rebuilding inside jit (:func:`update`).
+
+    ``capacity`` and ``images`` are minimums, as in :func:`neighbor_graph`. When no
+    ``capacity`` is given, or the batch needs more, the capacity becomes
+    :func:`capacity_for` ``(n_edges, headroom)``: room for neighbor counts to grow
+    while atoms move, so that each new capacity (a new compilation) is rare. A given
+    capacity that fits is kept as is (growing the image box alone adds no edge slots).
+    ``headroom=None``: the exact bucket (:func:`neighbor_graph`), for structures that
+    stay put.
+    """
+    g = neighbor_graph(crystal, cutoff, capacity=capacity, images=images, max_pairs=max_pairs)
+    if headroom is not None and (capacity is None or g.capacity > capacity):
+        g = pad_graph(g, capacity_for(g.n_edges, headroom))  # the same arrays a rebuild would give
+    return g
+
+
+def update(graph: Graph, crystal: Crystal) -> Graph:
+    """``graph`` rebuilt for ``crystal`` (e.g. moved atoms) at its fixed sizes, inside jit.
+
+    Check :func:`did_buffer_overflow` (or ``graph.overflow`` per structure) and
+    :func:`allocate` again on the host, with :func:`grown_sizes`, when it is set.
+    """
+    return build_graph(crystal, graph.cutoff, graph.images, graph.capacity)
+
+
+def did_buffer_overflow(graph: Graph):
+    """Whether any structure of ``graph`` needs more edge slots or images than it has."""
+    return jnp.any(graph.overflow)
 
 
 def pad_graph(g: Graph, capacity: int) -> Graph:

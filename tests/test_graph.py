@@ -173,3 +173,43 @@ def test_edge_lengths_and_their_derivatives_match_plain_autodiff(rng, float64):
     v = jnp.asarray(rng.normal(size=c.frac.shape)) * c.mask[..., None]
     hvp = lambda e: jax.grad(lambda f: jnp.vdot(jax.grad(e, 0)(f, c.lattice), v))(c.frac)
     np.testing.assert_allclose(hvp(e_fast), hvp(e_plain), rtol=1e-9, atol=1e-12)
+
+
+def test_graph_sizing_is_one_rule_allocate_then_update(batio3):
+    """Every graph capacity derived from counted edges is ``capacity_for``: allocate with
+    headroom h gives capacity_bucket(int(h * most edges) + 4) (None: the exact bucket), the
+    same arrays a rebuild at that capacity gives; the relaxers' sticky graphs and regrowth
+    use it too. ``update`` rebuilds at fixed sizes and flags the overflow of a densified cell."""
+    from jaxinv.graph import (HEADROOM, allocate, capacity_bucket, capacity_for, did_buffer_overflow, grown_sizes,
+                              update)
+    from jaxinv.search.composition import StickyGraph
+
+    si = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+    c = Crystal.from_structures([batio3, si])
+    rc = 3.0
+    exact = neighbor_graph(c, rc)
+    most = int(np.max(np.asarray(exact.n_edges)))
+    assert most == 60 and exact.capacity == capacity_bucket(most) == capacity_for(exact.n_edges, None)
+    assert allocate(c, rc, headroom=None).capacity == exact.capacity
+    for h in (HEADROOM, 1.6, 3.0):
+        g = allocate(c, rc, headroom=h)
+        assert g.capacity == capacity_bucket(int(h * most) + 4) == capacity_for(exact.n_edges, h)
+        rebuilt = neighbor_graph(c, rc, capacity=g.capacity, images=g.images)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(rebuilt)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert StickyGraph(rc)(c).capacity == allocate(c, rc).capacity == capacity_bucket(int(HEADROOM * most) + 4)
+    assert allocate(c, rc, capacity=512).capacity == 512  # a minimum that fits is kept
+    assert allocate(c, rc, capacity=16).capacity == allocate(c, rc).capacity  # one that does not grows by the rule
+
+    g = allocate(c, rc, images=(2, 2, 2))  # images to spare: the compressed cell below runs out of edge slots
+    step = jax.jit(update)
+    same = step(g, c)
+    assert not bool(did_buffer_overflow(same)) and same.capacity == g.capacity and same.images == g.images
+    assert edge_multiset(same, 0) == edge_multiset(g, 0) and edge_multiset(same, 1) == edge_multiset(g, 1)
+    dense = c.replace(lattice=np.asarray(c.lattice) * 0.7)  # the same atoms in a compressed cell
+    over = step(g, dense)
+    assert bool(did_buffer_overflow(over)) and int(over.n_edges[0]) > g.capacity and not over.image_overflow.any()
+    capacity, images = grown_sizes(over, dense.lattice, rc)
+    assert capacity == capacity_for(over.n_edges)
+    regrown = allocate(dense, rc, capacity=capacity, images=images)
+    assert regrown.capacity == capacity and not bool(did_buffer_overflow(step(regrown, dense)))

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import capacity_bucket, neighbor_graph
+from jaxinv.graph import allocate, neighbor_graph
 from jaxinv.potentials.base import Potential, check_species
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def label_structures(potential: Potential, structures: Sequence | Crystal, batch
     for n_slot, members in group_by_bucket(n_atoms).items():
         # one graph shape per size bucket (edge capacity and images that fit all its members),
         # so the potential compiles once per bucket rather than once per batch
-        whole = neighbor_graph(crystal[members], potential.cutoff)
-        shape = (capacity_bucket(int(np.max(np.asarray(whole.n_edges)))), whole.images)
+        whole = allocate(crystal[members], potential.cutoff, headroom=None)  # structures stay put: exact fit
+        shape = (whole.capacity, whole.images)
         chunks += [(n_slot, shape, members[s:s + batch_size]) for s in range(0, len(members), batch_size)]
     compute = potential.compute_fn(True)
     for n_slot, (capacity, images), idx in tqdm(chunks, desc=f"label ({potential.name})", disable=not progress):

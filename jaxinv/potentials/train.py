@@ -38,7 +38,7 @@ import optax
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import capacity_bucket, neighbor_graph
+from jaxinv.graph import allocate, neighbor_graph
 from jaxinv.potentials.base import Potential, energy_forces_stress
 from jaxinv.potentials.nequip import NequIPConfig, init_params, nequip_energy_fn, nequip_potential
 
@@ -156,8 +156,7 @@ class Trainer:
             return []
         out = []
         for n_slot, members in group_by_bucket(data.n_atoms).items():
-            graph_all = neighbor_graph(data[members], self.model.cutoff)
-            capacity = capacity_bucket(int(np.max(np.asarray(graph_all.n_edges))))
+            capacity = allocate(data[members], self.model.cutoff, headroom=None).capacity  # exact fit
             for start in range(0, len(members), self.cfg.batch_size):
                 idx = members[start:start + self.cfg.batch_size]
                 c = data[idx].pad(n_max=n_slot, batch_size=self.cfg.batch_size)

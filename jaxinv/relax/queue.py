@@ -53,7 +53,7 @@ import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import MAX_IMAGES, capacity_bucket, grown_sizes, images_needed, neighbor_graph
+from jaxinv.graph import MAX_IMAGES, allocate, grown_sizes, images_needed
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
                                fire_relaxer, gather_slots, tree_select)
@@ -190,14 +190,10 @@ class RelaxQueue:
         return int(np.clip(self.max_edges // per_structure, 1, min(self.max_batch, by_list)))
 
     def _graph(self, crystal: Crystal, capacity: int | None = None, images: tuple | None = None):
-        """A graph with at least ``capacity`` slots; when it must grow, it grows with 20% headroom
-        (neighbor counts change during relaxation, and each new capacity is a new compilation)."""
-        g = neighbor_graph(crystal, self.graph_cutoff, capacity=capacity, images=images)
-        if capacity is None or g.capacity > capacity:
-            want = capacity_bucket(int(1.2 * int(np.max(np.asarray(g.n_edges), initial=1))) + 4)
-            if want > g.capacity:
-                g = neighbor_graph(crystal, self.graph_cutoff, capacity=want, images=g.images)
-        return g
+        """A graph with at least ``capacity`` slots; when it must grow, it grows with
+        :data:`jaxinv.graph.HEADROOM` (neighbor counts change during relaxation, and each new
+        capacity is a new compilation)."""
+        return allocate(crystal, self.graph_cutoff, capacity=capacity, images=images)
 
     def _slot_crystal(self, crystal: Crystal, slots: list[int], n_slot: int) -> Crystal:
         """The inputs occupying ``slots`` (-1: empty) as one padded batch."""

@@ -155,11 +155,13 @@ class StickyGraph:
     """Neighbour graphs whose edge capacity and image range only ever grow, so the
     jitted functions that consume them compile once per run instead of once per batch."""
 
-    def __init__(self, cutoff: float, images=(1, 1, 1), capacity: int = 16, headroom: float = 1.25):
+    def __init__(self, cutoff: float, images=(1, 1, 1), capacity: int = 16, headroom: float | None = None):
+        from jaxinv.graph import HEADROOM
+
         self.cutoff = float(cutoff)
         self.images = tuple(int(i) for i in images)
         self.capacity = int(capacity)
-        self.headroom = headroom
+        self.headroom = HEADROOM if headroom is None else headroom
         self.most_needed = 0  # the most edges any crystal (or overflowed step) has needed so far
         self.tightened = False
 
@@ -183,26 +185,21 @@ class StickyGraph:
         length suggests). Called after the first batch of a search, so a run recompiles
         at most once for it. Returns whether the capacity changed.
         """
-        from jaxinv.graph import capacity_bucket
+        from jaxinv.graph import capacity_for
 
         if self.tightened or self.most_needed == 0:
             return False
         self.tightened = True
-        fitted = capacity_bucket(int(self.headroom * self.most_needed) + 8)
+        fitted = capacity_for(self.most_needed, self.headroom)
         if self.capacity <= slack * fitted:
             return False
         self.capacity = fitted
         return True
 
     def __call__(self, crystal):
-        from jaxinv.graph import capacity_bucket, neighbor_graph
+        from jaxinv.graph import allocate
 
-        g = neighbor_graph(crystal, self.cutoff, capacity=self.capacity, images=self.images)
-        need = int(np.max(np.asarray(g.n_edges), initial=1))
-        self.most_needed = max(self.most_needed, need)
-        if g.capacity > self.capacity or g.images != self.images:
-            want = max(self.capacity, capacity_bucket(int(self.headroom * need) + 8))
-            self.images = tuple(max(a, b) for a, b in zip(self.images, g.images))
-            self.capacity = want
-            g = neighbor_graph(crystal, self.cutoff, capacity=want, images=self.images)
+        g = allocate(crystal, self.cutoff, self.headroom, capacity=self.capacity, images=self.images)
+        self.most_needed = max(self.most_needed, int(np.max(np.asarray(g.n_edges), initial=1)))
+        self.capacity, self.images = g.capacity, g.images  # both only grow (they are minimums)
         return g

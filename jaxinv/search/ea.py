@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import neighbor_graph
+from jaxinv.graph import allocate
 from jaxinv.search import operators as ops
 from jaxinv.search.composition import graph_floor
 from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
@@ -176,10 +176,9 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
 
     def soften_fn(pop_crystal):
         # static graph sizes for the soft mode, only ever growing
-        g = neighbor_graph(to_host(pop_crystal), problem.potential.cutoff)
+        g = allocate(to_host(pop_crystal), problem.potential.cutoff)
         cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-        needed = int(1.3 * int(np.max(np.asarray(g.n_edges)))) + 8
-        cache["capacity"] = max(cache["capacity"], 1 << (needed - 1).bit_length())  # few distinct sizes
+        cache["capacity"] = max(cache["capacity"], g.capacity)
         _SOFT_GRAPH_SIZES[sizes_key] = (cache["images"], cache["capacity"])
         return _make_soften(problem, config, cache["images"], cache["capacity"])
 

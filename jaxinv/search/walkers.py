@@ -25,7 +25,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from jaxinv.graph import build_graph, capacity_bucket, neighbor_graph
+from jaxinv.graph import allocate, build_graph
 from jaxinv.search import operators as ops
 from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
                                 host_seed, to_host, update_best)
@@ -108,6 +108,12 @@ def simulated_annealing(problem: Problem, config: MCConfig = MCConfig(temperatur
 
 
 # ------------------------------------------------------------ minima hopping
+# Edge headroom of the escape's graph (sized by jaxinv.graph.allocate), above jaxinv.graph.HEADROOM
+# on purpose: the MD compresses bonds and its graph is rebuilt at fixed sizes with no regrowth, so a
+# structure whose graph overflows stops moving; here capacity changes results, not only padding.
+ESCAPE_HEADROOM = 1.6
+
+
 @dataclass(frozen=True)
 class MHConfig:
     walkers: int = 16
@@ -169,10 +175,9 @@ def minima_hopping(problem: Problem, config: MHConfig = MHConfig(), name: str = 
     cache = {"images": (1, 1, 1), "capacity": 16}
 
     def escape_fn(crystal):
-        g = neighbor_graph(crystal, pot.cutoff)
+        g = allocate(crystal, pot.cutoff, headroom=ESCAPE_HEADROOM)
         cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-        # MD compresses bonds: generous headroom so the static graph rarely overflows
-        cache["capacity"] = max(cache["capacity"], capacity_bucket(int(1.6 * int(np.max(np.asarray(g.n_edges)))) + 8))
+        cache["capacity"] = max(cache["capacity"], g.capacity)
         key = (cache["images"], cache["capacity"])
         if key not in cache:
             fn = md_escape(pot.energy_fn, pot.params, pot.cutoff, *key, config.md_steps, config.dt)
