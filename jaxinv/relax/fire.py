@@ -27,13 +27,17 @@ Failures are flagged, never raised:
 * ``FAILED_CELL``: the volume left [min_volume_ratio, max_volume_ratio] times
   its initial value (a collapsed or exploded cell);
 * ``FAILED_GRAPH``: the cell became so thin that no neighbor search could cover it;
-* ``FAILED_COLLAPSE``: two atoms are closer than ``min_bond_fraction`` (0.55)
-  times the sum of their covalent radii (Cordero et al. 2008, ASE's table),
-  at the start or after any step. Machine-learned potentials have unphysical
+* ``FAILED_COLLAPSE``: two atoms are closer than ``min_bond_fraction`` (0.65)
+  times the sum of their covalent radii (Cordero et al. 2008, ASE's table)
+  and either closer than they started or stopping there (converged, or out
+  of steps): a too-close start that a real repulsion pushes apart goes on. Machine-learned potentials have unphysical
   "holes" at short range where the energy falls without bound, and a structure
-  that slides into one would otherwise win every energy ranking (SevenNet-0
-  puts Si2 and GaAs "minima" at 0.46 of the covalent sum, 0.6 eV/atom below
-  diamond Si). Every bond in perov_5 and carbon_24 is above 0.66 of the sum.
+  that slides into one would otherwise win every energy ranking. SevenNet-0
+  searches found Si2 at 0.46 of the covalent sum (-6.00 eV/atom, diamond is
+  -5.40) and GaAs at 0.46 (-138 eV/atom) and, with a 0.55 guard, at 0.64
+  (-18.8 eV/atom). Real bonds stay above about 0.74 of the sum (triple bonds,
+  metal-metal quadruple bonds); the shortest in perov_5 is 0.667 (Cs-N in the
+  hypothetical CsBeN3) and in carbon_24 0.80, hence 0.65.
   Potentials in reduced units give their own radii (``Potential.bond_radii``);
 * ``FAILED_ISOLATED``: an atom has no neighbor within the potential's cutoff
   (a cell of isolated atoms, or an atom left in vacuum): the potential exerts
@@ -89,7 +93,7 @@ class FireConfig:
     min_volume_ratio: float = 0.25
     max_volume_ratio: float = 4.0
     # a pair closer than this times the sum of its atoms' bond radii fails the structure (0 disables)
-    min_bond_fraction: float = 0.55
+    min_bond_fraction: float = 0.65
     bond_radii: tuple | None = None  # Å per atomic number 0..118; None: covalent radii (Potential.bond_radii)
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
@@ -164,6 +168,7 @@ class RelaxState:
     status: jax.Array  # (B,) int32
     needs_graph: jax.Array  # (B,) bool: paused until the host grows the graph
     volume0: jax.Array  # (B,)
+    closest_start: jax.Array  # (B,) closest pair over its bond radii at the first evaluation (inf before it)
     criteria: "Criteria"  # per-structure targets (traced, so changing them never recompiles)
     graph: Graph
     graph_frac: jax.Array  # (B, N, 3) frac at the last graph build
@@ -265,11 +270,18 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         geometry = Geometry(closest, isolated)
         return e, forces, stress, f_q, f_cell, volume, geometry
 
-    def geometry_status(status, geometry: "Geometry", accept):
-        """FAILED_COLLAPSE / FAILED_ISOLATED for accepted evaluations whose geometry is untrustworthy."""
+    def geometry_status(status, geometry: "Geometry", accept, closest_start):
+        """FAILED_COLLAPSE / FAILED_ISOLATED for accepted evaluations whose geometry is untrustworthy.
+
+        A pair below the limit fails its structure once it is closer than it started, or when the
+        structure stops there (converged or out of steps): a potential's hole pulls such a pair in,
+        while a start that is merely too close (a search's child, a user's guess) under a real
+        repulsion moves apart and goes on."""
         status = jnp.where(accept & geometry.isolated, FAILED_ISOLATED, status)
         if cfg.min_bond_fraction > 0:
-            status = jnp.where(accept & (geometry.closest < cfg.min_bond_fraction), FAILED_COLLAPSE, status)
+            stopping = (status == CONVERGED) | (status == MAX_STEPS)
+            collapsed = (geometry.closest < cfg.min_bond_fraction) & ((geometry.closest < closest_start) | stopping)
+            status = jnp.where(accept & collapsed, FAILED_COLLAPSE, status)
         return status
 
     def converged(forces, stress, f_q, f_cell, volume, mask, crit: Criteria):
@@ -329,18 +341,20 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
             return RelaxState(**common, fresh=present, energy=zeros_b, forces=jnp.zeros_like(q),
                               stress=jnp.zeros_like(lam), f_q=jnp.zeros_like(q), f_cell=jnp.zeros_like(lam),
                               status=jnp.where(present, RUNNING, CONVERGED).astype(jnp.int32),
-                              needs_graph=jnp.zeros((b,), bool), volume0=jnp.abs(jnp.linalg.det(lattice)))
+                              needs_graph=jnp.zeros((b,), bool), volume0=jnp.abs(jnp.linalg.det(lattice)),
+                              closest_start=jnp.full((b,), jnp.inf, dtype))
         e, forces, stress, f_q, f_cell, volume, checks = evaluate_potential(params, crystal, graph, lattice, q, lam,
                                                                             factor, crit.pressure)
         coords = jnp.where(crystal.mask[..., None], crystal.frac, 0.0)
         ok = finite(e, forces, stress, coords, lattice)  # a NaN coordinate would silently lose its edges
         done = converged(forces, stress, f_q, f_cell, volume, crystal.mask, crit)
         status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
-        status = geometry_status(status, checks, ok & ~graph.overflow)
+        status = geometry_status(status, checks, ok & ~graph.overflow, checks.closest)
         status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
         status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
         return RelaxState(**common, fresh=jnp.zeros((b,), bool), energy=e, forces=forces, stress=stress, f_q=f_q,
-                          f_cell=f_cell, status=status, needs_graph=graph.n_edges > graph.capacity, volume0=volume)
+                          f_cell=f_cell, status=status, needs_graph=graph.n_edges > graph.capacity, volume0=volume,
+                          closest_start=checks.closest)
 
     def fire_update(s: RelaxState):
         """One ASE FIRE move of (q, lam) from the stored generalized forces."""
@@ -408,6 +422,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         volume0 = jnp.where(s.fresh, volume, s.volume0)
         new = moved.replace(crystal=crystal, energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
                             steps=s.steps + (~s.fresh).astype(s.steps.dtype), volume0=volume0,
+                            closest_start=jnp.where(s.fresh, checks.closest, s.closest_start),
                             fresh=jnp.zeros_like(s.fresh))
         out = tree_select(accept, new, s)
         ratio = volume / volume0
@@ -415,11 +430,11 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
         done = converged(forces, stress, f_q, f_cell, volume, s.crystal.mask, s.criteria)
         status = jnp.where(accept & done, CONVERGED, status)
-        # the checks come last: a converged structure in a potential's hole is a failure, not a minimum
-        status = geometry_status(status, checks, accept)
+        status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
+        # the checks come last: a structure that stops in a potential's hole is a failure, not a minimum
+        status = geometry_status(status, checks, accept, out.closest_start)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
-        status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
         return out.replace(status=status.astype(jnp.int32), needs_graph=s.needs_graph | overflow,
                            graph=graph, graph_frac=graph_frac, graph_lattice=graph_lattice)
 
