@@ -3,7 +3,7 @@ result with a FrechetCellFilter started at it (ASE's own test at the same fmax, 
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/probe_ase_rows.py
 """
-import numpy as np, jax
+import numpy as np
 from omegaconf import OmegaConf
 from pymatgen.io.ase import AseAtomsAdaptor
 from ase.filters import FrechetCellFilter

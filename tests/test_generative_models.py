@@ -191,8 +191,10 @@ def test_relax_samples_keeps_failures_as_decoded(perov):
     from jaxinv.potentials import lennard_jones
 
     good = perov.subset("test").structures()[0]
-    broken = good.copy()  # same size, so one compiled batch shape
-    broken.translate_sites([1], broken[0].coords - broken[1].coords + [0.1, 0, 0], frac_coords=False)
+    # same size, so one compiled batch shape; atoms 80 Å apart have no neighbor: failed_isolated
+    # (two atoms 0.1 Å apart no longer fail: a real repulsion pushes them apart, see test_relax_trust)
+    broken = good.copy()
+    broken.scale_lattice(good.volume * 20.0**3)
     empty = good.copy()
     empty.remove_sites(range(len(empty)))
     pot = lennard_jones(sigma=2.5, epsilon=0.01, species=None, cutoff=6.0)

@@ -125,7 +125,7 @@ def test_predictions_plot_shades_the_target_windows():
 
 
 def test_windows_come_from_the_stages_and_reach_the_report(tmp_path):
-    from jaxinv.screening.funnel import Stage, StageRecord
+    from jaxinv.screening.funnel import Stage
     from jaxinv.screening.report import _plot_predictions, stage_windows
 
     stages = [Stage("composition", None, {}),

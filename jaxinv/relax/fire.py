@@ -30,9 +30,10 @@ Failures are flagged, never raised:
 * ``FAILED_COLLAPSE``: two atoms are closer than ``min_bond_fraction`` (0.65)
   times the sum of their covalent radii (Cordero et al. 2008, ASE's table)
   and either closer than they started or stopping there (converged, or out
-  of steps): a too-close start that a real repulsion pushes apart goes on. Machine-learned potentials have unphysical
-  "holes" at short range where the energy falls without bound, and a structure
-  that slides into one would otherwise win every energy ranking. SevenNet-0
+  of steps); a too-close start that a real repulsion pushes apart goes on.
+  Machine-learned potentials have unphysical "holes" at short range where the
+  energy falls without bound, and a structure that slides into one would
+  otherwise win every energy ranking. SevenNet-0
   searches found Si2 at 0.46 of the covalent sum (-6.00 eV/atom, diamond is
   -5.40) and GaAs at 0.46 (-138 eV/atom) and, with a 0.55 guard, at 0.64
   (-18.8 eV/atom). Real bonds stay above about 0.74 of the sum (triple bonds,
@@ -65,7 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import Graph, build_graph, edge_lengths, trim_graph
+from jaxinv.graph import Graph, build_graph, edge_lengths
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",

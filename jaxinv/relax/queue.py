@@ -44,7 +44,7 @@ import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import MAX_IMAGES, allocate, grown_sizes, images_needed
+from jaxinv.graph import allocate, grown_sizes
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
                                fire_relaxer, gather_slots, tree_select)
