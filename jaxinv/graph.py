@@ -51,7 +51,7 @@ from jaxinv.crystal import Crystal
 
 __all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "edge_lengths", "capacity_bucket",
            "trim_graph", "grown_sizes", "MAX_IMAGES", "HEADROOM", "capacity_for", "allocate", "update",
-           "did_buffer_overflow"]
+           "did_buffer_overflow", "StickyGraph"]
 
 
 @struct.dataclass
@@ -303,6 +303,59 @@ def allocate(crystal: Crystal, cutoff: float, headroom: float | None = HEADROOM,
     if headroom is not None and (capacity is None or g.capacity > capacity):
         g = pad_graph(g, capacity_for(g.n_edges, headroom))  # the same arrays a rebuild would give
     return g
+
+
+class StickyGraph:
+    """Graph sizes that only grow: neighbor graphs built through it share one edge capacity
+    and image range, so the jitted functions that consume them compile once per run
+    instead of once per batch. Relaxation drivers keep one per padded size.
+
+    ``images`` and ``capacity`` are the starting minimums (a generous floor, e.g. a
+    search's :func:`~jaxinv.search.composition.graph_floor`, or the defaults, which let
+    the first batch size them)."""
+
+    def __init__(self, cutoff: float, images=(1, 1, 1), capacity: int = 16, headroom: float | None = None):
+        self.cutoff = float(cutoff)
+        self.images = tuple(int(i) for i in images)
+        self.capacity = int(capacity)
+        self.headroom = HEADROOM if headroom is None else headroom
+        self.most_needed = 0  # the most edges any crystal (or overflowed step) has needed so far
+        self.tightened = False
+
+    def at_least(self, capacity: int, images: tuple):
+        """Grow the sticky sizes to at least these (e.g. what an overflowed step needed)."""
+        if int(capacity) > self.capacity:  # (an unchanged capacity says nothing about what was needed)
+            self.most_needed = max(self.most_needed, int(capacity))
+        self.capacity = max(self.capacity, int(capacity))
+        self.images = tuple(max(int(a), int(b)) for a, b in zip(self.images, images))
+
+    def saw(self, n_edges) -> None:
+        """Record edge counts of graphs built elsewhere (e.g. inside a jitted relaxation step)."""
+        self.most_needed = max(self.most_needed, int(np.max(np.asarray(n_edges), initial=0)))
+
+    def tighten(self, slack: float = 1.5) -> bool:
+        """Once: lower the capacity to what was needed so far, with headroom, if the
+        starting capacity (a generous floor) was more than ``slack`` times that.
+
+        Every padded edge costs as much as a real one in each potential call, and a
+        floor can overshoot by 2-3x (SiO2 frameworks are far less dense than their bond
+        length suggests). Called after a driver's first run, so a search recompiles
+        at most once for it. Returns whether the capacity changed.
+        """
+        if self.tightened or self.most_needed == 0:
+            return False
+        self.tightened = True
+        fitted = capacity_for(self.most_needed, self.headroom)
+        if self.capacity <= slack * fitted:
+            return False
+        self.capacity = fitted
+        return True
+
+    def __call__(self, crystal: Crystal) -> Graph:
+        g = allocate(crystal, self.cutoff, self.headroom, capacity=self.capacity, images=self.images)
+        self.most_needed = max(self.most_needed, int(np.max(np.asarray(g.n_edges), initial=1)))
+        self.capacity, self.images = g.capacity, g.images  # both only grow (they are minimums)
+        return g
 
 
 def update(graph: Graph, crystal: Crystal) -> Graph:

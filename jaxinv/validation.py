@@ -48,15 +48,16 @@ def compare(structures, potential, fmax, max_steps=1000):
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     from jaxinv.potentials.calculator import JaxinvCalculator
-    from jaxinv.relax import relax
+    from jaxinv.relax import energy_per_atom, relax, status_names
 
     ours = relax(structures, potential, fmax=fmax, criterion="ase", max_steps=max_steps, progress=False)
     calc, matcher, rows = JaxinvCalculator(potential), StructureMatcher(), []
-    for s, r in zip(structures, ours):
+    status, steps, e_ours = status_names(ours), ours.labels["steps"], energy_per_atom(ours)
+    for k, (s, r) in enumerate(zip(structures, ours.to_structures())):
         ref, e_ref, n_ref = ase_relax(s, calc, fmax, max_steps)
-        rows.append({"formula": s.composition.reduced_formula, "status": r.status, "steps_jaxinv": int(r.steps),
-                     "steps_ase": int(n_ref), "e_jaxinv": float(r.energy_per_atom), "e_ase": float(e_ref),
-                     "de_mev_atom": 1e3 * abs(float(r.energy_per_atom) - e_ref),
-                     "da": float(np.abs(np.sort(r.structure.lattice.abc) - np.sort(ref.lattice.abc)).max()),
-                     "match": bool(matcher.fit(r.structure, ref))})
+        rows.append({"formula": s.composition.reduced_formula, "status": status[k], "steps_jaxinv": int(steps[k]),
+                     "steps_ase": int(n_ref), "e_jaxinv": float(e_ours[k]), "e_ase": float(e_ref),
+                     "de_mev_atom": 1e3 * abs(float(e_ours[k]) - e_ref),
+                     "da": float(np.abs(np.sort(r.lattice.abc) - np.sort(ref.lattice.abc)).max()),
+                     "match": bool(matcher.fit(r, ref))})
     return rows

@@ -15,8 +15,8 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from jaxinv.crystal import Crystal
 from jaxinv.data.perturb import perturb
 from jaxinv.potentials import Potential, pair_energy_sum
-from jaxinv.relax import FireConfig, relax
-from jaxinv.search.evaluate import Relaxer
+from jaxinv.relax import FireConfig, converged, energy_per_atom, failed, relax, status_names
+from jaxinv.search.evaluate import enthalpy_per_atom, search_relaxer
 from toy_potentials import LJ, ase_lj
 
 SI_BOND = 2 * 1.11  # Å, sum of Si covalent radii (Cordero 2008)
@@ -46,14 +46,15 @@ def closest(structure):
 
 def test_a_pair_in_a_short_range_hole_fails_per_species_pair():
     pot = holed_si()
-    hole, fine = relax([si2(1.45), si2(2.3)], pot, fmax=0.01, cell="fixed", progress=False)
+    out = relax([si2(1.45), si2(2.3)], pot, fmax=0.01, cell="fixed", progress=False)
+    hole, fine = out.to_structures()
     # the slide into the well ends far above the old 0.5 Å guard, at 0.45 of the covalent sum
-    assert hole.status == "failed_collapse" and hole.failed
-    assert 0.5 < closest(hole.structure) < 0.65 * SI_BOND
-    assert fine.status == "converged" and closest(fine.structure) > 0.9 * SI_BOND
+    assert status_names(out)[0] == "failed_collapse" and failed(out)[0]
+    assert 0.5 < closest(hole) < 0.65 * SI_BOND
+    assert status_names(out)[1] == "converged" and closest(fine) > 0.9 * SI_BOND
     # switched off, the same start "converges" in the hole with an absurd energy: what users saw
-    off = relax([si2(1.45)], pot, fmax=0.01, cell="fixed", progress=False, min_bond_fraction=0.0)[0]
-    assert off.converged and off.energy_per_atom < fine.energy_per_atom - 5.0
+    off = relax([si2(1.45)], pot, fmax=0.01, cell="fixed", progress=False, min_bond_fraction=0.0)
+    assert converged(off)[0] and energy_per_atom(off)[0] < energy_per_atom(out)[1] - 5.0
 
 
 def test_a_too_close_start_that_a_real_repulsion_opens_is_not_a_collapse():
@@ -64,16 +65,18 @@ def test_a_too_close_start_that_a_real_repulsion_opens_is_not_a_collapse():
     close = fcc.copy()
     # 1.41 Å apart: 0.64 of the covalent sum, inside the 0.65 limit
     close.replace(1, "Si", close.lattice.get_fractional_coords(close[0].coords + [1.0, 1.0, 0.0]))
-    result = relax([close], LJ, fmax=1e-3, progress=False)[0]
-    assert result.converged, result.status
-    assert closest(result.structure) > 0.9 * SI_BOND
+    result = relax([close], LJ, fmax=1e-3, progress=False)
+    assert converged(result)[0], status_names(result)
+    assert closest(result.to_structures()[0]) > 0.9 * SI_BOND
 
 
 def test_search_fitness_never_trusts_a_collapsed_structure():
-    relaxer = Relaxer(holed_si(), FireConfig(fmax=0.02, max_steps=300, cell="fixed"), batch=2, compact=False)
-    out = relaxer(Crystal.from_structures([si2(1.45), si2(2.3)]))
-    assert out.status[0] == 6  # FAILED_COLLAPSE
-    assert np.isinf(out.enthalpy[0]) and np.isfinite(out.enthalpy[1])
+    relaxer = search_relaxer(holed_si(), FireConfig(fmax=0.02, max_steps=300, cell="fixed"), 2,
+                             ((1, 1, 1), 16), compact=False)
+    out = relaxer.run(Crystal.from_structures([si2(1.45), si2(2.3)]))
+    assert out.labels["status"][0] == 6  # FAILED_COLLAPSE
+    enthalpy = enthalpy_per_atom(out, 0.0)
+    assert np.isinf(enthalpy[0]) and np.isfinite(enthalpy[1])
 
 
 def test_reduced_unit_potentials_measure_the_guard_in_their_own_units():
@@ -83,18 +86,18 @@ def test_reduced_unit_potentials_measure_the_guard_in_their_own_units():
 
     lj = lennard_jones(sigma=1.0, epsilon=1.0)
     fcc = Structure(Lattice.cubic(1.6), ["Ar"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    result = relax([fcc], lj, fmax=1e-3, progress=False)[0]
-    assert result.converged, result.status
-    assert abs(closest(result.structure) - 2 ** (1 / 6)) < 0.03
+    result = relax([fcc], lj, fmax=1e-3, progress=False)
+    assert converged(result)[0], status_names(result)
+    assert abs(closest(result.to_structures()[0]) - 2 ** (1 / 6)) < 0.03
 
 
 def test_isolated_atoms_are_flagged_not_converged():
     vacuum = Structure(Lattice.cubic(200.0), ["Si", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     bulk = perturb([Structure(Lattice.cubic(3.3), ["Si"] * 4,
                               [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])], rattle=0.02, seed=1)[0]
-    lonely, fine = relax([vacuum, bulk], LJ, fmax=1e-3, progress=False)
-    assert lonely.status == "failed_isolated" and not lonely.converged
-    assert fine.converged
+    out = relax([vacuum, bulk], LJ, fmax=1e-3, progress=False)
+    assert status_names(out)[0] == "failed_isolated" and not converged(out)[0]
+    assert converged(out)[1]
 
 
 def ase_rows(structure, calc, fmax_pressure=0.0):
@@ -115,6 +118,7 @@ def test_default_convergence_is_at_least_as_strict_as_ase():
     big.make_supercell([2, 2, 1])
     structures = perturb([fcc] * 3 + [big] * 2, rattle=0.03, strain=0.06, seed=4)
     fmax = 0.005
-    for s, r in zip(structures, relax(structures, LJ, fmax=fmax, progress=False)):
-        assert r.converged
-        assert ase_rows(r.structure, ase_lj()) < fmax
+    out = relax(structures, LJ, fmax=fmax, progress=False)
+    assert converged(out).all()
+    for r in out.to_structures():
+        assert ase_rows(r, ase_lj()) < fmax

@@ -48,6 +48,7 @@ def rejected_overflow_state(config):
     assert bool(overflowed.overflow[0]) and int(overflowed.n_edges[0]) > fits_here.capacity
     init_fn, _ = fire_relaxer(LJ.energy_fn, LJ.cutoff, config)
     state = init_fn(LJ.params, here, fits_here)
-    state = state.replace(graph=overflowed, graph_lattice=jnp.asarray(moved.lattice, state.graph_lattice.dtype),
-                          needs_graph=jnp.ones_like(state.needs_graph))
+    nb = state.neighbors
+    state = state.replace(neighbors=nb.replace(graph=overflowed, lattice=jnp.asarray(moved.lattice, nb.lattice.dtype),
+                                               needs_graph=jnp.ones_like(nb.needs_graph)))
     return state, moved, rc

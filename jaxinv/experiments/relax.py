@@ -21,7 +21,7 @@ from jaxinv.config import (DataConfig, PotentialConfig, RunConfig, at_least, bet
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
-from jaxinv.relax import relax
+from jaxinv.relax import energy_per_atom, relax, status_names
 
 log = logging.getLogger("jaxinv.relax")
 
@@ -72,27 +72,26 @@ def main(cfg, run):
                     pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, criterion=cfg.criterion, progress=cfg.progress,
                     checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
                     max_edges=cfg.max_edges, max_batch=cfg.max_batch, precision=cfg.precision)
+    names, energy = status_names(results), results.labels["energy"]
+    per_atom, steps = energy_per_atom(results), results.labels["steps"]
+    max_force = np.linalg.norm(results.atom_labels["forces"], axis=-1).max(-1)
+    max_stress = np.abs(results.labels["stress"]).max((-1, -2))
     with open(run.path("relaxed.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "formula", "energy_eV", "energy_per_atom_eV", "steps", "status",
                     "max_force_eV_A", "max_stress_eV_A3", "volume_A3"])
-        for r, i in zip(results, ids):
-            w.writerow([r.index, i, r.structure.composition.reduced_formula, f"{r.energy:.6f}",
-                        f"{r.energy_per_atom:.6f}", r.steps, r.status,
-                        f"{np.linalg.norm(r.forces, axis=1).max():.5f}", f"{np.abs(r.stress).max():.6f}",
-                        f"{r.structure.volume:.4f}"])
-    final = [r.structure for r in results]
+        for k, (i, formula) in enumerate(zip(ids, results.formulas())):
+            w.writerow([k, i, formula, f"{energy[k]:.6f}", f"{per_atom[k]:.6f}", steps[k], names[k],
+                        f"{max_force[k]:.5f}", f"{max_stress[k]:.6f}", f"{results.volume[k]:.4f}"])
     if cfg.write_cifs:  # user files keep their names (unique); dataset rows are numbered in order
-        names = list(ids) if cfg.structures else [f"{r.index:05d}_{i}" for r, i in zip(results, ids)]
-        write_cifs(final, run.out_dir / "cif", names=names)
-    write_extxyz(final, run.path("relaxed.extxyz"),
-                 extra_info={"energy": [r.energy for r in results], "status": [r.status for r in results],
-                             "name": [str(i) for i in ids]})
+        cif_names = list(ids) if cfg.structures else [f"{k:05d}_{i}" for k, i in enumerate(ids)]
+        write_cifs(results, run.out_dir / "cif", names=cif_names)
+    # extxyz: energy, forces and stress as ASE calculator results; status and name in atoms.info
+    write_extxyz(results, run.path("relaxed.extxyz"), extra_info={"status": names, "name": [str(i) for i in ids]})
     statuses = {}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-    steps = np.array([r.steps for r in results])
-    summary = {"structures": len(results), "statuses": statuses, "mean_steps": float(steps.mean()),
+    for name in names:
+        statuses[name] = statuses.get(name, 0) + 1
+    summary = {"structures": results.batch_size, "statuses": statuses, "mean_steps": float(steps.mean()),
                "potential": potential.name}
     if skipped is not None:
         summary["skipped"] = len(skipped)

@@ -69,7 +69,7 @@ from jaxinv.crystal import Crystal
 from jaxinv.graph import Graph, build_graph, edge_lengths
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
-__all__ = ["FireConfig", "Criteria", "RelaxState", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
+__all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
            "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "STATUS_NAMES", "GPA", "gather_slots",
            "covalent_radii"]
 
@@ -147,8 +147,11 @@ def covalent_radii() -> tuple:
 
 
 @struct.dataclass
-class RelaxState:
-    crystal: Crystal  # current structures
+class FireState:
+    """FIRE's own variables (ASE's update rule) on the generalized coordinates of
+    :mod:`jaxinv.relax.cell`: positions ``q`` in the reference cell and the cell's
+    log-deformation ``lam``, their velocities, and the per-structure time step and mixing."""
+
     reference_lattice: jax.Array  # (B, 3, 3) L0
     q: jax.Array  # (B, N, 3) positions in the reference cell
     lam: jax.Array  # (B, 3, 3) log-deformation
@@ -159,21 +162,52 @@ class RelaxState:
     alpha: jax.Array  # (B,)
     n_pos: jax.Array  # (B,) steps since the power last turned negative
     started: jax.Array  # (B,) bool, the first FIRE step has been taken
-    fresh: jax.Array  # (B,) bool, not evaluated yet (``init_fn(..., evaluate=False)``): the next step only evaluates
+
+
+@struct.dataclass
+class Evaluation:
+    """The potential's answer at the current geometry."""
+
     energy: jax.Array  # (B,) eV
     forces: jax.Array  # (B, N, 3) physical forces, eV/Å
     stress: jax.Array  # (B, 3, 3) eV/Å^3 (ASE sign)
     f_q: jax.Array  # (B, N, 3) generalized forces
     f_cell: jax.Array  # (B, 3, 3)
+
+
+@struct.dataclass
+class Neighbors:
+    """The neighbor graph and what the host driver tracks about it: the geometry it was
+    built for (to tell when it may be stale) and which slots wait for a larger one."""
+
+    graph: Graph
+    frac: jax.Array  # (B, N, 3) frac at the last build
+    lattice: jax.Array  # (B, 3, 3) lattice at the last build
+    needs_graph: jax.Array  # (B,) bool: paused until the host grows the graph
+
+
+@struct.dataclass
+class RelaxState:
+    """A batch of relaxations: the structures, FIRE's state, the last evaluation, the
+    neighbor graph, and each structure's progress and targets."""
+
+    crystal: Crystal  # current structures
+    fire: FireState
+    evaluation: Evaluation
+    neighbors: Neighbors
+    criteria: "Criteria"  # per-structure targets (traced, so changing them never recompiles)
     steps: jax.Array  # (B,) int32
     status: jax.Array  # (B,) int32
-    needs_graph: jax.Array  # (B,) bool: paused until the host grows the graph
+    fresh: jax.Array  # (B,) bool, not evaluated yet (``init_fn(..., evaluate=False)``): the next step only evaluates
     volume0: jax.Array  # (B,)
     closest_start: jax.Array  # (B,) closest pair over its bond radii at the first evaluation (inf before it)
-    criteria: "Criteria"  # per-structure targets (traced, so changing them never recompiles)
-    graph: Graph
-    graph_frac: jax.Array  # (B, N, 3) frac at the last graph build
-    graph_lattice: jax.Array  # (B, 3, 3) lattice at the last graph build
+
+    # the fields callers read most, by their plain names
+    energy = property(lambda self: self.evaluation.energy)
+    forces = property(lambda self: self.evaluation.forces)
+    stress = property(lambda self: self.evaluation.stress)
+    graph = property(lambda self: self.neighbors.graph)
+    needs_graph = property(lambda self: self.neighbors.needs_graph)
 
 
 @struct.dataclass
@@ -232,9 +266,11 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
 
     radii = jnp.asarray(cfg.bond_radii if cfg.bond_radii is not None else covalent_radii())
 
-    def evaluate_potential(params, crystal, graph, reference_lattice, q, lam, factor, pressure):
-        """Energy, physical forces and stress, generalized forces, and the geometry checks
-        (closest pair relative to its bond radii; an atom without neighbors), in one reverse pass."""
+    def evaluate_potential(params, crystal, graph, fire: FireState, pressure):
+        """The :class:`Evaluation` at FIRE's coordinates (energy, physical forces and stress,
+        generalized forces), the volume and the geometry checks (closest pair relative to its bond
+        radii; an atom without neighbors), in one reverse pass."""
+        reference_lattice, q, lam, factor = fire.reference_lattice, fire.q, fire.lam, fire.factor
         frac = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
         lattice_now, _, f = current_cell(reference_lattice, q, lam, factor)
         # the graph carries a skin; the potential sees only edges within its cutoff (as trim_graph,
@@ -268,8 +304,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         eye = jnp.eye(3, dtype=deps.dtype)
         stress = deps / volume[:, None, None] - pressure[:, None, None] * eye  # d(PV)/d(eps) = P V 1
         f_cell = project_cell_force(-dlam, cfg.cell)
-        geometry = Geometry(closest, isolated)
-        return e, forces, stress, f_q, f_cell, volume, geometry
+        return Evaluation(e, forces, stress, f_q, f_cell), volume, Geometry(closest, isolated)
 
     def geometry_status(status, geometry: "Geometry", accept, closest_start):
         """FAILED_COLLAPSE / FAILED_ISOLATED for accepted evaluations whose geometry is untrustworthy.
@@ -285,7 +320,8 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
             status = jnp.where(accept & collapsed, FAILED_COLLAPSE, status)
         return status
 
-    def converged(forces, stress, f_q, f_cell, volume, mask, crit: Criteria):
+    def converged(ev: Evaluation, volume, mask, crit: Criteria):
+        forces, stress, f_q, f_cell = ev.forces, ev.stress, ev.f_q, ev.f_cell
         row_max = lambda x: jnp.max(jnp.sum(x**2, -1), axis=-1)  # largest squared row norm
         # ASE's test on the running filter's N + 3 rows: atoms (f_q = F_phys deform_grad) and the
         # generalized cell force (virial-derived, divided by exp_cell_factor = N)
@@ -331,38 +367,39 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         lam = jnp.zeros((b, 3, 3), dtype)
         factor = jnp.maximum(crystal.mask.sum(-1), 1).astype(dtype)
         present = crystal.mask.any(-1)
-        common = dict(crystal=crystal.replace(lattice=lattice), reference_lattice=lattice, q=q, lam=lam,
-                      factor=factor, v_atoms=jnp.zeros_like(q), v_cell=jnp.zeros_like(lam),
-                      dt=jnp.full((b,), cfg.dt_start, dtype), alpha=jnp.full((b,), cfg.alpha_start, dtype),
-                      n_pos=jnp.zeros((b,), jnp.int32), started=jnp.zeros((b,), bool),
-                      steps=jnp.zeros((b,), jnp.int32), criteria=crit,
-                      graph=graph, graph_frac=crystal.frac, graph_lattice=lattice)
+        fire = FireState(reference_lattice=lattice, q=q, lam=lam, factor=factor, v_atoms=jnp.zeros_like(q),
+                         v_cell=jnp.zeros_like(lam), dt=jnp.full((b,), cfg.dt_start, dtype),
+                         alpha=jnp.full((b,), cfg.alpha_start, dtype), n_pos=jnp.zeros((b,), jnp.int32),
+                         started=jnp.zeros((b,), bool))
+        crystal = crystal.replace(lattice=lattice)
+        steps = jnp.zeros((b,), jnp.int32)
         if not evaluate:
             zeros_b = jnp.zeros((b,), dtype)
-            return RelaxState(**common, fresh=present, energy=zeros_b, forces=jnp.zeros_like(q),
-                              stress=jnp.zeros_like(lam), f_q=jnp.zeros_like(q), f_cell=jnp.zeros_like(lam),
-                              status=jnp.where(present, RUNNING, CONVERGED).astype(jnp.int32),
-                              needs_graph=jnp.zeros((b,), bool), volume0=jnp.abs(jnp.linalg.det(lattice)),
+            evaluation = Evaluation(zeros_b, jnp.zeros_like(q), jnp.zeros_like(lam), jnp.zeros_like(q),
+                                    jnp.zeros_like(lam))
+            return RelaxState(crystal, fire, evaluation, Neighbors(graph, crystal.frac, lattice, jnp.zeros((b,), bool)),
+                              crit, steps, status=jnp.where(present, RUNNING, CONVERGED).astype(jnp.int32),
+                              fresh=present, volume0=jnp.abs(jnp.linalg.det(lattice)),
                               closest_start=jnp.full((b,), jnp.inf, dtype))
-        e, forces, stress, f_q, f_cell, volume, checks = evaluate_potential(params, crystal, graph, lattice, q, lam,
-                                                                            factor, crit.pressure)
+        evaluation, volume, checks = evaluate_potential(params, crystal, graph, fire, crit.pressure)
         coords = jnp.where(crystal.mask[..., None], crystal.frac, 0.0)
-        ok = finite(e, forces, stress, coords, lattice)  # a NaN coordinate would silently lose its edges
-        done = converged(forces, stress, f_q, f_cell, volume, crystal.mask, crit)
+        ok = finite(evaluation.energy, evaluation.forces, evaluation.stress, coords, lattice)  # a NaN coordinate would silently lose its edges
+        done = converged(evaluation, volume, crystal.mask, crit)
         status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
         status = geometry_status(status, checks, ok & ~graph.overflow, checks.closest)
         status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
         status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
-        return RelaxState(**common, fresh=jnp.zeros((b,), bool), energy=e, forces=forces, stress=stress, f_q=f_q,
-                          f_cell=f_cell, status=status, needs_graph=graph.n_edges > graph.capacity, volume0=volume,
-                          closest_start=checks.closest)
+        neighbors = Neighbors(graph, crystal.frac, lattice, graph.n_edges > graph.capacity)
+        return RelaxState(crystal, fire, evaluation, neighbors, crit, steps, status, fresh=jnp.zeros((b,), bool),
+                          volume0=volume, closest_start=checks.closest)
 
-    def fire_update(s: RelaxState):
-        """One ASE FIRE move of (q, lam) from the stored generalized forces."""
+    def fire_update(fire: FireState, ev: Evaluation, fresh) -> FireState:
+        """One ASE FIRE move of (q, lam) from the generalized forces of the last evaluation."""
         def dot(a_atoms, a_cell, b_atoms, b_cell):
             return jnp.sum(a_atoms * b_atoms, axis=(1, 2)) + jnp.sum(a_cell * b_cell, axis=(1, 2))
 
-        f_atoms, f_cell = s.f_q, s.f_cell
+        s = fire
+        f_atoms, f_cell = ev.f_q, ev.f_cell
         vf = dot(s.v_atoms, s.v_cell, f_atoms, f_cell)
         f_norm = jnp.sqrt(dot(f_atoms, f_cell, f_atoms, f_cell))
         v_norm = jnp.sqrt(dot(s.v_atoms, s.v_cell, s.v_atoms, s.v_cell))
@@ -390,53 +427,53 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         lam = s.lam + _bcast(shrink, dr_cell) * dr_cell
         # a fresh slot has zero forces and velocities, so it has not moved; it starts once evaluated
         return s.replace(q=q, lam=lam, v_atoms=v_atoms, v_cell=v_cell, dt=dt, alpha=alpha, n_pos=n_pos,
-                         started=s.started | ~s.fresh)
+                         started=s.started | ~fresh)
 
-    def graph_is_stale(s: RelaxState, lattice, frac):
+    def graph_is_stale(nb: Neighbors, mask, lattice, frac):
         """Whether an edge could have entered the cutoff since the last build."""
-        d = jnp.einsum("bij,bjk->bik", jnp.linalg.inv(s.graph_lattice), lattice)
+        d = jnp.einsum("bij,bjk->bik", jnp.linalg.inv(nb.lattice), lattice)
         s_min = jnp.sqrt(jnp.maximum(jnp.min(jnp.linalg.eigvalsh(jnp.einsum("bij,bkj->bik", d, d)), -1), 0.0))
-        moved = jnp.einsum("bni,bij->bnj", frac - s.graph_frac, lattice)
-        d_max = jnp.sqrt(jnp.max(jnp.where(s.crystal.mask, jnp.sum(moved**2, -1), 0.0), -1))
+        moved = jnp.einsum("bni,bij->bnj", frac - nb.frac, lattice)
+        d_max = jnp.sqrt(jnp.max(jnp.where(mask, jnp.sum(moved**2, -1), 0.0), -1))
         return s_min * graph_cutoff - 2.0 * d_max < cutoff
 
     def step_fn(params, s: RelaxState) -> RelaxState:
         active = (s.status == RUNNING) & ~s.needs_graph
-        moved = fire_update(s)
-        lattice, _, _ = current_cell(moved.reference_lattice, moved.q, moved.lam, moved.factor)
-        frac = jnp.einsum("bnj,bji->bni", moved.q, jnp.linalg.inv(moved.reference_lattice))
+        fire = fire_update(s.fire, s.evaluation, s.fresh)
+        lattice, _, _ = current_cell(fire.reference_lattice, fire.q, fire.lam, fire.factor)
+        frac = jnp.einsum("bnj,bji->bni", fire.q, jnp.linalg.inv(fire.reference_lattice))
         frac = jnp.where(_bcast(active, frac), frac, s.crystal.frac)
         lattice = jnp.where(_bcast(active, lattice), lattice, s.crystal.lattice)
         crystal = s.crystal.replace(lattice=lattice, frac=frac)
-        stale = graph_is_stale(s, lattice, frac) & active
+        stale = graph_is_stale(s.neighbors, s.crystal.mask, lattice, frac) & active
+        nb = s.neighbors
         graph, graph_frac, graph_lattice = jax.lax.cond(
             jnp.any(stale),
-            lambda: (build_graph(crystal, graph_cutoff, s.graph.images, s.graph.capacity), frac, lattice),
-            lambda: (s.graph, s.graph_frac, s.graph_lattice))
-        e, forces, stress, f_q, f_cell, volume, checks = evaluate_potential(
-            params, crystal, graph, moved.reference_lattice, moved.q, moved.lam, moved.factor, s.criteria.pressure)
+            lambda: (build_graph(crystal, graph_cutoff, nb.graph.images, nb.graph.capacity), frac, lattice),
+            lambda: (nb.graph, nb.frac, nb.lattice))
+        ev, volume, checks = evaluate_potential(params, crystal, graph, fire, s.criteria.pressure)
         overflow = graph.overflow & active  # too many edges or images for the static graph: pause
-        ok = finite(e, forces, stress)
+        ok = finite(ev.energy, ev.forces, ev.stress)
         coords = jnp.where(s.crystal.mask[..., None], s.crystal.frac, 0.0)
         ok &= ~s.fresh | finite(coords, s.crystal.lattice)  # as init_fn checks its inputs
         accept = active & ok & ~overflow
-        volume0 = jnp.where(s.fresh, volume, s.volume0)
-        new = moved.replace(crystal=crystal, energy=e, forces=forces, stress=stress, f_q=f_q, f_cell=f_cell,
-                            steps=s.steps + (~s.fresh).astype(s.steps.dtype), volume0=volume0,
-                            closest_start=jnp.where(s.fresh, checks.closest, s.closest_start),
-                            fresh=jnp.zeros_like(s.fresh))
+        new = s.replace(crystal=crystal, fire=fire, evaluation=ev, steps=s.steps + (~s.fresh).astype(s.steps.dtype),
+                        volume0=jnp.where(s.fresh, volume, s.volume0),
+                        closest_start=jnp.where(s.fresh, checks.closest, s.closest_start),
+                        fresh=jnp.zeros_like(s.fresh))
         out = tree_select(accept, new, s)
-        ratio = volume / volume0
+        ratio = volume / out.volume0
         status = out.status
         status = jnp.where(active & ~ok & ~overflow, FAILED_NAN, status)
-        done = converged(forces, stress, f_q, f_cell, volume, s.crystal.mask, s.criteria)
+        done = converged(ev, volume, s.crystal.mask, s.criteria)
         status = jnp.where(accept & done, CONVERGED, status)
         status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
         # the checks come last: a structure that stops in a potential's hole is a failure, not a minimum
         status = geometry_status(status, checks, accept, out.closest_start)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
-        return out.replace(status=status.astype(jnp.int32), needs_graph=s.needs_graph | overflow,
-                           graph=graph, graph_frac=graph_frac, graph_lattice=graph_lattice)
+        # the graph built this step is kept even for a rejected step: it is what an overflow needed
+        return out.replace(status=status.astype(jnp.int32),
+                           neighbors=Neighbors(graph, graph_frac, graph_lattice, s.needs_graph | overflow))
 
     return init_fn, step_fn

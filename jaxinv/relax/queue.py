@@ -1,6 +1,12 @@
-"""Autobatched relaxation of any number of structures, with checkpoints.
+"""The one relaxation driver: autobatched relaxation of any number of structures, with checkpoints.
 
-:class:`RelaxQueue` keeps a fixed-shape batch of slots per size bucket (so jit
+``relax()``, the screening funnel, searches and generated-sample relaxation all run
+through :class:`RelaxQueue`. It returns a host :class:`~jaxinv.crystal.Crystal` in input
+order whose ``labels`` hold ``energy`` (eV, without the P V term), ``stress`` (3x3, eV/Å^3,
+ASE sign), ``status`` (a code of :data:`~jaxinv.relax.fire.STATUS_NAMES`) and ``steps``,
+and whose ``atom_labels`` hold ``forces`` (eV/Å).
+
+It keeps a fixed-shape batch of slots per size bucket (so jit
 compiles once per bucket and edge capacity), runs FIRE on all slots for a chunk
 of steps, harvests the structures that finished (converged, failed or out of
 steps), refills their slots from the queue and carries on. A chunk ends early
@@ -32,6 +38,14 @@ list is empty and at most a quarter of the slots are still running, the
 running ones are gathered into a smaller batch (``compact``); each smaller
 size compiles once.
 
+A search relaxes a batch of the same size every generation. With ``batch`` (a fixed
+number of slots) and ``bucket=False`` (every structure padded to the input's width) the
+shapes stay the same from one ``run`` to the next, and the graph sizes of each padded
+size are kept between runs (:class:`~jaxinv.graph.StickyGraph`; ``graph_floor`` gives
+generous starting sizes, lowered once after the first run when they overshot), so jit
+compiles a few times per search, not once per generation. With several local devices
+and a batch that divides evenly, the batch is sharded over them.
+
 With ``checkpoint`` set, finished results are saved with orbax every
 ``checkpoint_every`` seconds and at the end; a killed run restarted with the
 same inputs and settings skips everything already finished. Structures that
@@ -43,8 +57,6 @@ import dataclasses
 import functools
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -52,48 +64,23 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
-from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.graph import allocate, grown_sizes
+from jaxinv.crystal import Crystal, bucket_size, group_by_bucket
+from jaxinv.graph import StickyGraph, grown_sizes
 from jaxinv.potentials.base import Potential, check_species
-from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, STATUS_NAMES, Criteria, FireConfig, RelaxState,
-                               fire_relaxer, gather_slots, tree_select)
+from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,
+                               tree_select)
 
-__all__ = ["RelaxQueue", "RelaxResult", "as_crystal", "PRECISIONS"]
+__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "shard_batch"]
 
 PRECISIONS = ("float64", "float32")
+RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
+
+log = logging.getLogger("jaxinv.relax")
 
 
 def batch_dtype():
     """The float dtype jit will give host float64 arrays (float64 only in x64 mode)."""
     return jnp.asarray(0.0).dtype
-
-log = logging.getLogger("jaxinv.relax")
-
-
-@dataclass
-class RelaxResult:
-    """The outcome of relaxing one input structure."""
-
-    index: int
-    structure: Any  # pymatgen Structure (final geometry)
-    energy: float  # eV (without the P V term)
-    forces: np.ndarray  # (n, 3) eV/Å
-    stress: np.ndarray  # (3, 3) eV/Å^3, ASE sign
-    steps: int
-    status: str  # converged | max_steps | failed_nan | failed_cell | failed_graph | failed_collapse | failed_isolated
-    trajectory: dict | None = None  # lattice (T,3,3), frac (T,n,3), energy (T,)
-
-    @property
-    def converged(self) -> bool:
-        return self.status == "converged"
-
-    @property
-    def failed(self) -> bool:
-        return self.status.startswith("failed")
-
-    @property
-    def energy_per_atom(self) -> float:
-        return self.energy / len(self.structure)
 
 
 def as_crystal(inputs) -> Crystal:
@@ -111,32 +98,36 @@ def as_crystal(inputs) -> Crystal:
                     "pass pymatgen Structures, ASE Atoms or a Crystal")
 
 
-@dataclass
-class _Store:
-    """Finished results of all inputs, padded to the largest structure."""
+def shard_batch(tree):
+    """Spread a pytree's leading (batch) axis over all local devices, when there are
+    several and the batch divides evenly; jit then runs the relaxation data-parallel.
+    A no-op on one device."""
+    devices = jax.local_devices()
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(devices) < 2 or not leaves or leaves[0].shape[0] % len(devices):
+        return tree
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    done: np.ndarray
-    energy: np.ndarray
-    lattice: np.ndarray
-    frac: np.ndarray
-    forces: np.ndarray
-    stress: np.ndarray
-    steps: np.ndarray
-    status: np.ndarray
-    trajectories: dict = field(default_factory=dict)
+    mesh = Mesh(np.array(devices), ("batch",))
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(
+        mesh, PartitionSpec("batch", *([None] * (np.ndim(x) - 1))))), tree)
 
-    @classmethod
-    def empty(cls, m: int, n: int):
-        return cls(np.zeros(m, bool), np.full(m, np.nan), np.zeros((m, 3, 3)), np.zeros((m, n, 3)),
-                   np.zeros((m, n, 3)), np.zeros((m, 3, 3)), np.zeros(m, np.int32), np.full(m, -1, np.int32))
 
-    def arrays(self) -> dict:
-        return {k: getattr(self, k) for k in ("done", "energy", "lattice", "frac", "forces", "stress", "steps",
-                                              "status")}
+def _results_template(crystal: Crystal) -> Crystal:
+    """The inputs, with empty result labels to be filled in as structures finish (the
+    input's own labels stay, except those a relaxation writes)."""
+    b, n = crystal.batch_size, crystal.n_max
+    labels = {k: v for k, v in crystal.labels.items() if k not in RESULT_LABELS}
+    labels.update(energy=np.full(b, np.nan), stress=np.zeros((b, 3, 3)), status=np.full(b, -1, np.int32),
+                  steps=np.zeros(b, np.int32))
+    atom_labels = {k: v for k, v in crystal.atom_labels.items() if k != "forces"}
+    atom_labels["forces"] = np.zeros((b, n, 3))
+    return crystal.replace(lattice=crystal.lattice.copy(), frac=crystal.frac.copy(), labels=labels,
+                           atom_labels=atom_labels)
 
 
 class RelaxQueue:
-    """Relax lists of any length in bucketed, refilled batches.
+    """Relax lists of any length in bucketed, refilled batches; ``run`` returns a Crystal.
 
     Parameters: ``potential`` (any :class:`~jaxinv.potentials.Potential`),
     ``config`` (:class:`~jaxinv.relax.fire.FireConfig`), ``max_edges`` (edge
@@ -144,17 +135,22 @@ class RelaxQueue:
     ``chunk_steps`` (steps between harvests), ``batch_fraction`` (largest
     batch as a fraction of the pending list; None: 1/4 on a CPU, 1 on an
     accelerator), ``compact`` (shrink the batch for the last few running
-    structures), ``trajectory`` (keep every accepted frame), ``checkpoint``
-    (a directory), ``progress`` and ``precision`` (float64, the default, makes a
-    structure's result independent of its batch; see the module docstring).
+    structures), ``trajectory`` (keep every accepted frame in
+    :attr:`trajectories`), ``checkpoint`` (a directory), ``progress``,
+    ``precision`` (float64, the default, makes a structure's result independent
+    of its batch, see the module docstring; None keeps the process's setting),
+    ``batch`` (a fixed number of slots instead of the edge budget), ``bucket``
+    (False: one padded size, the input's width, for all structures) and
+    ``graph_floor`` (starting ``(images, capacity)`` of every graph).
     """
 
     def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = 60_000,
                  max_batch: int = 128, chunk_steps: int = 20, batch_fraction: float | None = None,
                  compact: bool = True, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True,
-                 precision: str = "float64"):
-        if precision not in PRECISIONS:
+                 precision: str | None = "float64", batch: int | None = None, bucket: bool = True,
+                 graph_floor: tuple | None = None):
+        if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
         self.precision = precision
         self.potential = potential
@@ -166,22 +162,29 @@ class RelaxQueue:
         if not 0.0 < batch_fraction <= 1.0:
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction}")
         self.batch_fraction = float(batch_fraction)
+        self.batch = None if batch is None else int(batch)
+        self.bucket = bool(bucket)
         self.compact = bool(compact)
         self.chunk_steps = int(chunk_steps)
         self.trajectory = bool(trajectory)
+        self.trajectories: dict[int, dict] = {}  # input index -> lattice (T,3,3), frac (T,n,3), energy (T,)
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.graph_cutoff = potential.cutoff + config.skin_for(potential.cutoff)
+        self.graph_floor = graph_floor
+        self.graphs: dict[int, StickyGraph] = {}  # padded size -> graph sizes, kept between runs
         self._start, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
                                              self.chunk_steps, self.trajectory)
-        self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0}
+        self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0, "relaxations": 0}
 
     def _criteria(self, b: int, dtype) -> Criteria:
         return Criteria.from_config(self.config, b, dtype)
 
     # --------------------------------------------------------------- helpers
     def _batch_size(self, crystal: Crystal, members: np.ndarray, n_pending: int) -> int:
+        if self.batch is not None:
+            return self.batch
         c = crystal[members]
         n = c.n_atoms.astype(float)
         edges = n * n * 4.0 / 3.0 * np.pi * self.graph_cutoff**3 / np.maximum(c.volume, 1e-3)
@@ -189,11 +192,17 @@ class RelaxQueue:
         by_list = int(np.ceil(self.batch_fraction * n_pending))
         return int(np.clip(self.max_edges // per_structure, 1, min(self.max_batch, by_list)))
 
-    def _graph(self, crystal: Crystal, capacity: int | None = None, images: tuple | None = None):
-        """A graph with at least ``capacity`` slots; when it must grow, it grows with
-        :data:`jaxinv.graph.HEADROOM` (neighbor counts change during relaxation, and each new
-        capacity is a new compilation)."""
-        return allocate(crystal, self.graph_cutoff, capacity=capacity, images=images)
+    def _sizes(self, n_slot: int) -> StickyGraph:
+        """The graph sizes of one padded size. They grow with :data:`jaxinv.graph.HEADROOM` when they
+        must (neighbor counts change during relaxation, and each new capacity is a new compilation)."""
+        if n_slot not in self.graphs:
+            self.graphs[n_slot] = StickyGraph(self.graph_cutoff, *(self.graph_floor or ((1, 1, 1), 16)))
+        return self.graphs[n_slot]
+
+    def _groups(self, crystal: Crystal) -> dict[int, np.ndarray]:
+        if self.bucket:
+            return group_by_bucket(crystal.n_atoms)
+        return {max(crystal.n_max, 1): np.arange(crystal.batch_size)}
 
     def _slot_crystal(self, crystal: Crystal, slots: list[int], n_slot: int) -> Crystal:
         """The inputs occupying ``slots`` (-1: empty) as one padded batch."""
@@ -211,67 +220,86 @@ class RelaxQueue:
             frac[k, :n] = crystal.frac[i][m]
             numbers[k, :n] = crystal.numbers[i][m]
             mask[k, :n] = True
-        return Crystal(lattice, frac, numbers, mask, {})
+        return Crystal(lattice, frac, numbers, mask)
 
     def _fingerprint(self, crystal: Crystal) -> str:
-        cfg = repr(self.config) + self.potential.name + self.precision
+        cfg = repr(self.config) + self.potential.name + str(self.precision)
         return fingerprint_arrays(crystal.lattice, crystal.frac, crystal.numbers, np.frombuffer(cfg.encode(), np.uint8))
 
     # ------------------------------------------------------------------ run
-    def run(self, inputs) -> list[RelaxResult]:
+    def run(self, inputs) -> Crystal:
+        """Relax ``inputs`` (a Crystal, pymatgen structures or ASE atoms); the relaxed
+        structures in input order, as a host Crystal with the result labels."""
+        if self.precision is None:
+            return self._run(inputs)
         with jax.enable_x64(self.precision == "float64"):
             return self._run(inputs)
 
-    def _run(self, inputs) -> list[RelaxResult]:
+    def _run(self, inputs) -> Crystal:
         crystal = as_crystal(inputs)
         check_species(self.potential, crystal)
-        m, sizes = crystal.batch_size, crystal.n_atoms
-        store = _Store.empty(m, crystal.n_max)
+        m = crystal.batch_size
+        out = _results_template(crystal)
+        done = np.zeros(m, bool)
         ckpt = None
         if self.checkpoint:
             ckpt = Checkpointer(self.checkpoint, self._fingerprint(crystal), every_seconds=self.checkpoint_every)
             restored = ckpt.restore()
             if restored is not None:
-                for k, v in restored[1].items():
-                    setattr(store, k, np.asarray(v))
-                log.info("resuming: %d of %d structures already relaxed", int(store.done.sum()), m)
+                saved = {k: np.asarray(v) for k, v in restored[1].items()}
+                done[:] = saved["done"]
+                out.lattice[:], out.frac[:] = saved["lattice"], saved["frac"]
+                out.atom_labels["forces"][:] = saved["forces"]
+                for k in RESULT_LABELS:
+                    out.labels[k][:] = saved[k]
+                log.info("resuming: %d of %d structures already relaxed", int(done.sum()), m)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=m, initial=int(store.done.sum()), desc="relax", unit="struct")
+            bar = tqdm(total=m, initial=int(done.sum()), desc="relax", unit="struct")
         step_counter = [ckpt.latest_step or 0] if ckpt else [0]
+
+        def arrays():
+            return dict(done=done, lattice=out.lattice, frac=out.frac, forces=out.atom_labels["forces"],
+                        **{k: out.labels[k] for k in RESULT_LABELS})
 
         def save(force=False):
             if ckpt is None:
                 return
             step_counter[0] += 1
             if force:
-                ckpt.save(step_counter[0], store.arrays())
+                ckpt.save(step_counter[0], arrays())
             else:
-                ckpt.maybe_save(step_counter[0], store.arrays)
+                ckpt.maybe_save(step_counter[0], arrays)
 
         try:
-            for n_slot, members in group_by_bucket(sizes).items():
-                pending = deque(int(i) for i in members if not store.done[i])
+            for n_slot, members in self._groups(crystal).items():
+                pending = deque(int(i) for i in members if not done[i])
                 if pending:
-                    self._run_bucket(crystal, n_slot, members, pending, store, bar, save)
+                    self._run_group(crystal, n_slot, pending, out, done, bar, save)
             save(force=True)
         finally:
             if bar is not None:
                 bar.close()
             if ckpt is not None:
                 ckpt.close()
-        return self._results(crystal, store)
+        for sizes in self.graphs.values():
+            if sizes.tighten():  # after the first run: drop what a generous floor overshot
+                log.info("graph capacity lowered to %d edges", sizes.capacity)
+        self.stats["relaxations"] += m
+        return out
 
-    def _run_bucket(self, crystal, n_slot, members, pending, store, bar, save):
+    def _run_group(self, crystal, n_slot, pending, out, done, bar, save):
         params = self.potential.params
-        b = self._batch_size(crystal, members, len(pending))
-        # size the graph for the whole bucket up front, so refills rarely recompile
-        whole = self._graph(crystal[np.asarray(list(pending))])
+        sizes = self._sizes(n_slot)
+        b = self._batch_size(crystal, np.asarray(list(pending)), len(pending))
+        # size the graph for the whole group up front, so refills rarely recompile
+        sizes(crystal[np.asarray(list(pending))])
         slots = [pending.popleft() if pending else -1 for _ in range(b)]
         batch = self._slot_crystal(crystal, slots, n_slot)
-        graph = self._graph(batch, capacity=whole.capacity, images=whole.images)
+        graph = sizes(batch)
+        batch, graph = shard_batch((batch, graph))
         # slots start fresh: the first step evaluates them, so starting and refilling cost no extra evaluation
         state = self._start(batch, graph, self._criteria(b, batch_dtype()))
         while True:
@@ -288,9 +316,10 @@ class RelaxQueue:
             min_running = occupied - 1 if pending else (len(slots) // 4 if self.compact else 0)
             state, frames, _ = self._chunk(params, state, jnp.int32(min(min_running, occupied - 1)))
             self.stats["chunks"] += 1
+            sizes.saw(state.graph.n_edges)  # what the graphs rebuilt inside the step needed
             if bool(np.any(np.asarray(state.needs_graph))):
-                state = self._regrow(state)
-            if self._harvest(state, slots, store, frames, bar):
+                state = self._regrow(state, sizes)
+            if self._harvest(state, slots, out, done, frames, bar):
                 save()  # only when something new has finished
 
     def _compacted(self, state: RelaxState, slots: list[int]):
@@ -314,54 +343,56 @@ class RelaxQueue:
         current = jax.tree_util.tree_map(np.asarray, state.crystal)
         mixed = Crystal(*(np.where(changed.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, c)
                           for a, c in zip((fresh.lattice, fresh.frac, fresh.numbers, fresh.mask),
-                                          (current.lattice, current.frac, current.numbers, current.mask))), {})
-        graph = self._graph(mixed, capacity=state.graph.capacity, images=state.graph.images)
+                                          (current.lattice, current.frac, current.numbers, current.mask))))
+        graph = self._sizes(n_slot)(mixed)
         new = self._start(mixed, graph, self._criteria(len(slots), batch_dtype()))
         # one fresh graph for every slot (it is valid for the continuing ones too)
-        state = state.replace(graph=graph, graph_frac=jnp.asarray(mixed.frac, state.graph_frac.dtype),
-                              graph_lattice=jnp.asarray(mixed.lattice, state.graph_lattice.dtype))
+        nb = state.neighbors
+        state = state.replace(neighbors=nb.replace(graph=graph, frac=jnp.asarray(mixed.frac, nb.frac.dtype),
+                                                   lattice=jnp.asarray(mixed.lattice, nb.lattice.dtype)))
         return tree_select(jnp.asarray(changed), new, state)
 
-    def _regrow(self, state: RelaxState) -> RelaxState:
+    def _regrow(self, state: RelaxState, sizes: StickyGraph) -> RelaxState:
         """Rebuild the graph on the host with room for every structure, outside jit."""
         self.stats["graph_regrowths"] += 1
         host = jax.tree_util.tree_map(np.asarray, state.crystal)
-        c = Crystal(host.lattice.astype(np.float64), host.frac.astype(np.float64), host.numbers, host.mask, {})
+        c = Crystal(host.lattice.astype(np.float64), host.frac.astype(np.float64), host.numbers, host.mask)
         # sized for the step that overflowed, not only for the geometry it was rejected back to
-        capacity, images = grown_sizes(state.graph, state.graph_lattice, self.graph_cutoff,
-                                       np.asarray(state.status) == RUNNING)
-        graph = self._graph(c, capacity=capacity, images=images)
+        sizes.at_least(*grown_sizes(state.graph, state.neighbors.lattice, self.graph_cutoff,
+                                    np.asarray(state.status) == RUNNING))
+        graph = sizes(c)
         status = np.asarray(state.status).copy()
         hopeless = np.asarray(graph.image_overflow) & (status == RUNNING)
         status[hopeless] = FAILED_GRAPH  # needs more than MAX_IMAGES images: the cell has collapsed
         log.info("graph regrown: capacity %d, images %s", graph.capacity, graph.images)
-        return state.replace(graph=graph, graph_frac=state.crystal.frac, graph_lattice=state.crystal.lattice,
-                             needs_graph=jnp.zeros_like(state.needs_graph), status=jnp.asarray(status))
+        nb = state.neighbors
+        return state.replace(neighbors=nb.replace(graph=graph, frac=state.crystal.frac, lattice=state.crystal.lattice,
+                                                  needs_graph=jnp.zeros_like(nb.needs_graph)),
+                             status=jnp.asarray(status))
 
-    def _harvest(self, state, slots, store: _Store, frames, bar):
+    def _harvest(self, state, slots, out: Crystal, done: np.ndarray, frames, bar):
         status = np.asarray(state.status)
         finished = [k for k, i in enumerate(slots) if i >= 0 and status[k] != RUNNING]
         if frames and self.trajectory:
             self._record_frames(frames, slots)
         if not finished:
             return 0
-        host = jax.device_get((state.crystal.lattice, state.crystal.frac, state.energy, state.forces,
-                               state.stress, state.steps))
-        lattice, frac, energy, forces, stress, steps = host
+        lattice, frac, energy, forces, stress, steps = jax.device_get(
+            (state.crystal.lattice, state.crystal.frac, state.energy, state.forces, state.stress, state.steps))
+        n = out.n_max
         for k in finished:
             i = slots[k]
-            n = store.frac.shape[1]
-            store.lattice[i] = lattice[k]
-            store.frac[i] = 0.0
-            store.forces[i] = 0.0
             nk = min(frac.shape[1], n)
-            store.frac[i, :nk] = frac[k, :nk]
-            store.forces[i, :nk] = forces[k, :nk]
-            store.energy[i] = energy[k]
-            store.stress[i] = stress[k]
-            store.steps[i] = steps[k]
-            store.status[i] = status[k]
-            store.done[i] = True
+            out.lattice[i] = lattice[k]
+            out.frac[i] = 0.0
+            out.frac[i, :nk] = frac[k, :nk]
+            out.atom_labels["forces"][i] = 0.0
+            out.atom_labels["forces"][i, :nk] = forces[k, :nk]
+            out.labels["energy"][i] = energy[k]
+            out.labels["stress"][i] = stress[k]
+            out.labels["steps"][i] = steps[k]
+            out.labels["status"][i] = status[k]
+            done[i] = True
             slots[k] = -1
         if bar is not None:
             bar.update(len(finished))
@@ -372,7 +403,7 @@ class RelaxQueue:
         for k, i in enumerate(slots):
             if i < 0:
                 continue
-            traj = self._traj.setdefault(i, {"lattice": [], "frac": [], "energy": [], "step": []})
+            traj = self.trajectories.setdefault(i, {"lattice": [], "frac": [], "energy": [], "step": []})
             seen = traj["step"][-1] if traj["step"] else 0
             for t in range(steps.shape[0]):
                 if steps[t, k] > seen:  # an accepted step of this slot
@@ -382,29 +413,12 @@ class RelaxQueue:
                     traj["energy"].append(float(energy[t, k]))
                     traj["step"].append(seen)
 
-    @property
-    def _traj(self) -> dict:
-        if not hasattr(self, "_traj_store"):
-            self._traj_store = {}
-        return self._traj_store
-
-    def _results(self, crystal: Crystal, store: _Store) -> list[RelaxResult]:
-        from pymatgen.core import Lattice, Structure
-
-        out = []
-        for i in range(crystal.batch_size):
-            m = crystal.mask[i]
-            n = int(m.sum())
-            numbers = crystal.numbers[i][m]
-            s = Structure(Lattice(store.lattice[i]), numbers.tolist(), store.frac[i, :n])
-            traj = None
-            if self.trajectory and i in self._traj:
-                t = self._traj[i]
-                traj = {"lattice": np.array(t["lattice"]), "frac": np.array(t["frac"])[:, :n],
-                        "energy": np.array(t["energy"])}
-            out.append(RelaxResult(i, s, float(store.energy[i]), store.forces[i, :n].copy(), store.stress[i].copy(),
-                                   int(store.steps[i]), STATUS_NAMES.get(int(store.status[i]), "unknown"), traj))
-        return out
+    def trajectory_of(self, index: int, n_atoms: int) -> dict:
+        """The accepted frames of input ``index``: lattice (T, 3, 3), frac (T, n, 3), energy (T,)."""
+        t = self.trajectories.get(index, {"lattice": [], "frac": [], "energy": []})
+        return {"lattice": np.array(t["lattice"]).reshape(-1, 3, 3),
+                "frac": np.array(t["frac"]).reshape(len(t["frac"]), -1, 3)[:, :n_atoms],
+                "energy": np.array(t["energy"])}
 
 
 def _static(config: FireConfig) -> FireConfig:
