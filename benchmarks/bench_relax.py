@@ -81,7 +81,7 @@ def main():
     from jaxinv.data.perturb import perturb
     from jaxinv.potentials.calculator import JaxinvCalculator
     from jaxinv.potentials.sevennet import load_sevennet
-    from jaxinv.relax import relax
+    from jaxinv.relax import converged, energy_per_atom, relax
 
     ds = load_dataset("perov_5:test")
     structures = perturb(ds.structures(np.arange(args.n)), rattle=0.05, strain=0.02, seed=0)
@@ -94,9 +94,9 @@ def main():
     t0 = time.perf_counter()
     res = relax(structures, potential, fmax=args.fmax, max_steps=args.max_steps, criterion="ase", progress=False)
     t_warm = time.perf_counter() - t0
-    e_jax = np.array([r.energy_per_atom for r in res])
-    steps_jax = np.array([r.steps for r in res])
-    n_conv = sum(r.converged for r in res)
+    e_jax = energy_per_atom(res)
+    steps_jax = res.labels["steps"]
+    n_conv = int(converged(res).sum())
     rows.append(("jaxinv batched (warm)", t_warm, steps_jax.mean(), n_conv))
     rows.append((f"jaxinv batched (cold, incl. compile{cache_note})", t_cold, steps_jax.mean(), n_conv))
     if not args.no_one_batch:
@@ -106,7 +106,7 @@ def main():
         res_one = relax(structures, potential, **one)
         t_one = time.perf_counter() - t0
         rows.append((f"jaxinv, one {args.n}-slot batch, no refill or compaction (cold)", t_one,
-                     np.mean([r.steps for r in res_one]), sum(r.converged for r in res_one)))
+                     np.mean(res_one.labels["steps"]), int(converged(res_one).sum())))
 
     if args.jaxinv_only:
         print("| method | wall (s) | structures/s | mean steps | converged |\n|---|---|---|---|---|")

@@ -164,12 +164,12 @@ def reference_structures(name, potential):
         cands["anatase"] = anatase.get_primitive_structure()
     elif name in SEVENNET_CASES:
         cands = _sevennet_candidates(name)
-    from jaxinv.relax import relax
+    from jaxinv.relax import energy_per_atom, relax
 
     out = {}
     for k, s in cands.items():
-        r = relax([s], potential, fmax=1e-3, stress_tol=1e-4, max_steps=3000, progress=False)[0]
-        out[k] = (r.structure, r.energy_per_atom)
+        r = relax([s], potential, fmax=1e-3, stress_tol=1e-4, max_steps=3000, progress=False)
+        out[k] = (r.to_structures()[0], float(energy_per_atom(r)[0]))
     return out
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from jaxinv.config import DataConfig
 from jaxinv.data import load_from_config
 from jaxinv.potentials.registry import load_potential
-from jaxinv.relax import relax
+from jaxinv.relax import energy_per_atom, relax, status_names
 from jaxinv.data.perturb import perturb
 ds = load_from_config(OmegaConf.structured(DataConfig(name="perov_5", split="test", limit=64)), 0)
 ss = perturb(ds.structures()[:12], rattle=0.05, strain=0.03, seed=2)
@@ -24,5 +24,7 @@ with jax.enable_x64(x64):
     big = relax(ss, pot, progress=False, max_batch=16, batch_fraction=1.0, precision=precision)
     small = relax(ss, pot, progress=False, max_batch=3, batch_fraction=1.0, precision=precision)
     print("time", time.time() - t)
-for a, b in zip(big, small):
-    print(a.structure.composition.reduced_formula, a.status, b.status, a.steps, b.steps, round(1000*(a.energy_per_atom-b.energy_per_atom), 4))
+de = 1000 * (energy_per_atom(big) - energy_per_atom(small))
+for k, formula in enumerate(big.formulas()):
+    print(formula, status_names(big)[k], status_names(small)[k], big.labels["steps"][k], small.labels["steps"][k],
+          round(float(de[k]), 4))

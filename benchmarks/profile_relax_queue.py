@@ -26,7 +26,7 @@ from jaxinv.data import load_dataset
 from jaxinv.data.perturb import perturb
 from jaxinv.potentials.sevennet import load_sevennet
 from jaxinv.relax import queue as relax_queue
-from jaxinv.relax import relax
+from jaxinv.relax import converged, relax
 
 
 def main():
@@ -58,8 +58,8 @@ def main():
     t0 = time.perf_counter()
     results = relax(structures, potential, **settings)
     wall = time.perf_counter() - t0
-    steps = np.array([r.steps for r in results])
-    print(f"{extra or 'defaults'}: wall {wall:.1f} s, {sum(r.converged for r in results)}/{n} converged, "
+    steps = results.labels["steps"]
+    print(f"{extra or 'defaults'}: wall {wall:.1f} s, {int(converged(results).sum())}/{n} converged, "
           f"useful steps {steps.sum()} (mean {steps.mean():.1f}), slot-steps evaluated {counts['slot_steps']} "
           f"in {counts['chunks']} chunks, {1e3 * counts['chunk_s'] / max(counts['slot_steps'], 1):.2f} ms per "
           f"slot-step, {1e3 * wall / steps.sum():.2f} ms per useful step")

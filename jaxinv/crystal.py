@@ -119,6 +119,10 @@ class Crystal:
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
         return jax.tree_util.tree_map(lambda x: x[index], self)
 
+    def without_labels(self) -> "Crystal":
+        """The geometry alone: the same arrays, no labels or atom labels."""
+        return Crystal(self.lattice, self.frac, self.numbers, self.mask)
+
     def to_host(self) -> "Crystal":
         """Copy to NumPy (float64 geometry), e.g. after a jitted computation."""
         return Crystal(

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
-from jaxinv.crystal import Crystal, bucket_size, group_by_bucket
+from jaxinv.crystal import Crystal, group_by_bucket
 from jaxinv.graph import StickyGraph, grown_sizes
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,

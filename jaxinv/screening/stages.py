@@ -168,28 +168,24 @@ def relax_stage(potential, fmax: float = 0.05, max_steps: int = 300, cell: str =
     state = {}
 
     def apply(cands: Candidates, context) -> Decision:
-        from jaxinv.relax import relax
+        from jaxinv.relax import converged, energy_per_atom, failed, relax, status_names
 
         if "potential" not in state:
             state["potential"] = _potential(potential)
         ckpt = None
         if context.get("workdir") is not None:
             ckpt = str(context["workdir"] / f"relax_ckpt_{context.get('chunk', 0):05d}")
-        results = relax(cands.crystal, state["potential"], fmax=fmax, max_steps=max_steps, cell=cell,
+        relaxed = relax(cands.crystal, state["potential"], fmax=fmax, max_steps=max_steps, cell=cell,
                         checkpoint=ckpt, progress=False)
-        status = np.array([r.status for r in results])
-        keep = ~np.char.startswith(status.astype(str), "failed")
+        status = np.array(status_names(relaxed))
+        keep = ~failed(relaxed)
         if not keep_unconverged:
-            keep &= status == "converged"
-        from jaxinv.crystal import Crystal
-
-        relaxed = Crystal.from_structures([r.structure for r in results], labels={}, n_max=cands.crystal.n_max)
-        energy = np.array([r.energy for r in results])
-        natoms = cands.crystal.to_host().n_atoms
+            keep &= converged(relaxed)
         reason = np.where(keep, "", np.char.add("relaxation ", status.astype(str)))
-        return Decision(keep, reason, {"energy": energy, "energy_per_atom": energy / natoms,
-                                       "relax_status": status, "relax_steps": np.array([r.steps for r in results])},
-                        crystal=relaxed)
+        energy = np.asarray(relaxed.labels["energy"], np.float64)
+        columns = {"energy": energy, "energy_per_atom": energy_per_atom(relaxed), "relax_status": status,
+                   "relax_steps": np.asarray(relaxed.labels["steps"])}
+        return Decision(keep, reason, columns, crystal=relaxed.without_labels())
 
     return Stage("relax", apply, {"potential": spec, "fmax": fmax, "max_steps": max_steps, "cell": cell,
                                   "keep_unconverged": keep_unconverged}, chunk_size)
