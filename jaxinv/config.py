@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -391,15 +392,18 @@ def compose(name: str, overrides: list[str] | None = None, config_dir: str | Pat
         raise ConfigError("", f"no config '{name}.yaml' in {config_dir}; known: {', '.join(known)}")
     GlobalHydra.instance().clear()
     try:
-        primary = OmegaConf.load(config_dir / f"{name}.yaml")
+        files = [OmegaConf.load(config_dir / f"{n}.yaml") for n in _included(config_dir, name)]
     except (OmegaConfBaseException, ValueError) as e:  # yaml's errors are ValueErrors
         raise ConfigError("", f"{config_dir / name}.yaml: {_first_line(e)}") from None
     placed = {}  # relax.potential -> potential@relax.potential: a group whose options land under another key
-    for entry in primary.get("defaults", None) or []:
+    for entry in [e for f in files for e in f.get("defaults", None) or []]:
         for spec in (entry.keys() if isinstance(entry, DictConfig) else []):
             group, at, package = str(spec).partition("@")
             if at:
                 placed[package] = (group, str(spec))
+    for f in files:
+        f.pop("defaults", None)
+    primary = OmegaConf.merge(*reversed(files))  # the keys the YAML files give, the nearest winning
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return hydra_compose(config_name=name, overrides=_plain_overrides(overrides or [], config_dir, primary,
@@ -441,16 +445,28 @@ def _plain_overrides(overrides: list[str], config_dir: Path, primary: DictConfig
         if eq and not key.startswith(("+", "~")):
             if value.strip() == "null" and (config_dir / group / "none.yaml").is_file():
                 o = f"{key}=none"
-            elif "options" in key.split(".")[:-1]:
-                o = f"++{o}"
             elif value.lstrip().startswith("{") and isinstance(_select(primary, key), DictConfig):
                 # 'objectives={energy_per_atom: min}' replaces the YAML's mapping (Hydra would merge into it)
                 out.append(f"~{key}")
                 o = f"+{o}"
+            elif "." in key and "@" not in key and not key.startswith("hydra."):
+                # a field of a section that the YAML leaves at its schema default (train.warmup=0.5), or a
+                # key of a free-form options mapping; a misspelt one is caught by validate()
+                o = f"++{o}"
             if "," in value and value[:1] not in "[{'\"" and not any(c in value for c in "()$\"'"):
                 # composition=Si,O is a string here; Hydra would read a multirun sweep and give up
                 o = o[: len(o) - len(value)] + f'"{value}"'
         out.append(o)
+    return out
+
+
+def _included(config_dir: Path, name: str) -> list[str]:
+    """``name`` and the configs its defaults list includes by name, without a group
+    (quickstart.yaml: ``- screen``), nearest first."""
+    out = [name]
+    for entry in OmegaConf.load(config_dir / f"{name}.yaml").get("defaults", None) or []:
+        if isinstance(entry, str) and entry != "_self_" and (config_dir / f"{entry}.yaml").is_file():
+            out += _included(config_dir, entry)
     return out
 
 
@@ -484,7 +500,7 @@ def validate(cfg: DictConfig, schema: type) -> DictConfig:
     missing (``???``) values and values that break a field's rules (:func:`checked`,
     :func:`constrain`) raise :class:`ConfigError` naming the field."""
     try:
-        base = OmegaConf.structured(schema)
+        base = _structured(schema)
         _clear_mappings(base, cfg)
         merged = OmegaConf.merge(base, cfg)
     except OmegaConfBaseException as e:
@@ -496,6 +512,21 @@ def validate(cfg: DictConfig, schema: type) -> DictConfig:
                           f"e.g. {missing[0]}=...")
     check_values(merged, schema)
     return merged
+
+
+def _structured(schema: type) -> DictConfig:
+    """The schema as a DictConfig whose every section takes values, also a section typed with a
+    frozen library dataclass (jaxinv.potentials.train.TrainConfig), which OmegaConf makes read-only."""
+    base = OmegaConf.structured(schema)
+
+    def writable(node):
+        node._set_flag("readonly", None)
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                writable(child)
+    writable(base)
+    return base
 
 
 def _clear_mappings(base: DictConfig, cfg: DictConfig) -> None:
@@ -596,12 +627,37 @@ def _trailing_comment(text: str) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=None)
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment at the end of its declaration in a dataclass body (its
+    bases' too): the meaning of a library field that no YAML restates."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (defined in a REPL)
+            continue
+        lines = source.splitlines()
+        for stmt in ast.parse(source).body[0].body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                comment = next(filter(None, map(_trailing_comment, lines[stmt.lineno - 1:stmt.end_lineno])), "")
+                out.setdefault(stmt.target.id, comment)
+    return out
+
+
 def config_fields(name: str, schema: type, overrides: list[str] | None = None,
                   config_dir: str | Path | None = None) -> tuple[dict, list[tuple[str, str, str, str]]]:
     """(group choices, rows): every leaf field of experiment ``name`` as (dotted key,
     default after ``overrides``, meaning, accepted values). The meaning is the comment
-    beside the key in the experiment's YAML or in the chosen group option's YAML, the
-    single place meanings are written; accepted values come from the field's rules."""
+    beside the key in the experiment's YAML (or one it includes) or in the chosen group
+    option's YAML, else the comment beside the field in its dataclass (a library field
+    the YAML leaves at its default); accepted values come from the field's rules."""
     import json
 
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
@@ -610,14 +666,17 @@ def config_fields(name: str, schema: type, overrides: list[str] | None = None,
                if not k.startswith("hydra/") and v is not None}
     with open_dict(cfg):
         del cfg["hydra"]
-    meanings = yaml_comments(config_dir / f"{name}.yaml")
+    meanings: dict[str, str] = {}
+    for included in _included(config_dir, name):
+        for key, text in yaml_comments(config_dir / f"{included}.yaml").items():
+            meanings.setdefault(key, text)
     for spec, option in choices.items():
         group, _, package = spec.partition("@")
         path = config_dir / group / f"{option}.yaml"
         if path.is_file():
             for key, text in yaml_comments(path, f"{package or group}.").items():
                 meanings.setdefault(key, text)
-    base = OmegaConf.structured(schema)
+    base = _structured(schema)
     _clear_mappings(base, cfg)
     merged = OmegaConf.merge(base, cfg)
 
@@ -637,7 +696,7 @@ def config_fields(name: str, schema: type, overrides: list[str] | None = None,
                 continue
             rules = "; ".join(r.describe() for r in field_rules(cls, f))
             shown = show(value if isinstance(value, (DictConfig, ListConfig)) else value._value())
-            rows.append((key, shown, meanings.get(key, ""), rules))
+            rows.append((key, shown, meanings.get(key) or field_comments(cls).get(f.name, ""), rules))
 
     walk(merged, schema, "")
     return choices, rows

@@ -311,3 +311,17 @@ def test_dependencies_for_the_xla_cache_and_the_tests():
     # without filelock jax cannot size the persistent cache and never reads or writes it
     assert "filelock" in names(project["dependencies"])
     assert "hypothesis" in names(project["optional-dependencies"]["test"])
+
+
+def test_library_sections_take_every_field_and_name_a_misspelt_one(capsys, nothing_loads):
+    """A section typed with a library dataclass (frozen ones too) takes a field its YAML leaves
+    at the library's default; a misspelt field is named; its meaning is the dataclass's comment."""
+    from jaxinv.cli import load_experiment
+
+    schema = load_experiment("train_potential").Config
+    cfg = validate(compose("train_potential", [f"train_file={__file__}", "train.huber_delta=0.2", "seed=4"]), schema)
+    assert cfg.train.huber_delta == 0.2 and cfg.train.epochs == 30 and cfg.train.seed == 4
+    _, err = fails(["run", "train_property", "train.epochz=3", "--cfg"], capsys)
+    assert err.startswith("jaxinv: config error in field 'train.epochz': "), err
+    _, rows = config_fields("train_property", load_experiment("train_property").Config)
+    assert ("train.warmup", "0.3", "fraction of epochs with the MSE mean loss", "in [0, 1]") in rows

@@ -121,8 +121,8 @@ def test_label_then_train_potential_experiments(tmp_path):
         assert np.abs(data.atom_labels["forces"]).max() > 0  # rattled copies feel forces
     assert not (labels / "valid.extxyz").exists()
     out = tmp_path / "model"
-    assert main(["run", "train_potential", f"data_dir={labels}", "epochs=3", "model.channels=4",
-                 "model.num_layers=2", "model.radial_hidden=[8]", "batch_size=4", f"out_dir={out}",
+    assert main(["run", "train_potential", f"data_dir={labels}", "train.epochs=3", "model.channels=4",
+                 "model.num_layers=2", "model.radial_hidden=[8]", "train.batch_size=4", f"out_dir={out}",
                  "progress=false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 3 and (out / "learning_curve.png").stat().st_size > 1000

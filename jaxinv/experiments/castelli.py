@@ -1,19 +1,20 @@
 """Castelli perovskite replay: active learning vs random selection, recall vs oracle calls.
 
     jaxinv run castelli                          # 10 seeds, p_window vs random
-    jaxinv run castelli seeds=3 'strategies=[p_window,ucb,random]' gap=ind_gap
+    jaxinv run castelli seeds=3 'strategies=[p_window,ucb,random]' gap=ind_gap train.n_members=2
 
 See :mod:`jaxinv.screening.castelli` for the criteria and their units.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List
 
 import numpy as np
 
 from jaxinv.config import Rule, RunConfig, at_least, checked, each, fraction, non_negative, nonempty, one_of
+from jaxinv.experiments.train_property import TrainConfig  # with its rules
 
 
 def _acquisitions():
@@ -41,27 +42,26 @@ class Config(RunConfig):
     budget_fraction: float = checked(0.2, fraction, Rule(
         lambda v, c: None if v >= c.initial_fraction else f"must be >= initial_fraction ({c.initial_fraction})",
         ">= initial_fraction"))
-    members: int = checked(4, at_least(1))
-    epochs: int = checked(40, at_least(1))
+    train: TrainConfig = field(default_factory=TrainConfig)
     hidden: List[int] = checked([64, 32], each(at_least(1)))
     calibrate_sigma: bool = False  # (hurt here: see RESULTS.md)
     diversity: float = checked(0.0, non_negative)
 
 
 def main(cfg, run):
+    from omegaconf import OmegaConf
+
     from jaxinv.data import load_dataset
     from jaxinv.screening.active import ActiveConfig
     from jaxinv.screening.castelli import plot_recall, replay
     from jaxinv.screening.features import featurize
-    from jaxinv.screening.train import TrainConfig
 
     ds = load_dataset("perov_5")
     t0 = time.perf_counter()
     x = featurize(ds.crystal(), cfg.features)
     print(f"features ({cfg.features}, {x.shape[1]} columns) in {time.perf_counter() - t0:.1f} s")
-    ac = ActiveConfig(train=TrainConfig(n_members=cfg.members, epochs=cfg.epochs, batch_size=128, min_capacity=1024),
-                      model_kwargs={"hidden": list(cfg.hidden)}, calibrate_sigma=cfg.calibrate_sigma,
-                      diversity=cfg.diversity)
+    ac = ActiveConfig(train=OmegaConf.to_object(cfg.train), model_kwargs={"hidden": list(cfg.hidden)},
+                      calibrate_sigma=cfg.calibrate_sigma, diversity=cfg.diversity)
     res = replay(x, ds.labels, seeds=range(cfg.seeds), strategies=tuple(cfg.strategies), gap=cfg.gap,
                  initial_fraction=cfg.initial_fraction, batch_fraction=cfg.batch_fraction,
                  budget_fraction=cfg.budget_fraction, config=ac, progress=cfg.progress)

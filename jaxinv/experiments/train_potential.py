@@ -1,7 +1,7 @@
 """Train a NequIP-style potential on extxyz data (energy, forces, stress).
 
     jaxinv run label data=perov_5                       # SevenNet-0 labels -> outputs/label/<time>/
-    jaxinv run train_potential data_dir=outputs/label/<time> epochs=30
+    jaxinv run train_potential data_dir=outputs/label/<time> train.epochs=30
     jaxinv run train_potential train_file=a.extxyz valid_file=b.extxyz test_file=c.extxyz
 
 With ``data_dir`` the files are ``train.extxyz``, ``valid.extxyz`` and
@@ -21,9 +21,10 @@ from typing import List, Optional
 
 import jax
 import numpy as np
+from omegaconf import OmegaConf
 
-from jaxinv.config import (ConfigError, Rule, RunConfig, at_least, checked, each, existing_path, non_negative, one_of,
-                           positive)
+from jaxinv.config import (ConfigError, Rule, RunConfig, at_least, checked, constrain, each, existing_path, fraction,
+                           non_negative, one_of, positive)
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.nequip import NequIPConfig
 from jaxinv.potentials.train import Trainer, TrainConfig, fit_element_shifts, load_extxyz, save_potential
@@ -40,6 +41,15 @@ def _data_dir_problem(data_dir, cfg):
     return why
 
 
+# The train section is the library's TrainConfig; its rules are declared here.
+constrain(TrainConfig, energy_weight=non_negative, force_weight=non_negative, stress_weight=non_negative,
+          loss=one_of("huber", "mse"), huber_delta=positive, learning_rate=positive, final_lr_fraction=fraction,
+          warmup_epochs=non_negative, batch_size=at_least(1), epochs=at_least(1), grad_clip=positive,
+          seed=non_negative)
+
+
+# NequIPConfig is not the section: its species and irreps follow from the data and these
+# arguments of NequIPConfig.simple, and its shift / scale (a float or a tuple) have no OmegaConf type.
 @dataclass
 class ModelSpec:
     channels: int = checked(16, at_least(1))
@@ -61,13 +71,7 @@ class Config(RunConfig):
     test_file: Optional[str] = checked(None, existing_path("file"))
     limit: Optional[int] = checked(None, at_least(1))
     model: ModelSpec = field(default_factory=ModelSpec)
-    epochs: int = checked(30, at_least(1))
-    batch_size: int = checked(16, at_least(1))
-    learning_rate: float = checked(5e-3, positive)
-    energy_weight: float = checked(1.0, non_negative)
-    force_weight: float = checked(10.0, non_negative)
-    stress_weight: float = checked(10.0, non_negative)
-    loss: str = checked("huber", one_of("huber", "mse"))
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _files(cfg) -> dict[str, Optional[Path]]:
@@ -103,9 +107,7 @@ def main(cfg, run):
     m = cfg.model
     model = NequIPConfig.simple(species=species, channels=m.channels, lmax=m.lmax, num_layers=m.num_layers,
                                 cutoff=m.cutoff, num_basis=m.num_basis, radial_hidden=tuple(m.radial_hidden))
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                       energy_weight=cfg.energy_weight, force_weight=cfg.force_weight,
-                       stress_weight=cfg.stress_weight, loss=cfg.loss, seed=cfg.seed)
+    tcfg = OmegaConf.to_object(cfg.train)
     print(f"training on {len(train)} structures ({len(species)} elements), "
           f"valid {len(data['valid']) if 'valid' in data else 0}, test {len(data['test']) if 'test' in data else 0}")
     trainer = Trainer(model, tcfg, train, data.get("valid"), progress=cfg.progress)

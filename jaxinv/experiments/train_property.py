@@ -19,7 +19,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from jaxinv.config import DataConfig, Rule, RunConfig, at_least, checked, each, non_negative, nonempty, one_of, positive
+from jaxinv.config import (DataConfig, Rule, RunConfig, at_least, between, checked, constrain, each, non_negative,
+                           nonempty, one_of, positive)
+from jaxinv.screening.train import TrainConfig
 
 
 def _feature_kinds():
@@ -50,14 +52,10 @@ class ModelConfig:
     cutoff: float = checked(5.0, positive)
 
 
-@dataclass
-class TrainSection:
-    n_members: int = checked(5, at_least(1))
-    epochs: int = checked(200, at_least(1))
-    batch_size: int = checked(128, at_least(1))
-    lr: float = checked(2e-3, positive)
-    weight_decay: float = checked(1e-4, non_negative)
-    chunk_epochs: int = checked(50, at_least(1))
+# The train section is the library's TrainConfig (castelli's too); its rules are declared here.
+constrain(TrainConfig, n_members=at_least(1), epochs=at_least(1), batch_size=at_least(1), lr=positive,
+          weight_decay=non_negative, warmup=between(0, 1), chunk_epochs=at_least(1), seed=non_negative,
+          min_capacity=non_negative)
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Config(RunConfig):
     targets: List[str] = checked(["heat_ref", "dir_gap", "ind_gap"], nonempty, Rule(_targets_problem,
                                                                                      "properties of the dataset"))
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
     recalibrate: bool = True
     checkpoint: bool = True
 
@@ -85,8 +83,9 @@ def build_model(cfg):
 
 
 def main(cfg, run):
+    from omegaconf import OmegaConf
+
     from jaxinv.data import load_dataset
-    from jaxinv.screening.train import TrainConfig
     from jaxinv.screening.uncertainty import calibration, fit_sigma_scale
 
     ds = load_dataset(cfg.data.name)
@@ -103,9 +102,7 @@ def main(cfg, run):
     raw = {s: model.raw_inputs(d.crystal()) for s, d in splits.items()}
     y = {s: np.stack([d.labels[t] for t in cfg.targets], 1) for s, d in splits.items()}
     t_inputs = time.perf_counter() - t0
-    tc = TrainConfig(n_members=cfg.train.n_members, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, chunk_epochs=cfg.train.chunk_epochs,
-                     seed=cfg.seed)
+    tc = OmegaConf.to_object(cfg.train)
     t0 = time.perf_counter()
     hist = model.fit(raw["train"], y["train"], tc, val=(raw["valid"], y["valid"]),
                      checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True)

@@ -46,36 +46,35 @@ class ModelConfig:
     condition: str = "none"  # none | property | composition (composition: GANs only)
     properties: list = field(default_factory=list)  # [] = the dataset's defaults (DEFAULT_PROPERTIES)
     property_head: bool = True  # VAEs: joint property head on the latent
-    latent: int = 32
-    hidden: int = 256
+    latent: int = 32  # latent dimension
+    hidden: int = 256  # decoder / generator width
     encoder: str = "set"  # coordinate VAE encoder: set (permutation-invariant) | mlp (on canonical slots)
     enc_hidden: int = 128  # coordinate VAE set encoder width
-    width: int = 32  # voxel VAE convolution width
-    grid: int = 32  # voxel grid points per axis
+    width: int = 32  # voxel VAE convolution channels
+    grid: int = 32  # voxel grid points per axis (divisible by 8)
     sigma: float = 0.26  # voxel Gaussian width (Å)
-    # voxel VAE: predict the element multiset and decode that many peaks with those elements
     # (False in the dataclass so that run folders saved before the head existed still load;
-    # the presets set it)
-    composition_head: bool = False
-    critic_hidden: int = 128
+    # train_generative.yaml sets it)
+    composition_head: bool = False  # voxel VAE: predict the element multiset; decode that many peaks, of those elements
+    critic_hidden: int = 128  # GAN critic width
     niggli: bool = False  # Niggli-reduce cells before encoding
     # losses
     beta: float = 0.01  # KL weight (after warm-up)
     kl_warmup: int = 1000  # steps of linear KL warm-up
     matching: bool = True  # coordinate VAE: slot-permutation-invariant loss (Hungarian matching)
-    w_lattice: float = 1.0
-    w_frac: float = 10.0
-    w_species: float = 1.0
-    w_image: float = 1.0
-    w_property: float = 1.0
-    gp_weight: float = 10.0
-    n_critic: int = 5
+    w_lattice: float = 1.0  # loss weight: lattice parameters
+    w_frac: float = 10.0  # loss weight: fractional coordinates
+    w_species: float = 1.0  # loss weight: species
+    w_image: float = 1.0  # loss weight: voxel image
+    w_property: float = 1.0  # loss weight: property head
+    gp_weight: float = 10.0  # WGAN-GP gradient penalty weight
+    n_critic: int = 5  # critic steps per generator step
     # optimization
-    lr: float = 1e-3
-    lr_critic: float = 1e-4
-    grad_clip: float = 1.0
+    lr: float = 1e-3  # learning rate
+    lr_critic: float = 1e-4  # critic learning rate
+    grad_clip: float = 1.0  # global gradient-norm clip
     # augmentation
-    augment_ops: bool = True  # random lattice automorphisms
+    augment_ops: bool = True  # random lattice automorphisms (rigid rotations that keep the cell)
     augment_shift: bool = False  # random origin shifts (whole voxels for voxel models)
 
     @classmethod

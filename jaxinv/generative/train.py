@@ -33,13 +33,13 @@ log = logging.getLogger("jaxinv.generative")
 class TrainConfig:
     """Loop settings (the ``train`` section of ``jaxinv/configs/train_generative.yaml``)."""
 
-    steps: int = 5000
-    batch_size: int = 64
-    eval_every: int = 500
-    eval_size: int = 512  # validation crystals for the validation losses
-    checkpoint_every_s: float = 60.0
-    time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
-    progress: bool = True
+    steps: int = 5000  # training steps
+    batch_size: int = 64  # crystals per batch
+    eval_every: int = 500  # steps between evaluations (0: none)
+    eval_size: int = 512  # valid-split crystals for the validation losses
+    checkpoint_every_s: float = 60.0  # seconds between checkpoints
+    time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes (0: no limit)
+    progress: bool = True  # progress bar of the loop
 
 
 class Batcher:

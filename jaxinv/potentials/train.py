@@ -49,19 +49,21 @@ log = logging.getLogger("jaxinv.train")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Training of a NequIP potential (the ``train`` section of ``train_potential``)."""
+
     energy_weight: float = 1.0  # on energy per atom (eV/atom)
     force_weight: float = 10.0  # on force components (eV/Å)
     stress_weight: float = 10.0  # on stress components (eV/Å^3, which are ~10x smaller)
     loss: str = "huber"  # huber | mse
-    huber_delta: float = 0.1
-    learning_rate: float = 5e-3
+    huber_delta: float = 0.1  # where the Huber loss turns from quadratic to linear
+    learning_rate: float = 5e-3  # Adam learning rate
     final_lr_fraction: float = 0.05  # cosine decay to this fraction of learning_rate
-    warmup_epochs: int = 1
-    batch_size: int = 16
-    epochs: int = 50
-    grad_clip: float = 10.0
-    seed: int = 0
-    fit_shift_scale: bool = True
+    warmup_epochs: int = 1  # epochs of linear learning-rate warm-up
+    batch_size: int = 16  # structures per batch
+    epochs: int = 50  # training epochs
+    grad_clip: float = 10.0  # global gradient-norm clip
+    seed: int = 0  # seeds initialisation and shuffling
+    fit_shift_scale: bool = True  # start from per-element energy shifts and a force scale fitted to the data
 
     def __post_init__(self):
         if self.loss not in ("huber", "mse"):

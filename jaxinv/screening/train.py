@@ -43,14 +43,16 @@ log = logging.getLogger("jaxinv.screening")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    n_members: int = 5
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    """Training of a property ensemble (the ``train`` section of ``train_property`` and ``castelli``)."""
+
+    n_members: int = 5  # ensemble members (σ from their spread)
+    epochs: int = 300  # training epochs
+    batch_size: int = 64  # structures per batch
+    lr: float = 2e-3  # learning rate (AdamW)
+    weight_decay: float = 1e-4  # AdamW weight decay
     warmup: float = 0.3  # fraction of epochs with the MSE mean loss
     chunk_epochs: int = 50  # at most this many epochs per jitted call (and between checkpoints)
-    seed: int = 0
+    seed: int = 0  # seeds initialisation and batches
     min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
 
 
