@@ -108,6 +108,14 @@ class Outputs:
     stress: jax.Array | None  # (B, 3, 3) eV/Å^3, ASE sign convention
 
 
+def strained(lattice, strain):
+    """``lattice`` (B, 3, 3) under the symmetric part of ``strain``: ``L (1 + sym(strain))``.
+    The stress is the derivative of the energy with respect to ``strain`` at 0, over the
+    volume; the potentials' ``energy_forces_stress`` and the relaxer both take it this way."""
+    sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+    return lattice + jnp.einsum("bij,bjk->bik", lattice, sym)
+
+
 def energy_forces_stress(energy_fn: EnergyFn, params, crystal: Crystal, graph: Graph,
                          compute_stress: bool = True) -> Outputs:
     """Energy, forces and (optionally) stress of a batch by one reverse-mode pass."""
@@ -117,10 +125,8 @@ def energy_forces_stress(energy_fn: EnergyFn, params, crystal: Crystal, graph: G
     inv_lattice = jnp.linalg.inv(lattice)
 
     def total(displacement, strain):
-        sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
-        strained = lattice + jnp.einsum("bij,bjk->bik", lattice, sym)
         frac = crystal.frac + jnp.einsum("bni,bij->bnj", displacement, inv_lattice)
-        e = energy_fn(params, crystal.replace(lattice=strained, frac=frac), graph)
+        e = energy_fn(params, crystal.replace(lattice=strained(lattice, strain), frac=frac), graph)
         return e.sum(), e
 
     zeros_u = jnp.zeros((b, n, 3), dtype)

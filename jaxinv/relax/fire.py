@@ -67,6 +67,7 @@ import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
 from jaxinv.graph import Graph, build_graph, edge_lengths
+from jaxinv.potentials.base import strained
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
@@ -286,9 +287,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         isolated = jnp.any(crystal.mask & (degree == 0), axis=-1)
 
         def enthalpy(q, lam, eps):
-            lattice, _, _ = current_cell(reference_lattice, q, lam, factor)
-            sym = 0.5 * (eps + jnp.swapaxes(eps, -1, -2))
-            lattice = lattice + jnp.einsum("bij,bjk->bik", lattice, sym)
+            lattice = strained(current_cell(reference_lattice, q, lam, factor)[0], eps)
             frac_q = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
             e = energy_fn(params, crystal.replace(lattice=lattice, frac=frac_q), trimmed)
             volume = jnp.abs(jnp.linalg.det(lattice))
