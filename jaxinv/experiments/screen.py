@@ -203,17 +203,17 @@ def main(cfg, run):
     if "stability" in kinds:
         from jaxinv.io import read_structures_named
         from jaxinv.metrics import HullReference
-        from jaxinv.relax import relax
+        from jaxinv.relax import failed, relax
 
         if not cfg.reference:
             raise ValueError("the stability stage needs reference=<folder of CIFs of competing phases>")
         ref_set = read_structures_named(cfg.reference)
         unread += ref_set.skipped
         user_files = True
-        refs = [r for r in relax(ref_set.structures, context["potential"], progress=False)
-                if not r.failed]
-        context["hull_reference"] = HullReference.from_structures([r.structure for r in refs],
-                                                                  lambda s: np.array([r.energy for r in refs]))
+        relaxed = relax(ref_set.structures, context["potential"], progress=False)
+        refs = relaxed[np.flatnonzero(~failed(relaxed))]
+        context["hull_reference"] = HullReference.from_structures(refs.to_structures(),
+                                                                  lambda s: refs.labels["energy"])
     if user_files and not (resumed and run.path("skipped.csv").exists()):
         from jaxinv.io import write_skipped  # (a resumed run keeps the list its first start wrote)
 
