@@ -449,8 +449,9 @@ def _plain_overrides(overrides: list[str], config_dir: Path, primary: DictConfig
                 # 'objectives={energy_per_atom: min}' replaces the YAML's mapping (Hydra would merge into it)
                 out.append(f"~{key}")
                 o = f"+{o}"
-            elif "." in key and "@" not in key and not key.startswith("hydra."):
-                # a field of a section that the YAML leaves at its schema default (train.warmup=0.5), or a
+            elif ("." in key and "@" not in key and not key.startswith("hydra.")) or (
+                    "." not in key and key not in primary and not (config_dir / key).is_dir()):
+                # a field that the YAML leaves at its schema default (train.warmup=0.5, fmax=0.01), or a
                 # key of a free-form options mapping; a misspelt one is caught by validate()
                 o = f"++{o}"
             if "," in value and value[:1] not in "[{'\"" and not any(c in value for c in "()$\"'"):

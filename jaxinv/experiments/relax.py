@@ -21,29 +21,45 @@ from jaxinv.config import (DataConfig, PotentialConfig, RunConfig, at_least, bet
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
-from jaxinv.relax import energy_per_atom, relax, status_names
+from jaxinv.relax import GPA, FireConfig, energy_per_atom, relax, status_names
+from jaxinv.relax.queue import MAX_BATCH, MAX_EDGES, PRECISIONS, RelaxQueue
 
 log = logging.getLogger("jaxinv.relax")
 
 
 @dataclass
-class Config(RunConfig):
-    """Fields and their meanings: jaxinv/configs/relax.yaml (``jaxinv run relax --help``)."""
+class RelaxSettings:
+    """The relaxation settings a workflow exposes (the relax and search experiments): the
+    fields of :class:`~jaxinv.relax.FireConfig` a user sets, with its defaults, and the
+    pressure in GPa. :func:`fire_config` builds the library config from them."""
+
+    fmax: float = checked(FireConfig.fmax, positive)  # eV/Å
+    stress_tol: float = checked(FireConfig.stress_tol, positive)  # eV/Å^3 (0.005 ≈ 0.8 GPa)
+    max_steps: int = checked(FireConfig.max_steps, at_least(1))  # FIRE steps at most
+    pressure_gpa: float = 0.0  # GPa, external pressure (the enthalpy is minimised)
+
+
+def fire_config(cfg, **fields) -> FireConfig:
+    """The library config of a workflow config with the :class:`RelaxSettings` fields."""
+    return FireConfig(fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
+                      pressure=cfg.pressure_gpa * GPA, **fields)
+
+
+@dataclass
+class Config(RunConfig, RelaxSettings):
+    """Fields and their meanings: jaxinv/configs/relax.yaml and the comments here
+    (``jaxinv run relax --help``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     potential: PotentialConfig = field(default_factory=PotentialConfig)
     structures: Optional[str] = checked(None, existing_path())
     rattle: float = checked(0.0, non_negative)
     strain: float = checked(0.0, between(0, 1, hi_open=True))
-    fmax: float = checked(0.05, positive)
-    stress_tol: float = checked(0.005, positive)
-    max_steps: int = checked(500, at_least(1))
-    pressure_gpa: float = 0.0
-    cell: str = checked("frechet", one_of("frechet", "fixed", "volume", "shape"))
-    criterion: str = checked("stress", one_of("stress", "ase"))
-    max_edges: int = checked(60000, at_least(1))
-    max_batch: int = checked(128, at_least(1))
-    precision: str = checked("float64", one_of("float64", "float32"))
+    cell: str = checked(FireConfig.cell, one_of("frechet", "fixed", "volume", "shape"))  # what relaxes with the atoms
+    criterion: str = checked(FireConfig.criterion, one_of("stress", "ase"))  # ase: exactly ASE's test
+    max_edges: int = checked(MAX_EDGES, at_least(1))  # edge budget per batch (the memory knob)
+    max_batch: int = checked(MAX_BATCH, at_least(1))  # structures per batch at most
+    precision: str = checked(PRECISIONS[0], one_of(*PRECISIONS))  # float64: batch-independent | float32: faster
     checkpoint: bool = True
     write_cifs: bool = True
 
@@ -68,10 +84,11 @@ def main(cfg, run):
     potential = load_configured_potential(cfg.potential)
     print(f"relaxing {len(structures)} structures with {potential.name} (fmax {cfg.fmax} eV/Å, "
           f"stress_tol {cfg.stress_tol} eV/Å^3, cell {cfg.cell}, P = {cfg.pressure_gpa} GPa)")
-    results = relax(structures, potential, fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
-                    pressure_gpa=cfg.pressure_gpa, cell=cfg.cell, criterion=cfg.criterion, progress=cfg.progress,
-                    checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
-                    max_edges=cfg.max_edges, max_batch=cfg.max_batch, precision=cfg.precision)
+    config = fire_config(cfg, cell=cfg.cell, criterion=cfg.criterion)
+    queue = RelaxQueue(potential, config, max_edges=cfg.max_edges, max_batch=cfg.max_batch, progress=cfg.progress,
+                       checkpoint=str(run.out_dir / "checkpoint") if cfg.checkpoint else None,
+                       precision=cfg.precision)
+    results = queue.run(structures)
     names, energy = status_names(results), results.labels["energy"]
     per_atom, steps = energy_per_atom(results), results.labels["steps"]
     max_force = np.linalg.norm(results.atom_labels["forces"], axis=-1).max(-1)

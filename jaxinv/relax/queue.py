@@ -70,9 +70,10 @@ from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,
                                tree_select)
 
-__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "shard_batch"]
+__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "shard_batch"]
 
 PRECISIONS = ("float64", "float32")
+MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch
 RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
 
 log = logging.getLogger("jaxinv.relax")
@@ -144,8 +145,8 @@ class RelaxQueue:
     ``graph_floor`` (starting ``(images, capacity)`` of every graph).
     """
 
-    def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = 60_000,
-                 max_batch: int = 128, chunk_steps: int = 20, batch_fraction: float | None = None,
+    def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = MAX_EDGES,
+                 max_batch: int = MAX_BATCH, chunk_steps: int = 20, batch_fraction: float | None = None,
                  compact: bool = True, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True,
                  precision: str | None = "float64", batch: int | None = None, bucket: bool = True,
