@@ -141,3 +141,28 @@ def test_search_experiment_from_the_command_line(tmp_path):
                "algorithm.options.population=16", f"out_dir={tmp_path}", "progress=false"])
     assert rc == 0
     assert (tmp_path / "history.db").exists() and (tmp_path / "best.cif").exists()
+
+
+def test_compiled_operators_take_the_potential_parameters_they_are_given():
+    """Compiled soft mutations are shared by potentials with one energy function, but the
+    parameters are an argument: a potential with other parameters never gets stale ones
+    (the old cache, keyed by id(potential), baked them in)."""
+    import dataclasses
+
+    from jaxinv.search import ea
+    from jaxinv.search import operators as ops
+    from jaxinv.search.seeds import random_crystals
+
+    lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
+    wider = dataclasses.replace(lj, params=jax.tree_util.tree_map(lambda p: 1.1 * p, lj.params))
+    space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
+    config = EAConfig(soft_amplitude=(0.25, 0.25))
+    c, _ = random_crystals(space, 4, np.random.default_rng(3), symmetric=False)
+    keys, rows = jax.random.split(jax.random.PRNGKey(0), 4), np.arange(4)
+    made = [ea._make_soften(Problem(space, pot, FireConfig(), batch=4), config, (3, 3, 3), 512)(keys, c, rows)
+            for pot in (lj, wider)]
+    op = ops.soft_mutation(wider.energy_fn, wider.params, wider.cutoff, (3, 3, 3), 512,
+                           amplitude=tuple(1.12 * a for a in config.soft_amplitude))
+    direct = jax.jit(jax.vmap(op))(keys, c, c)
+    assert not np.allclose(np.asarray(made[0].frac), np.asarray(made[1].frac), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(made[1].frac), np.asarray(direct.frac), atol=1e-6)

@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from jaxinv.config import (PotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, existing_path, formula,
-                           load_configured_potential, module_function, non_negative, one_of, positive)
+from jaxinv.config import (PotentialConfig, Rule, RunConfig, at_least, checked, constrain, dataset_spec, existing_path,
+                           formula, load_configured_potential, module_function, non_negative, one_of, positive)
 from jaxinv.relax import GPA, FireConfig
 from jaxinv.search import FingerprintConfig, Problem, SearchSpace, make_search, run_search
 from jaxinv.search.pareto import pareto_ranks
@@ -35,15 +35,19 @@ def _algorithm_options(name: str) -> list[str]:
     import inspect
 
     from jaxinv.search import ALGORITHMS
-    from jaxinv.search.ea import random_search
 
-    config_cls = ALGORITHMS[name][1]
-    if config_cls is None:  # random search: the keyword arguments of random_search
-        return [p for p in inspect.signature(random_search).parameters if p not in ("problem", "name")]
-    return [f.name for f in dataclasses.fields(config_cls)]
+    factory, config = ALGORITHMS[name]
+    if config is None:  # random search: the keyword arguments of random_search
+        return [p for p in inspect.signature(factory).parameters if p not in ("problem", "name")]
+    return [f.name for f in dataclasses.fields(config)]
 
 
 def _options_problem(options, node):
+    """The options are fields of the algorithm's library config (EAConfig, PSOConfig, ...),
+    which is also their schema: names and types are checked against it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     from jaxinv.search import ALGORITHMS
 
     if node.name not in ALGORITHMS:
@@ -52,6 +56,12 @@ def _options_problem(options, node):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         return f"{node.name} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(allowed)}"
+    config = ALGORITHMS[node.name][1]
+    if config is not None:
+        try:
+            OmegaConf.merge(OmegaConf.structured(type(config)), options)
+        except OmegaConfBaseException as e:
+            return str(e).strip().splitlines()[0]
     return None
 
 
@@ -98,13 +108,9 @@ class AlgorithmConfig:
     options: Dict[str, Any] = checked({}, Rule(_options_problem, "the algorithm's config fields"))
 
 
-@dataclass
-class FingerprintOptions:
-    r_max: float = checked(0.0, non_negative)
-    n_bins: int = checked(128, at_least(1))
-    sigma: float = checked(0.01, positive)
-    threshold: float = checked(0.002, non_negative)
-    energy_tol: float = checked(0.002, non_negative)
+# the fingerprint section is the library's FingerprintConfig; its rules are declared here
+constrain(FingerprintConfig, r_max=non_negative, n_bins=at_least(1), sigma=positive, threshold=non_negative,
+          energy_tol=non_negative)
 
 
 @dataclass
@@ -131,7 +137,7 @@ class Config(RunConfig):
     stress_tol: float = checked(0.005, positive)
     max_steps: int = checked(500, at_least(1))
     pressure_gpa: float = 0.0
-    fingerprint: FingerprintOptions = field(default_factory=FingerprintOptions)
+    fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
     objective: Optional[str] = checked(None, Rule(_objective_problem, "volume_per_atom, -volume_per_atom or "
                                                                       "module:function"))
     checkpoint: bool = True

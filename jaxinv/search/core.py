@@ -1,20 +1,32 @@
-"""Pieces every search algorithm shares: the problem, population pytrees, evaluation, survival.
+"""Pieces every search algorithm shares, and :class:`Search`, the one host driver that runs them.
 
-Algorithms are ``(init, step)`` pairs over dataclass states, as in jax-md::
+An algorithm is a small class of host functions over a typed state, as optax's
+``scale_by_adam`` sits beside ``ScaleByAdamState``: its own variables are one
+``flax.struct`` dataclass (:class:`~jaxinv.search.ea.EAState`,
+:class:`~jaxinv.search.pso.PSOState`, :class:`~jaxinv.search.walkers.MonteCarloState`,
+:class:`~jaxinv.search.walkers.MinimaHoppingState`) held in ``SearchState.algorithm``,
+and it has four functions (:class:`Algorithm`)::
 
-    search = evolutionary(problem, EAConfig())
+    first(problem, key) -> Candidates                   the structures relaxed first
+    init(problem, key, evaluated) -> SearchState
+    propose(problem, state, search) -> (state, Candidates)   variation and de-duplication
+    select(problem, state, evaluated) -> SearchState         fitness, acceptance, survival
+
+None of them relaxes anything. :class:`Search` owns the relaxer, the fingerprint
+graphs and the graph sizes of compiled operators, and relaxes every batch in one
+method, :meth:`Search.evaluate`::
+
+    search = evolutionary(problem, EAConfig())   # Search(Evolutionary(EAConfig()), problem, "ea")
     state = search.init(jax.random.PRNGKey(0))
     for _ in range(20):
-        state = search.step(state)
+        state = search.step(state)   # propose -> evaluate -> select
 
-A step is not one jitted function, because local relaxation runs through a
-host-side loop (graph regrowth, early exit when a batch has converged). Each
-step is therefore ``propose`` (pure, jitted: variation operators on the whole
-population) -> ``deduplicate`` (jitted fingerprints and distances; duplicates
-never reach the relaxer) -> ``relax`` (:class:`~jaxinv.search.evaluate.Relaxer`,
-one fixed-shape batch) -> ``select`` (pure, jitted: fitness, duplicates,
-survival). Everything a step needs lives in its state (population, PRNG key,
-counters and the algorithm's own arrays), so a state saved after any step
+What compiles: the variation operators (one jitted ``vmap`` over the population),
+fingerprints, fingerprint distances, de-duplication and the survival order. A step
+itself is host code, not one jitted function: relaxation runs a host loop (graph
+regrowth, early exit once a batch has converged), and the algorithms' bookkeeping
+is NumPy. Every random draw comes from the PRNG key in the state (host NumPy
+generators are seeded from it, :func:`host_seed`), so a state saved after any step
 resumes the run exactly.
 
 Fitness is minimised: the enthalpy per atom after relaxation for a fixed
@@ -25,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -34,6 +46,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxinv.crystal import Crystal
+from jaxinv.graph import HEADROOM, allocate
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import FireConfig
 from jaxinv.search.composition import SearchSpace, StickyGraph, graph_floor
@@ -42,8 +55,9 @@ from jaxinv.search.fingerprint import compute_fingerprints, novel_mask, unique_m
 from jaxinv.search.pareto import nsga2_order
 from jaxinv.search.seeds import random_structures
 
-__all__ = ["OPERATORS", "Problem", "Population", "SearchState", "Search", "evaluate_candidates", "survive",
-           "empty_population", "concat", "take", "host_seed", "pick_novel"]
+__all__ = ["OPERATORS", "FingerprintConfig", "Problem", "Population", "Evaluated", "Candidates", "SearchState",
+           "Algorithm", "Search", "survive", "empty_population", "concat", "take", "host_seed", "random_candidates",
+           "initial_state", "next_state"]
 
 log = logging.getLogger("jaxinv.search")
 
@@ -66,7 +80,8 @@ class FingerprintConfig:
 
 @dataclass
 class Problem:
-    """What to search and how to evaluate a structure (host objects; not part of the state).
+    """What to search and how to evaluate a structure (a description; the driver,
+    :class:`Search`, holds everything built from it).
 
     ``objective`` is an optional second objective, a function of a host
     :class:`Crystal` batch returning (B,) values to *minimise* (negate a property
@@ -89,22 +104,6 @@ class Problem:
         z = np.array(self.space.elements)[None]
         check_species(self.potential, Crystal(np.eye(3)[None], np.zeros((1, len(self.space.elements), 3)), z,
                                               np.ones_like(z, bool), {}))
-        self._relaxer = None
-        self._fp_graphs = None
-
-    @property
-    def relaxer(self) -> Relaxer:
-        if self._relaxer is None:
-            cutoff = self.potential.cutoff + self.relax.skin_for(self.potential.cutoff)
-            self._relaxer = Relaxer(self.potential, self.relax, self.batch, images=graph_floor(self.space, cutoff)[0],
-                                    capacity=graph_floor(self.space, cutoff)[1])
-        return self._relaxer
-
-    @property
-    def fingerprint_graphs(self) -> StickyGraph:
-        if self._fp_graphs is None:
-            self._fp_graphs = StickyGraph(self.r_max, *graph_floor(self.space, self.r_max))
-        return self._fp_graphs
 
     @property
     def r_max(self) -> float:
@@ -113,10 +112,6 @@ class Problem:
     @property
     def n_objectives(self) -> int:
         return 1 if self.objective is None else 2
-
-    def fingerprints(self, crystal: Crystal) -> np.ndarray:
-        return compute_fingerprints(crystal, self.space.elements, self.r_max, self.fingerprint.n_bins,
-                                    self.fingerprint.sigma, graphs=self.fingerprint_graphs)
 
     def random(self, n: int, seed: int) -> Crystal:
         c, _ = random_structures(self.space, n, np.random.default_rng(seed), **self.random_options)
@@ -147,6 +142,15 @@ class Population:
 
 
 @struct.dataclass
+class Candidates:
+    """Structures an algorithm asks the driver to relax, with where each came from."""
+
+    crystal: Crystal
+    operator: np.ndarray  # (K,) index into OPERATORS
+    parents: np.ndarray  # (K, 2) history ids of the parents, -1 for none
+
+
+@struct.dataclass
 class Evaluated:
     """The structures relaxed in the last step, as written to the history."""
 
@@ -160,8 +164,8 @@ class Evaluated:
 @struct.dataclass
 class SearchState:
     """State of any search: the population, the PRNG key, counters, the best
-    structure found, the last evaluated batch, and ``aux``, the algorithm's own
-    arrays (PSO velocities, walker temperatures, ...)."""
+    structure found, the last evaluated batch, and ``algorithm``, the algorithm's
+    own typed state (:class:`~jaxinv.search.ea.EAState`, ...)."""
 
     key: jax.Array
     generation: jax.Array  # () int
@@ -170,16 +174,107 @@ class SearchState:
     population: Population
     best: Population  # size 1
     evaluated: Evaluated
-    aux: dict
+    algorithm: Any
 
 
-class Search(NamedTuple):
-    """An algorithm: ``init(key) -> state`` and ``step(state) -> state``."""
+class Algorithm:
+    """A search method (see the module docstring): a frozen dataclass holding its
+    config, with host functions over ``SearchState.algorithm`` (of type ``state_type``).
+    ``propose`` and ``select`` derive their subkeys from ``state.key`` alike, so
+    ``select`` needs nothing from ``propose`` but the state it returns."""
 
-    init: Callable[[jax.Array], SearchState]
-    step: Callable[[SearchState], SearchState]
-    name: str = ""
-    problem: Any = None
+    state_type: ClassVar[type]
+
+    def check(self, problem: Problem) -> None:
+        """Raise when this method cannot search ``problem``."""
+
+    def first(self, problem: Problem, key) -> Candidates:
+        raise NotImplementedError
+
+    def init(self, problem: Problem, key, evaluated: Evaluated) -> SearchState:
+        raise NotImplementedError
+
+    def propose(self, problem: Problem, state: SearchState, search: "Search") -> tuple[SearchState, Candidates]:
+        raise NotImplementedError
+
+    def select(self, problem: Problem, state: SearchState, evaluated: Evaluated) -> SearchState:
+        raise NotImplementedError
+
+
+class Search:
+    """The host driver of one search: ``init(key) -> state`` and ``step(state) -> state``
+    around an :class:`Algorithm`'s functions.
+
+    It owns what a search builds and keeps on the host for its lifetime: the relaxer
+    (:meth:`evaluate` is the only place that relaxes), the sticky fingerprint graphs,
+    and the graph sizes of compiled operators (:meth:`operator_graph`), which only grow,
+    so each operator compiles a few times per search. Compiled functions themselves are
+    cached by their static settings (the potential's ``energy_fn``, graph sizes, config),
+    never by object id, and take the potential's parameters as arguments.
+    """
+
+    def __init__(self, algorithm: Algorithm, problem: Problem, name: str = ""):
+        algorithm.check(problem)
+        self.algorithm, self.problem, self.name = algorithm, problem, name
+        pot, space = problem.potential, problem.space
+        cutoff = pot.cutoff + problem.relax.skin_for(pot.cutoff)
+        images, capacity = graph_floor(space, cutoff)
+        self.relaxer = Relaxer(pot, problem.relax, problem.batch, images=images, capacity=capacity)
+        self.fingerprint_graphs = StickyGraph(problem.r_max, *graph_floor(space, problem.r_max))
+        self._operator_graphs: dict = {}  # operator name -> (images, capacity)
+
+    def init(self, key) -> SearchState:
+        evaluated = self.evaluate(self.algorithm.first(self.problem, key), 0)
+        return self.algorithm.init(self.problem, key, evaluated)
+
+    def step(self, state: SearchState) -> SearchState:
+        state, candidates = self.algorithm.propose(self.problem, state, self)
+        return self.algorithm.select(self.problem, state, self.evaluate(candidates, int(state.next_id)))
+
+    def evaluate(self, candidates: Candidates, first_id: int) -> Evaluated:
+        """Relax candidates and measure them: energies, fingerprints, the optional
+        objective; fitness is the enthalpy per atom (hull distances are filled in by
+        :func:`hull_fitness` for composition ranges). History ids count from ``first_id``."""
+        problem = self.problem
+        r = self.relaxer(candidates.crystal)
+        fp = self.fingerprints(r.crystal)
+        valid = np.isfinite(r.enthalpy)
+        objectives = [r.enthalpy]
+        if problem.objective is not None:
+            prop = np.asarray(problem.objective(r.crystal), np.float64)
+            objectives.append(np.where(np.isfinite(prop), prop, np.inf))
+            valid &= np.isfinite(prop)
+        k = candidates.crystal.batch_size
+        pop = Population(r.crystal, r.energy, r.enthalpy, np.where(valid, r.enthalpy, np.inf),
+                         np.stack(objectives, -1), fp, first_id + np.arange(k, dtype=np.int64), valid)
+        return Evaluated(pop, np.asarray(candidates.operator, np.int64), np.asarray(candidates.parents, np.int64),
+                         r.status, r.steps)
+
+    def fingerprints(self, crystal: Crystal) -> np.ndarray:
+        f = self.problem.fingerprint
+        return compute_fingerprints(crystal, self.problem.space.elements, self.problem.r_max, f.n_bins, f.sigma,
+                                    graphs=self.fingerprint_graphs)
+
+    def pick_novel(self, candidates: Crystal, valid: np.ndarray, reference: Population, n: int) -> np.ndarray:
+        """Indices of up to ``n`` candidates, in order, that duplicate neither each other
+        nor a valid member of ``reference`` (fingerprint distance below the threshold).
+        This runs before relaxation, so no relaxation is spent on a duplicate."""
+        fp = self.fingerprints(candidates)
+        thr = self.problem.fingerprint.threshold
+        novel = np.asarray(novel_mask(fp, np.asarray(reference.fingerprint), np.asarray(reference.valid), thr))
+        keep = np.asarray(unique_mask(fp, np.asarray(valid) & novel, thr))
+        return np.flatnonzero(keep)[:n]
+
+    def operator_graph(self, name: str, crystal: Crystal, cutoff: float, start: tuple,
+                       headroom: float = HEADROOM) -> tuple[tuple[int, int, int], int]:
+        """Static (images, capacity) for the graphs a compiled operator ``name`` builds:
+        at least ``start`` and what ``crystal`` needs, never shrinking during this search
+        (every new size compiles the operator again)."""
+        g = allocate(crystal, cutoff, headroom=headroom)
+        images, capacity = self._operator_graphs.get(name, start)
+        sizes = tuple(max(a, b) for a, b in zip(images, g.images)), max(capacity, g.capacity)
+        self._operator_graphs[name] = sizes
+        return sizes
 
 
 # ------------------------------------------------------------------ pytrees
@@ -215,25 +310,31 @@ def host_seed(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-# --------------------------------------------------------------- evaluation
-def evaluate_candidates(problem: Problem, crystal: Crystal, first_id: int, operator, parents) -> Evaluated:
-    """Relax candidates and measure them: energies, fingerprints, the optional
-    objective; fitness is the enthalpy per atom (hull distances are filled in by
-    :func:`hull_fitness` for composition ranges)."""
-    k = crystal.batch_size
-    r = problem.relaxer(crystal)
-    fp = problem.fingerprints(r.crystal)
-    valid = np.isfinite(r.enthalpy)
-    objectives = [r.enthalpy]
-    if problem.objective is not None:
-        prop = np.asarray(problem.objective(r.crystal), np.float64)
-        objectives.append(np.where(np.isfinite(prop), prop, np.inf))
-        valid &= np.isfinite(prop)
-    pop = Population(r.crystal, r.energy, r.enthalpy, np.where(valid, r.enthalpy, np.inf),
-                     np.stack(objectives, -1), fp, first_id + np.arange(k, dtype=np.int64), valid)
-    return Evaluated(pop, np.asarray(operator, np.int64), np.asarray(parents, np.int64), r.status, r.steps)
+def random_candidates(problem: Problem, key, n: int) -> Candidates:
+    """``n`` random structures (pyxtal) drawn with the first half of ``jax.random.split(key)``:
+    the first batch of the algorithms that start from random structures."""
+    k_rand, _ = jax.random.split(key)
+    return Candidates(problem.random(n, host_seed(k_rand)), np.full(n, OP["random"]), -np.ones((n, 2)))
 
 
+def initial_state(problem: Problem, key, evaluated: Evaluated, population: Population, algorithm) -> SearchState:
+    """The state after the first evaluated batch (generation 0)."""
+    k = evaluated.population.size
+    return SearchState(key=key, generation=np.int64(0), relaxations=np.int64(k), next_id=np.int64(k),
+                       population=population, best=update_best(empty_population(problem, 1), evaluated.population),
+                       evaluated=evaluated, algorithm=algorithm)
+
+
+def next_state(state: SearchState, key, evaluated: Evaluated, population: Population, algorithm) -> SearchState:
+    """The state one generation on: counters advanced by the evaluated batch, the best kept."""
+    k = evaluated.population.size
+    return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
+                         relaxations=np.int64(int(state.relaxations) + k), next_id=np.int64(int(state.next_id) + k),
+                         population=population, best=update_best(state.best, evaluated.population),
+                         evaluated=evaluated, algorithm=algorithm)
+
+
+# ------------------------------------------------------------- composition
 def hull_fitness(problem: Problem, best_per_composition: np.ndarray, pops: list[Population]) -> list[Population]:
     """Replace the fitness of composition-range populations by the distance above
     the convex hull of the best enthalpy found per composition (pymatgen
@@ -292,14 +393,17 @@ def _order(objectives, fitness, valid):
 
 
 def survive(pool: Population, size: int, threshold: float, energy_tol: float) -> Population:
-    """The best ``size`` distinct members of ``pool`` (pure; jit-friendly).
+    """The best ``size`` distinct members of ``pool``.
 
     Members are ordered by fitness (NSGA-II rank and crowding with two
     objectives); a member within ``threshold`` (fingerprint) and ``energy_tol``
     (eV/atom) of a better kept one is a duplicate and dropped. Missing members
-    are invalid slots.
+    are invalid slots. The order is one jitted function; the gather is on the host.
     """
-    return _survive(pool, size, threshold, energy_tol)
+    idx, keep = _survive_order(pool, threshold, energy_tol)
+    idx, keep = np.asarray(idx)[:size], np.asarray(keep)[:size]
+    out = to_host(take(pool, idx))
+    return out.replace(valid=keep & out.valid, fitness=np.where(keep, out.fitness, np.inf))
 
 
 @jax.jit
@@ -309,25 +413,6 @@ def _survive_order(pool: Population, threshold, energy_tol):
     keep = unique_mask(p.fingerprint, p.valid, threshold, p.enthalpy, energy_tol)
     # kept members first, in order; then the rest (they become invalid)
     return order[jnp.argsort(~keep, stable=True)], keep[jnp.argsort(~keep, stable=True)]
-
-
-def _survive(pool, size, threshold, energy_tol):
-    idx, keep = _survive_order(pool, threshold, energy_tol)
-    idx, keep = np.asarray(idx)[:size], np.asarray(keep)[:size]
-    out = to_host(take(pool, idx))
-    return out.replace(valid=keep & out.valid, fitness=np.where(keep, out.fitness, np.inf))
-
-
-def pick_novel(problem: Problem, candidates: Crystal, valid: np.ndarray, reference: Population,
-               n: int) -> np.ndarray:
-    """Indices of up to ``n`` candidates, in order, that duplicate neither each other
-    nor a valid member of ``reference`` (fingerprint distance below the threshold).
-    This runs before relaxation, so no relaxation is spent on a duplicate."""
-    fp = problem.fingerprints(candidates)
-    thr = problem.fingerprint.threshold
-    novel = np.asarray(novel_mask(fp, np.asarray(reference.fingerprint), np.asarray(reference.valid), thr))
-    keep = np.asarray(unique_mask(fp, np.asarray(valid) & novel, thr))
-    return np.flatnonzero(keep)[:n]
 
 
 def update_best(best: Population, pool: Population) -> Population:

@@ -11,6 +11,7 @@ de-duplication against each other and the population, relaxation of the first
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -18,16 +19,16 @@ import numpy as np
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import allocate
 from jaxinv.search import operators as ops
 from jaxinv.search.composition import graph_floor
-from jaxinv.search.core import (OP, Problem, Search, SearchState, best_per_composition, concat,
-                                empty_population, evaluate_candidates, host_seed, hull_fitness, pick_novel,
-                                survive, take, to_host, update_best)
+from jaxinv.search.core import (OP, Algorithm, Candidates, Problem, Search, SearchState, best_per_composition, concat,
+                                empty_population, host_seed, hull_fitness, initial_state, next_state, survive, take,
+                                to_host)
 
-__all__ = ["EAConfig", "evolutionary", "random_search", "USPEX_RATES"]
+__all__ = ["EAConfig", "EAState", "Evolutionary", "evolutionary", "random_search", "USPEX_RATES"]
 
 log = logging.getLogger("jaxinv.search")
 
@@ -82,27 +83,13 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
     return order[jnp.min(draws, axis=-1)]  # lower position = fitter
 
 
-_PROPOSE_CACHE: dict = {}  # jitted proposal and soft-mutation functions, kept across searches
-# (potential, space) -> the largest soft-mutation graph sizes (images, capacity) used so far in this
-# process. Every new size recompiles the soft mutation (15-90 s with a machine-learned or long-range
-# potential, whose Hessian-vector products it contains), so a search starts from the generous
-# ``graph_floor`` sizes the relaxer also starts from, or from the sizes that earlier searches of the
-# same problem grew to, instead of growing through them one compilation at a time.
-_SOFT_GRAPH_SIZES: dict = {}
 SOFT_CHUNK = 4  # soft mutations per call (10% of 2 x batch slots draw one: ~3 for a batch of 16)
 
 
-def _make_propose(problem: Problem, config: EAConfig, rates: dict):
-    """The jitted proposal function of the cheap operators, shared by searches with the same
-    space and settings (so a resumed or repeated search does not compile it again)."""
-    key = (problem.space, config, tuple(sorted(rates.items())))
-    if key not in _PROPOSE_CACHE:
-        _PROPOSE_CACHE[key] = _build_propose(problem, config, rates)
-    return _PROPOSE_CACHE[key]
-
-
-def _build_propose(problem: Problem, config: EAConfig, rates: dict):
-    space = problem.space
+@functools.lru_cache(maxsize=16)
+def _cheap_operators(space, config: EAConfig, rates: tuple):
+    """The jitted proposal function of the cheap operators. Cached by its settings, so a
+    resumed or repeated search of the same space does not compile it again."""
     table = {
         "heredity": ops.heredity(cluster=space.cluster),
         "strain": ops.lattice_strain(config.strain_sigma),
@@ -110,7 +97,7 @@ def _build_propose(problem: Problem, config: EAConfig, rates: dict):
         "rattle": ops.rattle(0.1 * space.bond_length),
         "transmutation": ops.transmutation(space.elements),
     }
-    names = [k for k in rates if k not in ("random", "soft")]  # soft: see _soft_children
+    names = [k for k, _ in rates if k not in ("random", "soft")]  # soft: see _soft_children
 
     @jax.jit
     def propose(keys, population: Crystal, first, second, codes, randoms: Crystal):
@@ -128,22 +115,28 @@ def _build_propose(problem: Problem, config: EAConfig, rates: dict):
     return propose
 
 
+@functools.lru_cache(maxsize=16)
+def _soft_mutations(energy_fn, cutoff: float, amplitude: tuple, images: tuple, capacity: int):
+    """Jitted ``soften(params, keys, population, rows)``: soft mutations of
+    ``population[rows]``. Cached by static settings (the potential's ``energy_fn``, not the
+    potential object); the parameters are an argument, so they are never stale."""
+
+    @jax.jit
+    def soften(params, keys, population: Crystal, rows):
+        op = ops.soft_mutation(energy_fn, params, cutoff, images, capacity, amplitude=amplitude)
+        mothers = take(population, rows)
+        return jax.vmap(op)(keys, mothers, mothers)
+
+    return soften
+
+
 def _make_soften(problem: Problem, config: EAConfig, images, capacity):
-    """Jitted ``soften(keys, population, rows)``: soft mutations of ``population[rows]``,
-    ``SOFT_CHUNK`` of them per call (one compilation per graph size)."""
+    """``soften(keys, population, rows)``: soft mutations of ``population[rows]`` with the
+    problem's potential, ``SOFT_CHUNK`` of them per call (one compilation per graph size)."""
     pot = problem.potential
-    key = ("soft", id(pot), pot.energy_fn, problem.space, config, images, capacity)
-    if key not in _PROPOSE_CACHE:
-        op = ops.soft_mutation(pot.energy_fn, pot.params, pot.cutoff, images, capacity,
-                               amplitude=tuple(a * problem.space.bond_length for a in config.soft_amplitude))
-
-        @jax.jit
-        def soften(keys, population: Crystal, rows):
-            mothers = take(population, rows)
-            return jax.vmap(op)(keys, mothers, mothers)
-
-        _PROPOSE_CACHE[key] = soften
-    return _PROPOSE_CACHE[key]
+    amplitude = tuple(a * problem.space.bond_length for a in config.soft_amplitude)
+    soften = _soft_mutations(pot.energy_fn, pot.cutoff, amplitude, tuple(images), int(capacity))
+    return lambda keys, population, rows: soften(pot.params, keys, population, rows)
 
 
 def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers, soften) -> Crystal:
@@ -165,49 +158,57 @@ def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers,
     return children
 
 
-def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "ea") -> Search:
-    """An evolutionary search as an ``(init, step)`` pair (see the module docstring)."""
-    rates = effective_rates(problem, config)
-    codes_table = np.array([OP[k] for k in rates])
-    probs = np.array(list(rates.values()))
-    sizes_key = (id(problem.potential), problem.potential.energy_fn, problem.space)
-    images, capacity = _SOFT_GRAPH_SIZES.get(sizes_key, graph_floor(problem.space, problem.potential.cutoff))
-    cache: dict = {"images": images, "capacity": capacity}
+@struct.dataclass
+class EAState:
+    """The EA's own state: the lowest enthalpy per atom found for each composition of
+    the space, the reference of hull fitness in a composition range."""
 
-    def soften_fn(pop_crystal):
-        # static graph sizes for the soft mode, only ever growing
-        g = allocate(to_host(pop_crystal), problem.potential.cutoff)
-        cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-        cache["capacity"] = max(cache["capacity"], g.capacity)
-        _SOFT_GRAPH_SIZES[sizes_key] = (cache["images"], cache["capacity"])
-        return _make_soften(problem, config, cache["images"], cache["capacity"])
+    best_per_composition: np.ndarray  # (C,) eV/atom, inf until a composition has been evaluated
 
-    def init(key) -> SearchState:
-        k_rand, k_next = jax.random.split(key)
-        p = config.population
+
+@dataclass(frozen=True)
+class Evolutionary(Algorithm):
+    """The evolutionary algorithm (module docstring) over :class:`EAState`."""
+
+    config: EAConfig = EAConfig()
+    state_type = EAState
+
+    def check(self, problem: Problem) -> None:
+        effective_rates(problem, self.config)
+
+    def first(self, problem: Problem, key) -> Candidates:
+        """The user's seeds, then random structures up to the population size."""
+        k_rand, _ = jax.random.split(key)
         pieces, n_seed = [], 0
         if problem.seeds is not None:
             pieces.append(problem.seeds)
             n_seed = problem.seeds.batch_size
-        n_rand = max(p - n_seed, 0)
+        n_rand = max(self.config.population - n_seed, 0)
         if n_rand:
             pieces.append(problem.random(n_rand, host_seed(k_rand)))
         crystal = Crystal.concatenate(pieces) if len(pieces) > 1 else pieces[0]
         operator = np.array([OP["seed"]] * n_seed + [OP["random"]] * n_rand)
-        evaluated = evaluate_candidates(problem, crystal, 0, operator, -np.ones((crystal.batch_size, 2)))
+        return Candidates(crystal, operator, -np.ones((crystal.batch_size, 2)))
+
+    def init(self, problem: Problem, key, evaluated) -> SearchState:
+        _, k_next = jax.random.split(key)
         comp_best = best_per_composition(problem, np.full(len(problem.space.compositions), np.inf),
                                          evaluated.population)
         (pop,) = hull_fitness(problem, comp_best, [evaluated.population])
         evaluated = evaluated.replace(population=pop)
-        pool = concat(empty_population(problem, p), pop)
-        population = survive(pool, p, problem.fingerprint.threshold, problem.fingerprint.energy_tol)
-        best = update_best(empty_population(problem, 1), pop)
-        return SearchState(key=k_next, generation=np.int64(0), relaxations=np.int64(crystal.batch_size),
-                           next_id=np.int64(crystal.batch_size), population=population, best=best,
-                           evaluated=evaluated, aux={"comp_best": comp_best})
+        pool = concat(empty_population(problem, self.config.population), pop)
+        population = survive(pool, self.config.population, problem.fingerprint.threshold,
+                             problem.fingerprint.energy_tol)
+        return initial_state(problem, k_next, evaluated, population, EAState(comp_best))
 
-    def step(state: SearchState) -> SearchState:
-        key, k_par, k_ops, k_prop, k_rand = jax.random.split(state.key, 5)
+    def propose(self, problem: Problem, state: SearchState, search: Search) -> tuple[SearchState, Candidates]:
+        """Parents by tournament, children by the drawn operators, duplicates dropped,
+        random structures drawn only for the random slots that will be relaxed."""
+        config = self.config
+        _, k_par, k_ops, k_prop, k_rand = jax.random.split(state.key, 5)
+        rates = effective_rates(problem, config)
+        codes_table = np.array([OP[k] for k in rates])
+        probs = np.array(list(rates.values()))
         pop = state.population
         n = config.oversample * problem.batch
         codes = np.asarray(codes_table[np.asarray(jax.random.categorical(k_ops, jnp.log(probs), shape=(n,)))])
@@ -216,17 +217,20 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
         is_random = codes == OP["random"]
         randoms = empty_population(problem, n).crystal
         keys = jax.random.split(k_prop, n)
-        propose = _make_propose(problem, config, rates)
+        propose = _cheap_operators(problem.space, config, tuple(rates.items()))
         children = jax.tree_util.tree_map(np.array, propose(keys, pop.crystal, parents[:, 0], parents[:, 1],
                                                             codes, randoms))
         if np.any(codes == OP["soft"]):
-            children = _soft_children(children, codes, keys, pop.crystal, parents[:, 0], soften_fn(pop.crystal))
+            cutoff = problem.potential.cutoff
+            sizes = search.operator_graph("soft", to_host(pop.crystal), cutoff, graph_floor(problem.space, cutoff))
+            children = _soft_children(children, codes, keys, pop.crystal, parents[:, 0],
+                                      _make_soften(problem, config, *sizes))
         ci = problem.composition_indices(children)
         finite = np.isfinite(children.frac).all((1, 2)) & np.isfinite(children.lattice).all((1, 2))
         # de-duplicate the variation children; random structures are drawn only for the
         # slots that end up relaxed (pyxtal is slow, and they essentially never duplicate)
         ok = np.zeros(n, bool)
-        ok[pick_novel(problem, children, (ci >= 0) & finite & ~is_random, pop, n)] = True
+        ok[search.pick_novel(children, (ci >= 0) & finite & ~is_random, pop, n)] = True
         chosen = np.flatnonzero(ok | is_random)[:problem.batch]
         fill = chosen[is_random[chosen]]
         if len(fill):
@@ -245,24 +249,26 @@ def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "e
             chosen = np.arange(problem.batch)
             codes = np.full(problem.batch, OP["random"])
             parent_ids = -np.ones((problem.batch, 2), np.int64)
-        evaluated = evaluate_candidates(problem, take(children, chosen), int(state.next_id), codes[chosen],
-                                        parent_ids[chosen])
-        comp_best = best_per_composition(problem, state.aux["comp_best"], evaluated.population)
-        pop, new = hull_fitness(problem, comp_best, [pop, evaluated.population])
-        evaluated = evaluated.replace(population=new)
-        population = survive(concat(pop, new), config.population, problem.fingerprint.threshold,
-                             problem.fingerprint.energy_tol)
-        k = len(chosen)
-        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
-                             relaxations=np.int64(int(state.relaxations) + k),
-                             next_id=np.int64(int(state.next_id) + k), population=population,
-                             best=update_best(state.best, new), evaluated=evaluated,
-                             aux={**state.aux, "comp_best": comp_best})
+        return state, Candidates(take(children, chosen), codes[chosen], parent_ids[chosen])
 
-    return Search(init, step, name, problem)
+    def select(self, problem: Problem, state: SearchState, evaluated) -> SearchState:
+        """Hull fitness (composition ranges), then (mu + lambda) survival of distinct structures."""
+        key = jax.random.split(state.key, 5)[0]
+        comp_best = best_per_composition(problem, state.algorithm.best_per_composition, evaluated.population)
+        pop, new = hull_fitness(problem, comp_best, [state.population, evaluated.population])
+        evaluated = evaluated.replace(population=new)
+        population = survive(concat(pop, new), self.config.population, problem.fingerprint.threshold,
+                             problem.fingerprint.energy_tol)
+        return next_state(state, key, evaluated, population, EAState(comp_best))
+
+
+def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "ea") -> Search:
+    """An evolutionary search (see the module docstring)."""
+    return Search(Evolutionary(config), problem, name)
 
 
 def random_search(problem: Problem, population: int = 16, name: str = "random") -> Search:
     """AIRSS-style random search: every step relaxes ``problem.batch`` fresh random
-    (symmetric, pyxtal) structures; the population keeps the best distinct ones."""
+    (symmetric, pyxtal) structures; the population keeps the best distinct ones. It is
+    the EA with the random operator only (its state is an :class:`EAState`)."""
     return evolutionary(problem, EAConfig(population=population, rates={"random": 1.0}, oversample=1), name)

@@ -19,12 +19,13 @@ import numpy as np
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
-                                host_seed, pick_novel, take, to_host, update_best)
+from jaxinv.search.core import (OP, Algorithm, Candidates, Population, Problem, Search, SearchState, empty_population,
+                                host_seed, initial_state, next_state, random_candidates, take, to_host)
 from jaxinv.search.fingerprint import unique_mask
 
-__all__ = ["PSOConfig", "particle_swarm"]
+__all__ = ["PSOConfig", "PSOState", "ParticleSwarm", "particle_swarm"]
 
 
 @dataclass(frozen=True)
@@ -56,27 +57,43 @@ def _move(key, x, v_frac, v_lat, pbest, gbest, w, c1, c2, vmax):
         jnp.where(m, v_frac, 0.0), v_lat
 
 
-def particle_swarm(problem: Problem, config: PSOConfig = PSOConfig(), name: str = "pso") -> Search:
-    if problem.space.variable:
-        raise ValueError("particle swarm needs a fixed composition (particles are matched atom by atom)")
-    p = config.particles
+@struct.dataclass
+class PSOState:
+    """The swarm's own state: each particle's velocity and its best structure so far."""
 
-    def init(key) -> SearchState:
-        k_rand, k_next = jax.random.split(key)
-        crystal = problem.random(p, host_seed(k_rand))
-        ev = evaluate_candidates(problem, crystal, 0, np.full(p, OP["random"]), -np.ones((p, 2)))
-        pop = ev.population
-        n = problem.space.n_max
-        aux = {"v_frac": np.zeros((p, n, 3)), "v_lattice": np.zeros((p, 3, 3)), "pbest_pop": to_host(pop)}
-        return SearchState(key=k_next, generation=np.int64(0), relaxations=np.int64(p), next_id=np.int64(p),
-                           population=to_host(pop), best=update_best(empty_population(problem, 1), pop),
-                           evaluated=ev, aux=aux)
+    velocity_frac: np.ndarray  # (P, N, 3) fractional coordinates per step
+    velocity_lattice: np.ndarray  # (P, 3, 3) Å per step
+    personal_best: Population  # (P,)
 
-    def step(state: SearchState) -> SearchState:
-        key, k_move, k_rand = jax.random.split(state.key, 3)
-        pop, pbest = state.population, state.aux["pbest_pop"]
-        moved, v_frac, v_lat = _move(k_move, pop.crystal, state.aux["v_frac"], state.aux["v_lattice"],
-                                     pbest.crystal, take(state.best.crystal, 0), config.inertia,
+
+@dataclass(frozen=True)
+class ParticleSwarm(Algorithm):
+    """CALYPSO-style particle swarm (module docstring) over :class:`PSOState`."""
+
+    config: PSOConfig = PSOConfig()
+    state_type = PSOState
+
+    def check(self, problem: Problem) -> None:
+        if problem.space.variable:
+            raise ValueError("particle swarm needs a fixed composition (particles are matched atom by atom)")
+
+    def first(self, problem: Problem, key) -> Candidates:
+        return random_candidates(problem, key, self.config.particles)
+
+    def init(self, problem: Problem, key, evaluated) -> SearchState:
+        p, n = self.config.particles, problem.space.n_max
+        pop = to_host(evaluated.population)
+        own = PSOState(np.zeros((p, n, 3)), np.zeros((p, 3, 3)), pop)
+        return initial_state(problem, jax.random.split(key)[1], evaluated, pop, own)
+
+    def propose(self, problem: Problem, state: SearchState, search: Search) -> tuple[SearchState, Candidates]:
+        """Every particle moved; the worst, duplicates and collapsed ones restart at random
+        with zero velocity."""
+        config, p = self.config, self.config.particles
+        _, k_move, k_rand = jax.random.split(state.key, 3)
+        pop, own = state.population, state.algorithm
+        moved, v_frac, v_lat = _move(k_move, pop.crystal, own.velocity_frac, own.velocity_lattice,
+                                     own.personal_best.crystal, take(state.best.crystal, 0), config.inertia,
                                      config.cognitive, config.social, config.max_speed)
         moved = jax.tree_util.tree_map(np.array, moved)  # writable host copies
         v_frac, v_lat = np.array(v_frac), np.array(v_lat)
@@ -100,7 +117,7 @@ def particle_swarm(problem: Problem, config: PSOConfig = PSOConfig(), name: str 
         # moved particles that collapsed onto each other are replaced by random ones too
         ok = np.isfinite(moved.frac).all((1, 2)) & np.isfinite(moved.lattice).all((1, 2))
         novel = np.zeros(p, bool)
-        novel[pick_novel(problem, moved, ok, empty_population(problem, 1), p)] = True
+        novel[search.pick_novel(moved, ok, empty_population(problem, 1), p)] = True
         if (~novel).any():
             extra = problem.random(int((~novel).sum()), host_seed(k_rand) + 7)
             for a, b in zip((moved.lattice, moved.frac, moved.numbers, moved.mask),
@@ -111,17 +128,20 @@ def particle_swarm(problem: Problem, config: PSOConfig = PSOConfig(), name: str 
         ids = np.asarray(pop.ident)
         parents = np.stack([ids, np.full(p, int(state.best.ident[0]))], 1)
         parents[codes == OP["random"]] = -1
-        ev = evaluate_candidates(problem, moved, int(state.next_id), codes, parents)
-        new = ev.population
-        better = np.asarray(new.fitness) < np.asarray(pbest.fitness)
-        better |= codes == OP["random"]  # a restarted particle starts a new personal history
-        pbest = jax.tree_util.tree_map(
-            lambda a, b: np.where(better.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b), to_host(new),
-            to_host(pbest))
-        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
-                             relaxations=np.int64(int(state.relaxations) + p),
-                             next_id=np.int64(int(state.next_id) + p), population=to_host(new),
-                             best=update_best(state.best, new), evaluated=ev,
-                             aux={"v_frac": v_frac, "v_lattice": v_lat, "pbest_pop": pbest})
+        own = own.replace(velocity_frac=v_frac, velocity_lattice=v_lat)
+        return state.replace(algorithm=own), Candidates(moved, codes, parents)
 
-    return Search(init, step, name, problem)
+    def select(self, problem: Problem, state: SearchState, evaluated) -> SearchState:
+        """Every particle takes its new structure; personal bests improve or restart."""
+        key = jax.random.split(state.key, 3)[0]
+        new, own = evaluated.population, state.algorithm
+        better = np.asarray(new.fitness) < np.asarray(own.personal_best.fitness)
+        better |= np.asarray(evaluated.operator) == OP["random"]  # a restarted particle starts a new personal history
+        personal_best = jax.tree_util.tree_map(
+            lambda a, b: np.where(better.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b), to_host(new),
+            to_host(own.personal_best))
+        return next_state(state, key, evaluated, to_host(new), own.replace(personal_best=personal_best))
+
+
+def particle_swarm(problem: Problem, config: PSOConfig = PSOConfig(), name: str = "pso") -> Search:
+    return Search(ParticleSwarm(config), problem, name)

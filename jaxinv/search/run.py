@@ -1,6 +1,7 @@
 """Running a search that can be trusted: checkpoints, history, progress, convergence plot.
 
-:func:`run_search` repeats ``state = search.step(state)`` until a budget of
+:func:`run_search` is the loop around the driver (:class:`~jaxinv.search.core.Search`):
+it repeats ``state = search.step(state)`` until a budget of
 local relaxations, a number of generations or a target fitness is reached.
 After every step it appends the evaluated structures to ``history.db`` (see
 :mod:`jaxinv.search.history`) and saves the whole state with orbax; a run
@@ -47,28 +48,30 @@ def _pop_from(d: dict) -> Population:
 
 
 def state_to_tree(state: SearchState) -> dict:
-    """A nested dict of host arrays (orbax-friendly). ``aux`` entries whose name
-    ends in ``_pop`` are populations; all others are arrays."""
+    """A nested dict of host arrays (orbax-friendly); the algorithm's state is a dict of
+    its fields, populations among them as nested dicts."""
     ev = state.evaluated
-    aux = {k: (_pop_tree(v) if k.endswith("_pop") else np.asarray(v)) for k, v in state.aux.items()}
+    own = {f.name: getattr(state.algorithm, f.name) for f in dataclasses.fields(state.algorithm)}
     tree = {"key": state.key, "generation": state.generation, "relaxations": state.relaxations,
             "next_id": state.next_id, "population": _pop_tree(state.population), "best": _pop_tree(state.best),
             "evaluated": {"population": _pop_tree(ev.population), "operator": ev.operator, "parents": ev.parents,
                           "status": ev.status, "steps": ev.steps},
-            "aux": aux}
+            "algorithm": {k: _pop_tree(v) if isinstance(v, Population) else np.asarray(v) for k, v in own.items()}}
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def state_from_tree(tree: dict) -> SearchState:
+def state_from_tree(tree: dict, state_type: type) -> SearchState:
+    """The state :func:`state_to_tree` saved; ``state_type`` is the algorithm's state class."""
     ev = tree["evaluated"]
-    aux = {k: (_pop_from(v) if k.endswith("_pop") else np.asarray(v)) for k, v in tree.get("aux", {}).items()}
+    own = state_type(**{k: _pop_from(v) if isinstance(v, dict) else np.asarray(v)
+                        for k, v in tree["algorithm"].items()})
     return SearchState(
         key=np.asarray(tree["key"]), generation=np.int64(tree["generation"]),
         relaxations=np.int64(tree["relaxations"]), next_id=np.int64(tree["next_id"]),
         population=_pop_from(tree["population"]), best=_pop_from(tree["best"]),
         evaluated=Evaluated(_pop_from(ev["population"]), *(np.asarray(ev[k]) for k in
                                                              ("operator", "parents", "status", "steps"))),
-        aux=aux)
+        algorithm=own)
 
 
 # ---------------------------------------------------------------------- run
@@ -90,7 +93,7 @@ def run_search(search: Search, seed: int = 0, max_relaxations: int = 1000, max_g
                                 max_to_keep=2)
             restored = ckpt.restore()
             if restored is not None:
-                state = state_from_tree(restored[1])
+                state = state_from_tree(restored[1], search.algorithm.state_type)
                 dropped = history.truncate(int(state.generation))
                 log.info("resumed %s at generation %d (%d relaxations; %d history rows of an unsaved "
                          "generation dropped)", search.name, int(state.generation), int(state.relaxations), dropped)

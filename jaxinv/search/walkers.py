@@ -18,20 +18,23 @@ All walkers move together: one batched proposal, one batched relaxation.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from jaxinv.graph import allocate, build_graph
+from jaxinv.graph import build_graph
 from jaxinv.search import operators as ops
-from jaxinv.search.core import (OP, Problem, Search, SearchState, empty_population, evaluate_candidates,
-                                host_seed, to_host, update_best)
+from jaxinv.search.core import (OP, Algorithm, Candidates, Problem, Search, SearchState, initial_state, next_state,
+                                random_candidates, to_host)
 from jaxinv.search.fingerprint import cosine_distances
 
-__all__ = ["MCConfig", "basin_hopping", "simulated_annealing", "MHConfig", "minima_hopping", "md_escape"]
+__all__ = ["MCConfig", "MonteCarloState", "MonteCarlo", "basin_hopping", "simulated_annealing", "ANNEALING",
+           "MHConfig", "MinimaHoppingState", "MinimaHopping", "minima_hopping", "md_escape"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,10 @@ def _metropolis(key, h_new, h_cur, n_atoms, temperature):
     return np.isfinite(h_new) & ((dh <= 0) | (np.asarray(u) < np.exp(-np.clip(dh, 0, None) / temperature)))
 
 
-def _initial_walkers(problem: Problem, key, w):
-    k_rand, k_next = jax.random.split(key)
-    crystal = problem.random(w, host_seed(k_rand))
-    ev = evaluate_candidates(problem, crystal, 0, np.full(w, OP["random"]), -np.ones((w, 2)))
-    return k_next, ev
+def _walker_candidates(pop, crystal, operator: str) -> Candidates:
+    """Each walker's move, with its current minimum as the one parent."""
+    w = pop.size
+    return Candidates(crystal, np.full(w, OP[operator]), np.stack([np.asarray(pop.ident), -np.ones(w, np.int64)], 1))
 
 
 def _accept(state, ev, accept):
@@ -66,44 +68,66 @@ def _accept(state, ev, accept):
                                   new, pop)
 
 
+@functools.lru_cache(maxsize=16)
+def _rattle_moves(bond_length: float, config: MCConfig, cluster: bool):
+    return jax.jit(jax.vmap(ops.rattle(config.rattle * bond_length, 0.0 if cluster else config.strain)))
+
+
+@struct.dataclass
+class MonteCarloState:
+    """The walkers' own state: each walker's temperature (eV per structure)."""
+
+    temperature: np.ndarray  # (W,)
+
+
+@dataclass(frozen=True)
+class MonteCarlo(Algorithm):
+    """Basin hopping (``cooling=1``) or simulated annealing (``cooling<1``) over
+    :class:`MonteCarloState`, with ``walkers`` independent walkers."""
+
+    config: MCConfig = MCConfig()
+    state_type = MonteCarloState
+
+    def first(self, problem: Problem, key) -> Candidates:
+        return random_candidates(problem, key, self.config.walkers)
+
+    def init(self, problem: Problem, key, evaluated) -> SearchState:
+        own = MonteCarloState(np.full(self.config.walkers, self.config.temperature))
+        return initial_state(problem, jax.random.split(key)[1], evaluated, to_host(evaluated.population), own)
+
+    def propose(self, problem: Problem, state: SearchState, search: Search) -> tuple[SearchState, Candidates]:
+        _, k_move, _ = jax.random.split(state.key, 3)
+        pop = state.population
+        move = _rattle_moves(problem.space.bond_length, self.config, problem.space.cluster)
+        moved = to_host(move(jax.random.split(k_move, self.config.walkers), pop.crystal, pop.crystal))
+        return state, _walker_candidates(pop, moved, "rattle")
+
+    def select(self, problem: Problem, state: SearchState, evaluated) -> SearchState:
+        """The Metropolis test per walker; the temperatures cool."""
+        key, _, k_acc = jax.random.split(state.key, 3)
+        pop = state.population
+        t = np.asarray(state.algorithm.temperature)
+        n_atoms = np.asarray(pop.crystal.mask).sum(-1)
+        accept = _metropolis(k_acc, np.asarray(evaluated.population.fitness), np.asarray(pop.fitness), n_atoms, t)
+        accept |= ~np.asarray(pop.valid) & np.asarray(evaluated.population.valid)
+        t = np.maximum(t * self.config.cooling, self.config.min_temperature)
+        return next_state(state, key, evaluated, _accept(state, evaluated, accept), MonteCarloState(t))
+
+
 def monte_carlo(problem: Problem, config: MCConfig = MCConfig(), name: str = "basin_hopping") -> Search:
     """Basin hopping (``cooling=1``) or simulated annealing (``cooling<1``) with ``walkers`` walkers."""
-    w = config.walkers
-    bond = problem.space.bond_length
-    move = jax.jit(jax.vmap(ops.rattle(config.rattle * bond, 0.0 if problem.space.cluster else config.strain)))
+    return Search(MonteCarlo(config), problem, name)
 
-    def init(key) -> SearchState:
-        key, ev = _initial_walkers(problem, key, w)
-        return SearchState(key=key, generation=np.int64(0), relaxations=np.int64(w), next_id=np.int64(w),
-                           population=to_host(ev.population),
-                           best=update_best(empty_population(problem, 1), ev.population), evaluated=ev,
-                           aux={"temperature": np.full(w, config.temperature)})
 
-    def step(state: SearchState) -> SearchState:
-        key, k_move, k_acc = jax.random.split(state.key, 3)
-        pop = state.population
-        moved = to_host(move(jax.random.split(k_move, w), pop.crystal, pop.crystal))
-        ev = evaluate_candidates(problem, moved, int(state.next_id), np.full(w, OP["rattle"]),
-                                 np.stack([np.asarray(pop.ident), -np.ones(w, np.int64)], 1))
-        t = np.asarray(state.aux["temperature"])
-        n_atoms = np.asarray(pop.crystal.mask).sum(-1)
-        accept = _metropolis(k_acc, np.asarray(ev.population.fitness), np.asarray(pop.fitness), n_atoms, t)
-        accept |= ~np.asarray(pop.valid) & np.asarray(ev.population.valid)
-        t = np.maximum(t * config.cooling, config.min_temperature)
-        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
-                             relaxations=np.int64(int(state.relaxations) + w),
-                             next_id=np.int64(int(state.next_id) + w), population=_accept(state, ev, accept),
-                             best=update_best(state.best, ev.population), evaluated=ev,
-                             aux={"temperature": t})
-
-    return Search(init, step, name, problem)
+# simulated annealing's defaults: hotter than basin hopping's 0.05 eV, cooling 10% per step
+ANNEALING = MCConfig(temperature=0.3, cooling=0.9)
 
 
 def basin_hopping(problem: Problem, config: MCConfig = MCConfig()) -> Search:
     return monte_carlo(problem, config, "basin_hopping")
 
 
-def simulated_annealing(problem: Problem, config: MCConfig = MCConfig(temperature=0.3, cooling=0.9)) -> Search:
+def simulated_annealing(problem: Problem, config: MCConfig = ANNEALING) -> Search:
     return monte_carlo(problem, config, "annealing")
 
 
@@ -169,51 +193,75 @@ def md_escape(energy_fn, params, cutoff: float, images: tuple, capacity: int, st
     return fn
 
 
-def minima_hopping(problem: Problem, config: MHConfig = MHConfig(), name: str = "minima_hopping") -> Search:
-    w = config.walkers
-    pot = problem.potential
-    cache = {"images": (1, 1, 1), "capacity": 16}
+@functools.lru_cache(maxsize=16)
+def _escapes(energy_fn, cutoff: float, images: tuple, capacity: int, steps: int, dt: float):
+    """Jitted ``escape(params, keys, crystals, ekin)`` over all walkers. Cached by static
+    settings (the potential's ``energy_fn``, not the potential object); the parameters are
+    an argument, so they are never stale."""
 
-    def escape_fn(crystal):
-        g = allocate(crystal, pot.cutoff, headroom=ESCAPE_HEADROOM)
-        cache["images"] = tuple(max(a, b) for a, b in zip(cache["images"], g.images))
-        cache["capacity"] = max(cache["capacity"], g.capacity)
-        key = (cache["images"], cache["capacity"])
-        if key not in cache:
-            fn = md_escape(pot.energy_fn, pot.params, pot.cutoff, *key, config.md_steps, config.dt)
-            cache[key] = jax.jit(jax.vmap(fn))
-        return cache[key]
+    @jax.jit
+    def escape(params, keys, crystals, ekin):
+        return jax.vmap(md_escape(energy_fn, params, cutoff, images, capacity, steps, dt))(keys, crystals, ekin)
 
-    def init(key) -> SearchState:
-        key, ev = _initial_walkers(problem, key, w)
-        f = np.asarray(ev.population.fingerprint)
+    return escape
+
+
+@struct.dataclass
+class MinimaHoppingState:
+    """The walkers' own state: escape energies, acceptance thresholds, and the minima
+    visited so far (a ring buffer of fingerprints and enthalpies)."""
+
+    ekin: np.ndarray  # (W,) eV/atom
+    ediff: np.ndarray  # (W,) eV/atom
+    visited: np.ndarray  # (history, F) fingerprints
+    visited_enthalpy: np.ndarray  # (history,) eV/atom
+    n_visited: np.ndarray  # () minima recorded so far (the ring buffer wraps)
+
+
+@dataclass(frozen=True)
+class MinimaHopping(Algorithm):
+    """Minima hopping (module docstring) over :class:`MinimaHoppingState`."""
+
+    config: MHConfig = MHConfig()
+    state_type = MinimaHoppingState
+
+    def first(self, problem: Problem, key) -> Candidates:
+        return random_candidates(problem, key, self.config.walkers)
+
+    def init(self, problem: Problem, key, evaluated) -> SearchState:
+        config, w = self.config, self.config.walkers
+        f = np.asarray(evaluated.population.fingerprint)
         visited = np.zeros((config.history, f.shape[1]))
         visited_h = np.full(config.history, np.inf)
-        visited[:w], visited_h[:w] = f, np.asarray(ev.population.enthalpy)
-        return SearchState(key=key, generation=np.int64(0), relaxations=np.int64(w), next_id=np.int64(w),
-                           population=to_host(ev.population),
-                           best=update_best(empty_population(problem, 1), ev.population), evaluated=ev,
-                           aux={"ekin": np.full(w, config.ekin), "ediff": np.full(w, config.ediff),
-                                "visited": visited, "visited_enthalpy": visited_h,
-                                "n_visited": np.int64(min(w, config.history))})
+        visited[:w], visited_h[:w] = f, np.asarray(evaluated.population.enthalpy)
+        own = MinimaHoppingState(np.full(w, config.ekin), np.full(w, config.ediff), visited, visited_h,
+                                 np.int64(min(w, config.history)))
+        return initial_state(problem, jax.random.split(key)[1], evaluated, to_host(evaluated.population), own)
 
-    def step(state: SearchState) -> SearchState:
-        key, k_md = jax.random.split(state.key)
-        pop = state.population
-        aux = state.aux
-        ekin, ediff = np.asarray(aux["ekin"]).copy(), np.asarray(aux["ediff"]).copy()
-        escape = escape_fn(pop.crystal)
-        moved = to_host(escape(jax.random.split(k_md, w), pop.crystal, ekin))
-        ev = evaluate_candidates(problem, moved, int(state.next_id), np.full(w, OP["md"]),
-                                 np.stack([np.asarray(pop.ident), -np.ones(w, np.int64)], 1))
-        new = ev.population
+    def propose(self, problem: Problem, state: SearchState, search: Search) -> tuple[SearchState, Candidates]:
+        """An MD escape of every walker at its own kinetic energy."""
+        config, pot, pop = self.config, problem.potential, state.population
+        _, k_md = jax.random.split(state.key)
+        images, capacity = search.operator_graph("md_escape", pop.crystal, pot.cutoff, ((1, 1, 1), 16),
+                                                 headroom=ESCAPE_HEADROOM)
+        escape = _escapes(pot.energy_fn, pot.cutoff, images, capacity, config.md_steps, config.dt)
+        moved = to_host(escape(pot.params, jax.random.split(k_md, config.walkers), pop.crystal,
+                               np.asarray(state.algorithm.ekin).copy()))
+        return state, _walker_candidates(pop, moved, "md")
+
+    def select(self, problem: Problem, state: SearchState, evaluated) -> SearchState:
+        """Goedecker's feedback on E_kin and E_diff; new minima join the visited ones."""
+        config, own = self.config, state.algorithm
+        key, _ = jax.random.split(state.key)
+        pop, new = state.population, evaluated.population
+        ekin, ediff = np.asarray(own.ekin).copy(), np.asarray(own.ediff).copy()
         thr, tol = problem.fingerprint.threshold, problem.fingerprint.energy_tol
         h_new, h_cur = np.asarray(new.enthalpy), np.asarray(pop.enthalpy)
         same = (np.diag(np.asarray(cosine_distances(new.fingerprint, pop.fingerprint))) < thr) & \
             (np.abs(h_new - h_cur) < tol)
-        nv = int(aux["n_visited"])
-        d_old = np.asarray(cosine_distances(new.fingerprint, aux["visited"]))
-        seen = np.any((d_old < thr) & (np.abs(h_new[:, None] - aux["visited_enthalpy"][None]) < tol)
+        nv = int(own.n_visited)
+        d_old = np.asarray(cosine_distances(new.fingerprint, own.visited))
+        seen = np.any((d_old < thr) & (np.abs(h_new[:, None] - own.visited_enthalpy[None]) < tol)
                       & (np.arange(config.history) < nv)[None], axis=1)
         ekin = np.where(same, ekin * config.beta_same,
                         np.where(seen, ekin * config.beta_old, ekin * config.beta_new))
@@ -222,15 +270,13 @@ def minima_hopping(problem: Problem, config: MHConfig = MHConfig(), name: str = 
         accept |= ~np.asarray(pop.valid) & valid
         ediff = np.where(~same & valid, np.where(accept, ediff * config.alpha_accept, ediff * config.alpha_reject),
                          ediff)
-        visited, visited_h = np.array(aux["visited"]), np.array(aux["visited_enthalpy"])
+        visited, visited_h = np.array(own.visited), np.array(own.visited_enthalpy)
         for b in np.flatnonzero(valid & ~same & ~seen):  # remember new minima (ring buffer)
             visited[nv % config.history], visited_h[nv % config.history] = new.fingerprint[b], h_new[b]
             nv += 1
-        return state.replace(key=key, generation=np.int64(int(state.generation) + 1),
-                             relaxations=np.int64(int(state.relaxations) + w),
-                             next_id=np.int64(int(state.next_id) + w), population=_accept(state, ev, accept),
-                             best=update_best(state.best, new), evaluated=ev,
-                             aux={"ekin": ekin, "ediff": ediff, "visited": visited, "visited_enthalpy": visited_h,
-                                  "n_visited": np.int64(nv)})
+        own = MinimaHoppingState(ekin, ediff, visited, visited_h, np.int64(nv))
+        return next_state(state, key, evaluated, _accept(state, evaluated, accept), own)
 
-    return Search(init, step, name, problem)
+
+def minima_hopping(problem: Problem, config: MHConfig = MHConfig(), name: str = "minima_hopping") -> Search:
+    return Search(MinimaHopping(config), problem, name)
