@@ -206,6 +206,26 @@ def test_relax_samples_keeps_failures_as_decoded(perov):
     assert np.abs(out[0].frac_coords - good.frac_coords).max() > 1e-4 or out[0].lattice != good.lattice
 
 
+def test_crystal_samples_relax_and_symmetrize_as_structures_do(perov):
+    from jaxinv.crystal import Crystal
+    from jaxinv.generative.evaluation import relax_crystals, relax_samples, symmetrize_crystals, symmetrize_samples
+    from jaxinv.potentials import lennard_jones
+
+    structures = perov.subset("test").structures([0, 1, 2])
+    crystal = Crystal.from_structures(structures, n_max=8)
+    pot = lennard_jones(sigma=2.5, epsilon=0.01, species=None, cutoff=6.0)
+    for as_crystal, as_list in ((relax_crystals(crystal, pot, max_steps=20, progress=False),
+                                 relax_samples(structures, pot, max_steps=20, progress=False)),
+                                (symmetrize_crystals(crystal), symmetrize_samples(structures))):
+        (out, info), (listed, listed_info) = as_crystal, as_list
+        assert isinstance(out, Crystal) and out.n_max == 8 and not out.labels
+        info.pop("seconds"), listed_info.pop("seconds")
+        assert info == listed_info
+        for a, b in zip(out.to_structures(), listed):
+            np.testing.assert_array_equal(a.lattice.matrix, b.lattice.matrix)
+            np.testing.assert_array_equal(a.frac_coords, b.frac_coords)
+
+
 def test_symmetrize_samples_snaps_small_errors_only(perov):
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer

@@ -92,6 +92,23 @@ def test_crystal_input_matches_structures(perov):
     assert a.valid.all()
 
 
+def test_crystal_compositions_are_structure_compositions(perov, batio3):
+    """A Crystal's rows give the compositions (element order, float amounts) and the
+    validity that their pymatgen structures give."""
+    from jaxinv.metrics import validity
+    from jaxinv.metrics.composition import compositions_of
+
+    empty = batio3.copy()
+    empty.remove_sites(range(len(empty)))
+    structures = perov.structures(np.arange(0, 300, 7)) + [batio3, empty]
+    crystal = Crystal.from_structures(structures)
+    for mine, theirs in zip(compositions_of(crystal), structures):
+        assert list(mine.items()) == list(theirs.composition.items())
+    a, b = validity(structures), validity(crystal)
+    for key in ("comp_valid", "struct_valid", "valid", "volume"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 # ------------------------------------------------------------ compositional
 def test_smact_hand_cases():
     assert smact_valid("NaCl") and not smact_valid("NaCl2")

@@ -90,13 +90,21 @@ class CoordSpec:
 
 
 def _niggli(crystal: Crystal) -> Crystal:
-    from pymatgen.core import Structure
+    """Each host structure in its Niggli-reduced cell (pymatgen's reduction of the
+    lattice), atoms wrapped into it; the arithmetic is ``Structure.get_reduced_structure``'s,
+    site by site, so the result is bit for bit the same."""
+    from pymatgen.core import Lattice
 
-    out = []
-    for s in crystal.to_structures():
-        r = s.get_reduced_structure("niggli")
-        out.append(Structure(r.lattice, r.species, r.frac_coords, properties=s.properties))
-    return Crystal.from_structures(out, labels=crystal.labels, n_max=crystal.n_max)
+    lattice, frac = crystal.lattice.copy(), crystal.frac.copy()
+    for b in range(crystal.batch_size):
+        old = Lattice(lattice[b])
+        new = old.get_niggli_reduced_lattice()
+        if new == old:  # pymatgen keeps the structure as it is (np.allclose)
+            continue
+        m = crystal.mask[b]
+        frac[b][m] = [np.mod(np.dot(np.dot(f, old.matrix), new.inv_matrix), 1) for f in frac[b][m]]
+        lattice[b] = new.matrix
+    return crystal.replace(lattice=lattice, frac=frac)
 
 
 def encode_coords(crystal: Crystal, spec: CoordSpec) -> dict:

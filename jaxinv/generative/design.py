@@ -46,22 +46,27 @@ def starting_latents(model, params, n: int, start: str = "prior", dataset=None, 
 
 
 def known_structure_labels(structures: Sequence, dataset, properties: Sequence[str]) -> np.ndarray:
-    """(n, P) labels of the dataset entry each structure matches (NaN where none does).
+    """(n, P) labels of the dataset entry each structure (or row of a Crystal)
+    matches (NaN where none does).
 
     Candidates are compared only with entries of the same reduced formula
-    (StructureMatcher with CDVAE's tolerances).
+    (StructureMatcher with CDVAE's tolerances); only those become pymatgen structures.
     """
+    from jaxinv.metrics.composition import compositions_of
     from jaxinv.metrics.matching import make_matcher
+    from jaxinv.metrics.structure import as_structures
 
     out = np.full((len(structures), len(properties)), np.nan)
     formulas = np.array(dataset.crystal(bucket=False).formulas())
     by_formula: dict = {}
     for k, f in enumerate(formulas):
         by_formula.setdefault(f, []).append(k)
+    own = [c.reduced_formula for c in compositions_of(structures)]
+    structures = as_structures(structures, [i for i, f in enumerate(own) if f in by_formula])
     matcher = make_matcher()
     cache: dict = {}
     for i, s in enumerate(structures):
-        idx = by_formula.get(s.composition.reduced_formula, [])
+        idx = by_formula.get(own[i], [])
         for k in idx:
             if k not in cache:
                 cache[k] = dataset.structures([k])[0]
@@ -77,9 +82,9 @@ def known_structure_labels(structures: Sequence, dataset, properties: Sequence[s
 
 def _summarize(objectives, props, head_pred, crystals, model, params, dataset, oracle) -> tuple[dict, dict]:
     from jaxinv.metrics import validity
+    from jaxinv.metrics.composition import compositions_of
 
-    structures = crystals.to_structures()
-    v = validity(structures)
+    v = validity(crystals)
     per = {"head": objective_satisfied(objectives, head_pred, props), "valid": v["valid"],
            "struct_valid": v["struct_valid"], "comp_valid": v["comp_valid"]}
     mu, _ = model.encode(params, crystals)
@@ -95,12 +100,12 @@ def _summarize(objectives, props, head_pred, crystals, model, params, dataset, o
         per["oracle"] = objective_satisfied(objectives, pred, props)
         per["oracle_pred"] = pred
     if dataset is not None:
-        labels = known_structure_labels(structures, dataset, props)
+        labels = known_structure_labels(crystals, dataset, props)
         known = np.isfinite(labels).all(1)
         per["known"] = known
         per["known_hit"] = known & objective_satisfied(objectives, np.nan_to_num(labels, nan=np.inf), props)
         per["known_labels"] = labels
-    n = len(structures)
+    n = len(crystals)
     rate = lambda x: float(np.mean(x)) if n else float("nan")
     valid = per["valid"]
     summary = {"n": n, "head_hit": rate(per["head"]), "valid": rate(valid),
@@ -108,7 +113,7 @@ def _summarize(objectives, props, head_pred, crystals, model, params, dataset, o
                "valid_and_head_hit": rate(valid & per["head"]),
                "valid_and_reencoded_hit": rate(valid & per["reencoded"])}
     hits = valid & per["reencoded"]
-    formulas = np.array([s.composition.reduced_formula for s in structures])
+    formulas = np.array([c.reduced_formula for c in compositions_of(crystals)])
     summary["distinct_formulas_valid_reencoded_hit"] = int(len(set(formulas[hits])))
     if "oracle" in per:
         summary["valid_and_oracle_hit"] = rate(valid & per["oracle"])
@@ -154,30 +159,32 @@ def design(model, params, objectives, n: int = 256, start: str = "prior", steps:
 
 
 def _relax(crystals, valid, potential, steps: int):
-    """Relax the valid candidates; energies per atom and validity after relaxation."""
+    """Relax the valid candidates; energies per atom and validity after relaxation.
+    Returns (summary, [(candidate index, relaxed structure, eV/atom)])."""
     from jaxinv.metrics import validity
-    from jaxinv.relax import relax
+    from jaxinv.relax import converged, energy_per_atom, failed, relax
 
+    crystals = crystals.without_labels().pad()  # on the host, atoms first in each row (as relax writes them back)
     idx = np.flatnonzero(valid)
-    structures = [crystals.to_structures()[i] for i in idx]
     if potential.species is not None:
-        keep = [k for k, s in enumerate(structures) if set(s.atomic_numbers) <= set(potential.species)]
-        idx, structures = idx[keep], [structures[k] for k in keep]
-    if not structures:
+        allowed = set(potential.species)
+        idx = np.array([i for i in idx if set(crystals.numbers[i][crystals.mask[i]].tolist()) <= allowed], np.int64)
+    if not len(idx):
         return {"n": 0}, []
+    inputs = crystals[idx]
     t0 = time.perf_counter()
-    results = relax(structures, potential, max_steps=steps, progress=False)
+    results = relax(inputs, potential, max_steps=steps, progress=False)
     dt = time.perf_counter() - t0
     # a failed relaxation (e.g. collapsed into the potential's short-range hole) has no trustworthy
     # energy or geometry: it keeps its input structure and counts with a NaN energy
-    failed = np.array([r.failed for r in results])
-    relaxed = [s if bad else r.structure for s, r, bad in zip(structures, results, failed)]
-    e = np.array([np.nan if bad else r.energy / len(r.structure) for r, bad in zip(results, failed)])
-    converged = np.array([r.status == "converged" for r in results])
+    bad = failed(results)
+    keep = lambda a, b: np.where(bad.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+    relaxed = inputs.replace(lattice=keep(inputs.lattice, results.lattice), frac=keep(inputs.frac, results.frac))
+    e = np.where(bad, np.nan, energy_per_atom(results))
     v = validity(relaxed)
     finite = e[np.isfinite(e)]
-    out = {"n": len(idx), "seconds": dt, "converged": float(converged.mean()), "failed": float(failed.mean()),
+    out = {"n": len(idx), "seconds": dt, "converged": float(converged(results).mean()), "failed": float(bad.mean()),
            "energy_per_atom_mean": float(np.mean(finite)) if finite.size else float("nan"),
            "energy_per_atom_median": float(np.median(finite)) if finite.size else float("nan"),
            "valid_after_relaxation": float(v["valid"].mean()), "potential": potential.name}
-    return out, list(zip(idx.tolist(), relaxed, e.tolist()))
+    return out, list(zip(idx.tolist(), relaxed.to_structures(), e.tolist()))

@@ -35,7 +35,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["OxidationRules", "get_rules", "smact_valid", "composition_validity", "RULE_SETS", "reduced_counts"]
+__all__ = ["OxidationRules", "get_rules", "smact_valid", "composition_validity", "RULE_SETS", "reduced_counts",
+           "compositions_of"]
 
 RULE_SETS = ("smact14", "icsd24", "smact4:smact14", "smact4:icsd16", "smact4:icsd24", "smact4:pymatgen_sp",
              "smact4:wiki")
@@ -216,9 +217,36 @@ def _valid_missing_eneg_cdvae(ox_lists, stoich, eneg) -> bool:
     return False
 
 
+def compositions_of(samples) -> list:
+    """pymatgen ``Composition`` of each structure, or of each row of a Crystal.
+
+    A row's elements come in the order of its atoms and its amounts are floats,
+    exactly as ``Structure.composition`` builds them (Magpie sums in that order).
+    Anything else is passed to ``Composition`` (formulas, mappings, compositions).
+    """
+    from pymatgen.core import Composition, Element
+
+    from jaxinv.crystal import Crystal
+
+    if not isinstance(samples, Crystal):
+        return [c.composition if hasattr(c, "composition") else Composition(c) for c in samples]
+    c = samples.to_host()
+    out = []
+    for b in range(c.batch_size):
+        amounts: dict = {}
+        for z in c.numbers[b][c.mask[b]].tolist():
+            amounts[z] = amounts.get(z, 0.0) + 1
+        out.append(Composition({Element.from_Z(z): n for z, n in amounts.items()}))
+    return out
+
+
 def composition_validity(compositions: Iterable, rules: str | OxidationRules = "smact14") -> np.ndarray:
-    """Boolean array: :func:`smact_valid` of each composition (or structure)."""
+    """Boolean array: :func:`smact_valid` of each composition (or structure, or row of a Crystal)."""
+    from jaxinv.crystal import Crystal
+
     rules = get_rules(rules) if isinstance(rules, str) else rules
+    if isinstance(compositions, Crystal):
+        compositions = compositions_of(compositions)
     out = []
     for c in compositions:
         try:

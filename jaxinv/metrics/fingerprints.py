@@ -94,11 +94,11 @@ def _magpie():
 
 
 def composition_fingerprints(compositions: Sequence) -> np.ndarray:
-    """Raw Magpie features (n, 132) of compositions or structures, one call per
-    distinct reduced formula (Magpie depends on element fractions only)."""
-    from pymatgen.core import Composition
+    """Raw Magpie features (n, 132) of compositions, structures or a Crystal's rows,
+    one call per distinct reduced formula (Magpie depends on element fractions only)."""
+    from jaxinv.metrics.composition import compositions_of
 
-    comps = [c.composition if hasattr(c, "composition") else Composition(c) for c in compositions]
+    comps = compositions_of(compositions)
     out = np.full((len(comps), N_COMP_FEATURES), np.nan)
     done: dict[str, np.ndarray] = {}
     with warnings.catch_warnings():

@@ -179,8 +179,8 @@ def _bucket_key(structure, reduced) -> tuple:
 def uniqueness_novelty(structures: Sequence, train: Sequence | None = None, include=None, n_jobs: int = 1,
                        progress: bool = False, unique: bool = True, min_parallel: int = 500,
                        **matcher_kwargs) -> dict:
-    """Which structures are unique (first of their group) and novel (match no
-    training structure).
+    """Which structures (pymatgen structures or a Crystal) are unique (first of
+    their group) and novel (match no training structure).
 
     ``include`` masks the structures to consider (e.g. the valid ones); the rest
     get False in both arrays. Returns boolean arrays ``unique``, ``novel``,
@@ -190,9 +190,13 @@ def uniqueness_novelty(structures: Sequence, train: Sequence | None = None, incl
     cell (both exact: ``fit`` never matches across them). A structure whose
     reduction fails matches nothing (``fit`` would fail on it the same way).
     """
+    from jaxinv.metrics.structure import as_structures
+
     n = len(structures)
     include = np.ones(n, bool) if include is None else np.asarray(include, bool)
     inc = np.flatnonzero(include)
+    structures = as_structures(structures, inc)  # a Crystal: only the structures considered
+    train = None if train is None else as_structures(train)
     formulas = {formula_key(structures[i]) for i in inc}
     train_in = [t for t in (train or []) if formula_key(t) in formulas]
     # reduce every structure once (in parallel: Niggli + primitive cost ms each)

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxinv.crystal import Crystal, group_by_bucket
 
-__all__ = ["StructureValidity", "structure_validity", "min_distances", "as_arrays"]
+__all__ = ["StructureValidity", "structure_validity", "min_distances", "as_arrays", "as_structures", "take"]
 
 MIN_DISTANCE = 0.5  # Å, CDVAE's structure_validity cutoff
 MIN_VOLUME = 0.1  # Å^3, CDVAE's 'unrealistically_small_lattice'
@@ -51,6 +51,28 @@ def as_arrays(structures) -> tuple[list, list, list]:
         fracs.append(np.asarray(s.frac_coords, np.float64).reshape(-1, 3))
         numbers.append(np.array([site.specie.Z for site in s], np.int32))
     return lattices, fracs, numbers
+
+
+def as_structures(samples, rows=None) -> list:
+    """pymatgen structures for the metric adapters that need them (StructureMatcher,
+    ``Structure.density``): a list of structures as it is; a Crystal's rows
+    converted, all of them or only ``rows`` (then the other entries are None)."""
+    if not isinstance(samples, Crystal):
+        return list(samples)
+    if rows is None:
+        return samples.to_structures()
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    out = [None] * samples.batch_size
+    for i, s in zip(rows.tolist(), samples[rows].to_structures() if len(rows) else []):
+        out[i] = s
+    return out
+
+
+def take(samples, rows):
+    """The samples at ``rows``: a Crystal of them, or a list of the structures."""
+    if isinstance(samples, Crystal):
+        return samples[np.asarray(rows, np.int64).reshape(-1)]
+    return [samples[i] for i in rows]
 
 
 def _well_formed(lattice, frac) -> tuple[bool, float]:

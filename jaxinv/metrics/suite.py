@@ -13,14 +13,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxinv.metrics.composition import composition_validity, get_rules
+from jaxinv.metrics.composition import composition_validity, compositions_of, get_rules
 from jaxinv.metrics.coverage import coverage, cov_cutoffs
 from jaxinv.metrics.fingerprints import composition_fingerprints, load_magpie_scaler, scale_composition, \
     structure_fingerprints
 from jaxinv.metrics.matching import reconstruction_metrics, uniqueness_novelty
 from jaxinv.metrics.properties import BUILTIN_PROPERTIES, property_statistics, subsample_valid
 from jaxinv.metrics.stability import HullReference, hull_metrics
-from jaxinv.metrics.structure import MIN_VOLUME, structure_validity
+from jaxinv.metrics.structure import MIN_VOLUME, as_structures, structure_validity, take
 
 __all__ = ["score_generation", "score_csp", "score_stability", "validity", "format_report", "GENERATION_METRICS"]
 
@@ -31,7 +31,7 @@ GENERATION_METRICS = ("validity", "coverage", "properties", "uniqueness", "novel
 
 def validity(structures: Sequence, oxidation_states: str = "smact14") -> dict:
     """Per-sample CDVAE validity arrays (``comp_valid``, ``struct_valid``, ``valid``,
-    ``min_distance``, ``volume``) and their rates."""
+    ``min_distance``, ``volume``) and their rates, of structures or a Crystal."""
     sv = structure_validity(structures)
     comp = composition_validity(structures, oxidation_states)
     valid = comp & sv.valid
@@ -63,6 +63,10 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
                      progress: bool = True) -> tuple[dict, dict]:
     """Score generated structures against a reference set (and a training set).
 
+    ``samples``, ``reference`` and ``train`` are pymatgen structures or Crystals;
+    a Crystal becomes pymatgen structures only where a metric needs them
+    (property distances over the chosen samples, StructureMatcher).
+
     Returns ``(metrics, per_sample)``. ``metrics`` holds the summary numbers and the
     settings that produced them; ``per_sample`` holds arrays of length
     ``len(samples)`` (validity flags, minimum distances, uniqueness, novelty).
@@ -76,7 +80,7 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
       reference; None uses every valid sample.
     * uniqueness and novelty are over valid samples.
     """
-    samples = list(samples)
+    samples = _batch(samples)
     metrics = tuple(metrics)
     unknown = set(metrics) - set(GENERATION_METRICS)
     if unknown:
@@ -108,7 +112,7 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
         t0 = time.perf_counter()
         fp_stats: dict = {}
         g_s, g_c = _fingerprints(samples, n_jobs, fingerprint_cache, progress, "CrystalNN samples", fp_stats)
-        r_s, r_c = _fingerprints(list(reference), n_jobs, fingerprint_cache, progress, "CrystalNN reference",
+        r_s, r_c = _fingerprints(_batch(reference), n_jobs, fingerprint_cache, progress, "CrystalNN reference",
                                  fp_stats)
         timings["fingerprints"] = time.perf_counter() - t0
         timings["fingerprints_cpu"] = fp_stats.get("cpu_s", 0.0)  # summed over workers
@@ -130,14 +134,14 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
     if "properties" in metrics:
         t0 = time.perf_counter()
         idx = subsample_valid(valid, wdist_samples, seed)
-        chosen = [samples[i] for i in idx]
+        chosen = as_structures(take(samples, idx))
         props: dict = dict(BUILTIN_PROPERTIES)
         for name, spec in (properties or {}).items():
             if callable(spec):
                 props[name] = spec
             else:  # (sample values, reference values): take the same subsample
                 props[name] = (np.asarray(spec[0], np.float64)[idx], spec[1])
-        out["properties"] = property_statistics(chosen, list(reference), props)
+        out["properties"] = property_statistics(chosen, as_structures(reference), props)
         out["settings"]["wdist_samples"] = wdist_samples
         out["settings"]["wdist_n_used"] = int(len(idx))
         if wdist_samples is not None and len(idx) < wdist_samples:
@@ -146,7 +150,7 @@ def score_generation(samples: Sequence, reference: Sequence | None = None, train
 
     if "uniqueness" in metrics or "novelty" in metrics:
         t0 = time.perf_counter()
-        un = uniqueness_novelty(samples, train=list(train) if "novelty" in metrics else None, include=valid,
+        un = uniqueness_novelty(samples, train=_batch(train) if "novelty" in metrics else None, include=valid,
                                 n_jobs=n_jobs, progress=progress, unique="uniqueness" in metrics)
         timings["uniqueness_novelty"] = time.perf_counter() - t0
         if "uniqueness" in metrics:
@@ -174,17 +178,19 @@ def score_csp(predictions: Sequence, targets: Sequence, k: int = 1, oxidation_st
     ``predictions`` is flat, ``k * len(targets)`` long, run-major (DiffCSP's layout:
     candidate j of target i at ``j * len(targets) + i``). With ``require_valid`` a
     candidate must be CDVAE-valid (structure and SMACT) to match, as in
-    CDVAE and DiffCSP.
+    CDVAE and DiffCSP. Both may be pymatgen structures or Crystals (converted for
+    StructureMatcher: the targets, and the predictions allowed to match).
     """
-    predictions, targets = list(predictions), list(targets)
+    predictions, targets = _batch(predictions), _batch(targets)
     n = len(targets)
     if len(predictions) != k * n:
         raise ValueError(f"{len(predictions)} predictions for {n} targets and k={k}: need k * targets")
     t0 = time.perf_counter()
     v = validity(predictions, oxidation_states)
     ok = v["valid"] if require_valid else np.ones(len(predictions), bool)
-    runs = [predictions[j * n:(j + 1) * n] for j in range(k)]
-    rec = reconstruction_metrics(runs, targets, valid=ok.reshape(k, n), n_jobs=n_jobs, progress=progress)
+    matchable = as_structures(predictions, np.flatnonzero(ok))
+    runs = [matchable[j * n:(j + 1) * n] for j in range(k)]
+    rec = reconstruction_metrics(runs, as_structures(targets), valid=ok.reshape(k, n), n_jobs=n_jobs, progress=progress)
     out = {"csp": {key: rec[key] for key in ("match_rate", "rmse", "n_targets", "n_matched", "k", "matcher")},
            "validity": v["rates"], "settings": {"require_valid": require_valid, "oxidation_states": oxidation_states},
            "timings_s": {"csp": time.perf_counter() - t0}}
@@ -200,13 +206,20 @@ def score_stability(samples: Sequence, energies: Sequence[float], hull: HullRefe
     from jaxinv.metrics.stability import stable_metrics
 
     hull = hull if isinstance(hull, HullReference) else HullReference(hull)
-    res = hull.evaluate([s.composition for s in samples], energies, per_atom=per_atom)
+    res = hull.evaluate(compositions_of(samples), energies, per_atom=per_atom)
     out = {"hull": hull_metrics(res["e_above_hull"], thresholds=(threshold, 0.1))}
     fe = res["formation_energy_per_atom"]
     out["hull"]["formation_energy_mean"] = float(np.nanmean(fe)) if np.isfinite(fe).any() else float("nan")
     if e_hull_true is not None:
         out["classification"] = stable_metrics(e_hull_true, res["e_above_hull"], threshold=threshold)
     return out, res
+
+
+def _batch(samples):
+    """A Crystal on the host, or a list of the structures given."""
+    from jaxinv.crystal import Crystal
+
+    return samples.to_host() if isinstance(samples, Crystal) else list(samples)
 
 
 # ------------------------------------------------------------------ report
