@@ -237,7 +237,7 @@ class RelaxQueue:
             return self._run(inputs)
 
     def _run(self, inputs) -> Crystal:
-        crystal = as_crystal(inputs)
+        crystal = as_crystal(inputs).pad()  # atoms to the front of each row: slots and results use that layout
         check_species(self.potential, crystal)
         m = crystal.batch_size
         out = _results_template(crystal)
