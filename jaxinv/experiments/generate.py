@@ -89,21 +89,17 @@ def main(cfg, run):
     relaxation = None
     potential = load_configured_potential(cfg.relax.potential)  # None: score the samples as decoded
     if potential is not None:
-        from jaxinv.crystal import Crystal
-        from jaxinv.generative.evaluation import relax_samples
+        from jaxinv.generative.evaluation import relax_crystals
 
-        structures, relaxation = relax_samples(samples, potential, cfg.relax.pressure_gpa,
-                                               cfg.relax.max_steps, progress=cfg.progress)
+        samples, relaxation = relax_crystals(samples, potential, cfg.relax.pressure_gpa, cfg.relax.max_steps,
+                                             progress=cfg.progress)
         print(f"relaxed with {potential.name} at {cfg.relax.pressure_gpa:g} GPa: {relaxation['statuses']}")
-        samples = Crystal.from_structures(structures, n_max=samples.n_max)
     symmetrization = None
     if cfg.symmetrize:
-        from jaxinv.crystal import Crystal
-        from jaxinv.generative.evaluation import symmetrize_samples
+        from jaxinv.generative.evaluation import symmetrize_crystals
 
-        structures, symmetrization = symmetrize_samples(samples, float(cfg.symmetrize))
+        samples, symmetrization = symmetrize_crystals(samples, float(cfg.symmetrize))
         print(f"symmetrized {symmetrization['symmetrized']} of {cfg.n} samples at symprec {cfg.symmetrize} Å")
-        samples = Crystal.from_structures(structures, n_max=samples.n_max)
     extxyz = write_extxyz(samples, run.path("samples", "samples.extxyz"))
     n_cif = cfg.n if cfg.n_cif < 0 else min(cfg.n_cif, cfg.n)
     write_cifs(samples[:n_cif], run.out_dir / "samples" / "cif")
