@@ -267,7 +267,7 @@ class JaxinvCalculator:
 
         from jaxinv.crystal import Crystal
 
-        from jaxinv.search.composition import StickyGraph
+        from jaxinv.graph import StickyGraph
 
         # fixed graph shapes, so the jitted potential compiles once rather than per structure
         graphs = StickyGraph(potential.cutoff, (2, 2, 2) if cluster_box is None else (1, 1, 1), 2048)

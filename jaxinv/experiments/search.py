@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxinv.config import (PotentialConfig, Rule, RunConfig, at_least, checked, constrain, dataset_spec, existing_path,
                            formula, load_configured_potential, module_function, non_negative, one_of, positive)
-from jaxinv.relax import GPA, FireConfig
+from jaxinv.experiments.relax import RelaxSettings, fire_config
 from jaxinv.search import FingerprintConfig, Problem, SearchSpace, make_search, run_search
 from jaxinv.search.pareto import pareto_ranks
 
@@ -42,10 +42,22 @@ def _algorithm_options(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(config)]
 
 
+def algorithm_options(name: str, options) -> dict:
+    """The keyword options of ``make_search(name, ...)``: ``options`` merged onto the
+    algorithm's library config, which is their schema (names and types are checked, and a
+    mapping such as ``rates`` is updated key by key, as a YAML mapping is by an override)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from jaxinv.search import ALGORITHMS
+
+    options = OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options)
+    config = ALGORITHMS[name][1]
+    if config is None:  # random search: random_search's keywords
+        return options
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(config), options))
+
+
 def _options_problem(options, node):
-    """The options are fields of the algorithm's library config (EAConfig, PSOConfig, ...),
-    which is also their schema: names and types are checked against it."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from jaxinv.search import ALGORITHMS
@@ -56,12 +68,10 @@ def _options_problem(options, node):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         return f"{node.name} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(allowed)}"
-    config = ALGORITHMS[node.name][1]
-    if config is not None:
-        try:
-            OmegaConf.merge(OmegaConf.structured(type(config)), options)
-        except OmegaConfBaseException as e:
-            return str(e).strip().splitlines()[0]
+    try:
+        algorithm_options(node.name, options)
+    except OmegaConfBaseException as e:
+        return str(e).strip().splitlines()[0]
     return None
 
 
@@ -114,8 +124,9 @@ constrain(FingerprintConfig, r_max=non_negative, n_bins=at_least(1), sigma=posit
 
 
 @dataclass
-class Config(RunConfig):
-    """Fields and their meanings: jaxinv/configs/search.yaml (``jaxinv run search --help``)."""
+class Config(RunConfig, RelaxSettings):
+    """Fields and their meanings: jaxinv/configs/search.yaml, the comments here and in the
+    library's config classes (``jaxinv run search --help``)."""
 
     potential: PotentialConfig = field(default_factory=PotentialConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -133,10 +144,6 @@ class Config(RunConfig):
     max_relaxations: int = checked(400, at_least(1))
     max_generations: int = checked(1000, at_least(1))
     target: Optional[float] = None
-    fmax: float = checked(0.05, positive)
-    stress_tol: float = checked(0.005, positive)
-    max_steps: int = checked(500, at_least(1))
-    pressure_gpa: float = 0.0
     fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
     objective: Optional[str] = checked(None, Rule(_objective_problem, "volume_per_atom, -volume_per_atom or "
                                                                       "module:function"))
@@ -196,8 +203,7 @@ def build_problem(cfg, skipped: list | None = None) -> Problem:
             if skipped is not None:
                 skipped.extend(unread)
         seeds, _ = from_structures(space, structures, names=names)
-    relax = FireConfig(fmax=cfg.fmax, stress_tol=cfg.stress_tol, max_steps=cfg.max_steps,
-                       pressure=cfg.pressure_gpa * GPA, cell="fixed" if cfg.cluster else "frechet")
+    relax = fire_config(cfg, cell="fixed" if cfg.cluster else "frechet")
     fp = FingerprintConfig(**{f.name: getattr(cfg.fingerprint, f.name) for f in dataclasses.fields(FingerprintConfig)})
     return Problem(space, potential, relax, batch=cfg.batch, fingerprint=fp,
                    objective=resolve_objective(cfg.objective), seeds=seeds)
@@ -210,8 +216,7 @@ def main(cfg, run):
         from jaxinv.io import write_skipped
 
         write_skipped(run.path("skipped.csv"), unread)
-    options = dict(cfg.algorithm.options)
-    search = make_search(cfg.algorithm.name, problem, **options)
+    search = make_search(cfg.algorithm.name, problem, **algorithm_options(cfg.algorithm.name, cfg.algorithm.options))
     print(f"{search.name} search for {cfg.composition} with {problem.potential.name}: "
           f"{len(problem.space.compositions)} composition(s), up to {problem.space.n_max} atoms, "
           f"{cfg.max_relaxations} relaxations")

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SearchSpace", "parse_formula", "covalent_bond"]
+from jaxinv.graph import StickyGraph  # its former home: tests/test_graph.py imports it from here
+
+__all__ = ["SearchSpace", "parse_formula", "covalent_bond", "graph_floor", "StickyGraph"]
 
 
 def parse_formula(formula: str) -> dict[str, int]:
@@ -149,57 +151,3 @@ def graph_floor(space: SearchSpace, cutoff: float) -> tuple[tuple[int, int, int]
     images = int(np.floor(cutoff / width)) + 1
     per_atom = 4.0 / 3.0 * np.pi * cutoff**3 / v_atom
     return (images,) * 3, capacity_bucket(int(2.0 * n * per_atom) + 16)
-
-
-class StickyGraph:
-    """Neighbour graphs whose edge capacity and image range only ever grow, so the
-    jitted functions that consume them compile once per run instead of once per batch."""
-
-    def __init__(self, cutoff: float, images=(1, 1, 1), capacity: int = 16, headroom: float | None = None):
-        from jaxinv.graph import HEADROOM
-
-        self.cutoff = float(cutoff)
-        self.images = tuple(int(i) for i in images)
-        self.capacity = int(capacity)
-        self.headroom = HEADROOM if headroom is None else headroom
-        self.most_needed = 0  # the most edges any crystal (or overflowed step) has needed so far
-        self.tightened = False
-
-    def at_least(self, capacity: int, images: tuple):
-        """Grow the sticky sizes to at least these (e.g. what an overflowed step needed)."""
-        if int(capacity) > self.capacity:  # (an unchanged capacity says nothing about what was needed)
-            self.most_needed = max(self.most_needed, int(capacity))
-        self.capacity = max(self.capacity, int(capacity))
-        self.images = tuple(max(int(a), int(b)) for a, b in zip(self.images, images))
-
-    def saw(self, n_edges) -> None:
-        """Record edge counts of graphs built elsewhere (e.g. inside a jitted relaxation step)."""
-        self.most_needed = max(self.most_needed, int(np.max(np.asarray(n_edges), initial=0)))
-
-    def tighten(self, slack: float = 1.5) -> bool:
-        """Once: lower the capacity to what was needed so far, with headroom, if the
-        starting capacity (a generous :func:`graph_floor`) was more than ``slack`` times that.
-
-        Every padded edge costs as much as a real one in each potential call, and the
-        floor can overshoot by 2-3x (SiO2 frameworks are far less dense than their bond
-        length suggests). Called after the first batch of a search, so a run recompiles
-        at most once for it. Returns whether the capacity changed.
-        """
-        from jaxinv.graph import capacity_for
-
-        if self.tightened or self.most_needed == 0:
-            return False
-        self.tightened = True
-        fitted = capacity_for(self.most_needed, self.headroom)
-        if self.capacity <= slack * fitted:
-            return False
-        self.capacity = fitted
-        return True
-
-    def __call__(self, crystal):
-        from jaxinv.graph import allocate
-
-        g = allocate(crystal, self.cutoff, self.headroom, capacity=self.capacity, images=self.images)
-        self.most_needed = max(self.most_needed, int(np.max(np.asarray(g.n_edges), initial=1)))
-        self.capacity, self.images = g.capacity, g.images  # both only grow (they are minimums)
-        return g

@@ -46,10 +46,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import HEADROOM, allocate
+from jaxinv.graph import HEADROOM, StickyGraph, allocate
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import FireConfig
-from jaxinv.search.composition import SearchSpace, StickyGraph, graph_floor
+from jaxinv.search.composition import SearchSpace, graph_floor
 from jaxinv.search.evaluate import Relaxer
 from jaxinv.search.fingerprint import compute_fingerprints, novel_mask, unique_mask
 from jaxinv.search.pareto import nsga2_order
@@ -72,7 +72,7 @@ class FingerprintConfig:
     """Fingerprint range and duplicate thresholds (see :mod:`jaxinv.search.fingerprint`)."""
 
     r_max: float = 0.0  # Å; 0: 2.5 x the space's bond length
-    n_bins: int = 128
+    n_bins: int = 128  # bins of the pair-distance fingerprint
     sigma: float = 0.01  # Gaussian width as a fraction of r_max
     threshold: float = 0.002  # cosine distance below which two structures may be duplicates
     energy_tol: float = 0.002  # eV/atom: relaxed duplicates must also agree in enthalpy

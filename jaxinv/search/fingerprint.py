@@ -80,7 +80,7 @@ def fingerprint(crystal: Crystal, graph: Graph, species: tuple[int, ...], r_max:
 def compute_fingerprints(crystal: Crystal, species: tuple[int, ...], r_max: float, n_bins: int = 128,
                          sigma: float = 0.01, chunk: int = 256, graphs=None) -> np.ndarray:
     """Fingerprints of a host batch (the graph is built on the host at ``r_max``;
-    ``graphs``, a :class:`~jaxinv.search.composition.StickyGraph` at ``r_max``, keeps
+    ``graphs``, a :class:`~jaxinv.graph.StickyGraph` at ``r_max``, keeps
     its shapes fixed across calls)."""
     out = []
     for start in range(0, crystal.batch_size, chunk):
