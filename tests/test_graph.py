@@ -182,7 +182,7 @@ def test_graph_sizing_is_one_rule_allocate_then_update(batio3):
     use it too. ``update`` rebuilds at fixed sizes and flags the overflow of a densified cell."""
     from jaxinv.graph import (HEADROOM, allocate, capacity_bucket, capacity_for, did_buffer_overflow, grown_sizes,
                               update)
-    from jaxinv.search.composition import StickyGraph
+    from jaxinv.graph import StickyGraph
 
     si = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
     c = Crystal.from_structures([batio3, si])

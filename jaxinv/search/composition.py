@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxinv.graph import StickyGraph  # (it lived here before jaxinv.graph; tests/test_graph.py imports it from here)
 
-__all__ = ["SearchSpace", "parse_formula", "covalent_bond", "graph_floor", "StickyGraph"]
+__all__ = ["SearchSpace", "parse_formula", "covalent_bond", "graph_floor"]
 
 
 def parse_formula(formula: str) -> dict[str, int]:

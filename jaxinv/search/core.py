@@ -50,7 +50,7 @@ from jaxinv.graph import HEADROOM, StickyGraph, allocate
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import FireConfig
 from jaxinv.search.composition import SearchSpace, graph_floor
-from jaxinv.search.evaluate import Relaxer
+from jaxinv.search.evaluate import enthalpy_per_atom, search_relaxer
 from jaxinv.search.fingerprint import compute_fingerprints, novel_mask, unique_mask
 from jaxinv.search.pareto import nsga2_order
 from jaxinv.search.seeds import random_structures
@@ -218,8 +218,7 @@ class Search:
         self.algorithm, self.problem, self.name = algorithm, problem, name
         pot, space = problem.potential, problem.space
         cutoff = pot.cutoff + problem.relax.skin_for(pot.cutoff)
-        images, capacity = graph_floor(space, cutoff)
-        self.relaxer = Relaxer(pot, problem.relax, problem.batch, images=images, capacity=capacity)
+        self.relaxer = search_relaxer(pot, problem.relax, problem.batch, graph_floor(space, cutoff))
         self.fingerprint_graphs = StickyGraph(problem.r_max, *graph_floor(space, problem.r_max))
         self._operator_graphs: dict = {}  # operator name -> (images, capacity)
 
@@ -236,19 +235,22 @@ class Search:
         objective; fitness is the enthalpy per atom (hull distances are filled in by
         :func:`hull_fitness` for composition ranges). History ids count from ``first_id``."""
         problem = self.problem
-        r = self.relaxer(candidates.crystal)
-        fp = self.fingerprints(r.crystal)
-        valid = np.isfinite(r.enthalpy)
-        objectives = [r.enthalpy]
+        relaxed = self.relaxer.run(candidates.crystal.to_host().without_labels())
+        crystal = relaxed.without_labels()
+        enthalpy = enthalpy_per_atom(relaxed, problem.relax.pressure)
+        fp = self.fingerprints(crystal)
+        valid = np.isfinite(enthalpy)
+        objectives = [enthalpy]
         if problem.objective is not None:
-            prop = np.asarray(problem.objective(r.crystal), np.float64)
+            prop = np.asarray(problem.objective(crystal), np.float64)
             objectives.append(np.where(np.isfinite(prop), prop, np.inf))
             valid &= np.isfinite(prop)
         k = candidates.crystal.batch_size
-        pop = Population(r.crystal, r.energy, r.enthalpy, np.where(valid, r.enthalpy, np.inf),
-                         np.stack(objectives, -1), fp, first_id + np.arange(k, dtype=np.int64), valid)
+        pop = Population(crystal, np.asarray(relaxed.labels["energy"], np.float64), enthalpy,
+                         np.where(valid, enthalpy, np.inf), np.stack(objectives, -1), fp,
+                         first_id + np.arange(k, dtype=np.int64), valid)
         return Evaluated(pop, np.asarray(candidates.operator, np.int64), np.asarray(candidates.parents, np.int64),
-                         r.status, r.steps)
+                         relaxed.labels["status"], relaxed.labels["steps"])
 
     def fingerprints(self, crystal: Crystal) -> np.ndarray:
         f = self.problem.fingerprint

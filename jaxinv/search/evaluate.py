@@ -44,32 +44,3 @@ def enthalpy_per_atom(relaxed: Crystal, pressure: float) -> np.ndarray:
     failed = (np.asarray(relaxed.labels["status"]) >= FAILED_NAN) | ~np.isfinite(enthalpy)
     return np.where(failed, np.inf, enthalpy)
 
-
-# --- transitional: the search's old entry point, until the search driver calls search_relaxer itself ---
-from flax import struct  # noqa: E402
-
-
-@struct.dataclass
-class Relaxed:
-    crystal: Crystal
-    energy: np.ndarray
-    enthalpy: np.ndarray
-    status: np.ndarray
-    steps: np.ndarray
-
-
-class Relaxer:
-    def __init__(self, potential, config, batch, chunk_steps=50, images=(1, 1, 1), capacity=16, compact=None):
-        self.queue = search_relaxer(potential, config, batch, (images, capacity), chunk_steps, compact)
-        self.config = self.queue.config
-
-    @property
-    def relaxations(self):
-        return self.queue.stats["relaxations"]
-
-    def __call__(self, crystal: Crystal) -> Relaxed:
-        crystal = crystal.to_host()
-        out = self.queue.run(Crystal(crystal.lattice, crystal.frac, crystal.numbers, crystal.mask))
-        return Relaxed(Crystal(out.lattice, np.where(out.mask[..., None], out.frac, 0.0), out.numbers, out.mask),
-                       np.asarray(out.labels["energy"], np.float64), enthalpy_per_atom(out, self.config.pressure),
-                       out.labels["status"], out.labels["steps"])

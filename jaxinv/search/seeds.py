@@ -216,7 +216,6 @@ def from_structures(space: SearchSpace, structures, names=None) -> tuple[Crystal
         else:
             lattice, frac, z = s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers)
         z = np.asarray(z, np.int32)
-        mask = np.ones(len(z), bool)
         if len(z) > space.n_max:
             log.info("seed %s has %d atoms (> %d); skipped", label, len(z), space.n_max)
             continue
