@@ -13,6 +13,7 @@ def sevennet():
     return load_sevennet()
 
 
+@pytest.mark.slow  # 2 minutes; the LJ runs of test_relax.py check the same FIRE against ASE in the default suite
 def test_sevennet_relaxation_agrees_with_ase(sevennet):
     # fmax 0.005: at 0.02 the generalized cell force allows ~0.3 GPa of residual stress, and
     # two correct runs can stop 0.03-0.06 Å apart along a soft cell direction
