@@ -2,7 +2,7 @@
 
 ``relax()``, the screening funnel, searches and generated-sample relaxation all run
 through :class:`RelaxQueue`. It returns a host :class:`~jaxinv.crystal.Crystal` in input
-order whose ``labels`` hold ``energy`` (eV, without the P V term), ``stress`` (3x3, eV/Å^3,
+order (each row's atoms moved to the front, as :meth:`Crystal.pad` does) whose ``labels`` hold ``energy`` (eV, without the P V term), ``stress`` (3x3, eV/Å^3,
 ASE sign), ``status`` (a code of :data:`~jaxinv.relax.fire.STATUS_NAMES`) and ``steps``,
 and whose ``atom_labels`` hold ``forces`` (eV/Å).
 
