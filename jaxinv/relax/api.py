@@ -6,15 +6,15 @@ import numpy as np
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.base import Potential
 from jaxinv.relax.fire import CONVERGED, FAILED_NAN, GPA, STATUS_NAMES, FireConfig
-from jaxinv.relax.queue import RelaxQueue
+from jaxinv.relax.queue import PRECISIONS, RelaxQueue
 
 __all__ = ["relax", "status_names", "converged", "failed", "energy_per_atom"]
 
 
-def relax(structures, potential: Potential, fmax: float = 0.05, stress_tol: float = 0.005,
-          max_steps: int = 500, pressure_gpa: float = 0.0, cell: str = "frechet", criterion: str = "stress",
-          min_bond_fraction: float = FireConfig.min_bond_fraction,
-          checkpoint: str | None = None, progress: bool = True, precision: str = "float64",
+def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stress_tol: float = FireConfig.stress_tol,
+          max_steps: int = FireConfig.max_steps, pressure_gpa: float = 0.0, cell: str = FireConfig.cell,
+          criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
+          checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
           **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
 
@@ -35,10 +35,11 @@ def relax(structures, potential: Potential, fmax: float = 0.05, stress_tol: floa
     ``status`` (a code; :func:`status_names` gives ``converged``, ``max_steps``,
     ``failed_nan``, ...) and ``steps``, and ``atom_labels["forces"]`` (eV/Å).
     Failures are flagged in the status, never raised. ``.to_structures()`` or
-    ``.to_atoms()`` converts the result (ASE atoms carry energy, forces and stress). ``precision='float64'`` (the
-    default) makes each result independent of the batch it ran in; ``'float32'``
-    is about 2.5x faster for SevenNet-0 on a CPU but lets float32 rounding, which
-    depends on the batch, steer FIRE (see :mod:`jaxinv.relax.queue`).
+    ``.to_atoms()`` converts the result (ASE atoms carry energy, forces and
+    stress). ``precision='float64'`` (the default) makes each result independent
+    of the batch it ran in; ``'float32'`` is about 2.5x faster for SevenNet-0 on a
+    CPU but lets float32 rounding, which depends on the batch, steer FIRE (see
+    :mod:`jaxinv.relax.queue`). Defaults are :class:`FireConfig`'s.
 
     ``queue_options`` go to :class:`~jaxinv.relax.queue.RelaxQueue`
     (``max_edges``, ``max_batch``, ``chunk_steps``, ``checkpoint_every``, ...;
