@@ -51,6 +51,16 @@ def test_train_generate_optimize(tmp_path):
     assert len(opt["per_candidate"]["head"]) == 8
 
 
+def test_check_recon_zero_skips_the_reconstruction_check(tmp_path):
+    """check_recon=0 is allowed by its rule (>= 0): it turns the check off instead of failing
+    on an empty reconstruction batch."""
+    args = [a for a in TINY if not a.startswith("check_recon=")] + ["check_recon=0", "train.steps=2",
+                                                                       "evaluate=false", f"out_dir={tmp_path}"]
+    assert run_experiment("train_generative", args)["steps"] == 2
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert "sample/valid" in record and "recon/match_rate" not in record
+
+
 def test_bad_model_settings_are_config_errors():
     with pytest.raises(ConfigError, match="model"):
         run_experiment("train_generative", ["model=no_such_model"])

@@ -112,10 +112,11 @@ def main(cfg, run):
     print(f"representations built in {time.perf_counter() - t0:.1f} s")
 
     valid = splits["valid"]
-    recon = valid.crystal(np.arange(min(cfg.check_recon, len(valid))), bucket=False)
+    n_recon = min(cfg.check_recon, len(valid)) if model.is_vae else 0
+    recon = valid.crystal(np.arange(n_recon), bucket=False) if n_recon else None  # check_recon=0: no check
 
     def validate(params, step):
-        return quick_check(model, params, jax.random.PRNGKey(step), cfg.check_samples, recon if model.is_vae else None)
+        return quick_check(model, params, jax.random.PRNGKey(step), cfg.check_samples, recon)
 
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     tcfg.progress = tcfg.progress and cfg.progress
