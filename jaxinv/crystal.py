@@ -302,7 +302,7 @@ class Crystal:
 
         out = []
         for c, b, m in self._iter_host():
-            props = {k: float(v[b]) for k, v in c.labels.items() if np.ndim(v[b]) == 0}
+            props = {k: v[b].item() for k, v in c.labels.items() if np.ndim(v[b]) == 0}
             out.append(Structure(Lattice(c.lattice[b]), c.numbers[b][m].tolist(), c.frac[b][m],
                                  coords_are_cartesian=False, properties=props))
         return out
@@ -317,7 +317,7 @@ class Crystal:
             atoms = Atoms(numbers=c.numbers[b][m], cell=c.lattice[b], pbc=True)
             # frac @ cell, as ASE's own scaled-position setter computes it; unwrapped
             atoms.positions = c.frac[b][m] @ c.lattice[b]
-            atoms.info.update({k: float(v[b]) for k, v in c.labels.items() if np.ndim(v[b]) == 0 and k != "energy"})
+            atoms.info.update({k: v[b].item() for k, v in c.labels.items() if np.ndim(v[b]) == 0 and k != "energy"})
             results = {}
             if "energy" in c.labels:
                 results["energy"] = float(c.labels["energy"][b])
