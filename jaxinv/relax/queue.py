@@ -65,12 +65,13 @@ import jax.numpy as jnp
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
+from jaxinv.distributed import shard_batch
 from jaxinv.graph import StickyGraph, grown_sizes
 from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,
                                tree_select)
 
-__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "shard_batch"]
+__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH"]
 
 PRECISIONS = ("float64", "float32")
 MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch
@@ -97,21 +98,6 @@ def as_crystal(inputs) -> Crystal:
         return Crystal.from_atoms(inputs)
     raise TypeError(f"cannot relax objects of type {type(inputs[0]).__name__}; "
                     "pass pymatgen Structures, ASE Atoms or a Crystal")
-
-
-def shard_batch(tree):
-    """Spread a pytree's leading (batch) axis over all local devices, when there are
-    several and the batch divides evenly; jit then runs the relaxation data-parallel.
-    A no-op on one device."""
-    devices = jax.local_devices()
-    leaves = jax.tree_util.tree_leaves(tree)
-    if len(devices) < 2 or not leaves or leaves[0].shape[0] % len(devices):
-        return tree
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.array(devices), ("batch",))
-    return jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(
-        mesh, PartitionSpec("batch", *([None] * (np.ndim(x) - 1))))), tree)
 
 
 def _results_template(crystal: Crystal) -> Crystal:
