@@ -139,7 +139,7 @@ def test_transmutation_changes_one_atom_and_keeps_sorted_layout():
 
 def test_soft_mutation_moves_along_a_mode_only_where_the_ea_drew_it():
     """A soft mutation moves the most displaced atom by the drawn amplitude, without rigid
-    translation. The EA computes them (Hessian-vector products) only for the slots that drew
+    translation. The EA computes them (17 Hessian-vector products each) only for the slots that drew
     one, SOFT_CHUNK at a time; those children must equal the operator vmapped over every slot."""
     from jaxinv.potentials import lennard_jones
     from jaxinv.relax import FireConfig
@@ -179,6 +179,46 @@ def test_soft_mutation_moves_along_a_mode_only_where_the_ea_drew_it():
     rest = [i for i in range(n) if i not in soft_rows]
     np.testing.assert_array_equal(out.frac[rest], np.asarray(randoms.frac)[rest])
     np.testing.assert_allclose(out.lattice[soft_rows], np.asarray(parents.lattice)[soft_rows], rtol=1e-6)
+
+
+def test_soft_mutation_follows_the_exact_hessian_power_iteration():
+    """The soft mode comes from finite differences of forces (a first-order program); in
+    float64 it must be the mode that power iteration on the exact Hessian finds from the
+    same random start, and much softer than a random direction."""
+    from jaxinv.potentials import lennard_jones
+
+    lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
+    space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
+    c, _ = random_crystals(space, 1, np.random.default_rng(7), symmetric=False)
+    key = jax.random.PRNGKey(11)
+    with jax.enable_x64(True):
+        c = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype.kind == "f" else a, c)
+        op = ops.soft_mutation(lj.energy_fn, lj.params, lj.cutoff, (3, 3, 3), 512, amplitude=(0.2, 0.2))
+        child = jax.jit(op)(key, ops.single(c), ops.single(c))
+        lattice, x0 = c.lattice[0], c.frac[0] @ c.lattice[0]
+        graph = ops.build_graph(c, lj.cutoff, (3, 3, 3), 512)
+        energy = lambda x: lj.energy_fn(lj.params, c.replace(frac=(x @ np.linalg.inv(lattice))[None]), graph)[0]
+        h = np.asarray(jax.hessian(energy)(jnp.asarray(x0))).reshape(12, 12)
+        k_v = jax.random.split(key, 3)[0]
+        start = np.asarray(jax.random.normal(k_v, x0.shape, jnp.float64))
+    dx = ((np.asarray(child.frac) - c.frac[0]) @ lattice).reshape(-1)
+
+    def project(v):
+        v = v.reshape(4, 3) - v.reshape(4, 3).mean(0)
+        return (v / np.linalg.norm(v)).reshape(-1)
+
+    v = project(start)
+    top = v
+    for _ in range(4):
+        top = project(h @ top)
+    shift = 1.2 * abs(top @ h @ top) + 1e-6
+    mode = v
+    for _ in range(12):
+        mode = project(shift * mode - h @ mode)
+    assert abs(dx @ mode) / np.linalg.norm(dx) > 0.9999
+    rayleigh = lambda u: u @ h @ u / (u @ u)
+    randoms = [rayleigh(project(r)) for r in np.random.default_rng(0).normal(size=(200, 12))]
+    assert rayleigh(dx) < np.percentile(randoms, 10)
 
 
 def test_soft_mutation_with_numpy_nequip_parameters():

@@ -216,16 +216,25 @@ def transmutation(elements: tuple[int, ...]) -> Operator:
     return op
 
 
+FD_STEP = 1e-2  # Å along a unit-norm mode: far above float32 force noise, far below anharmonicity
+
+
 def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int, iterations: int = 12,
                   amplitude: tuple[float, float] = (0.5, 1.2)) -> Operator:
     """Move atoms along a soft (low-curvature) mode of the energy.
 
     The mode is the dominant eigenvector of ``s 1 - H`` (H the Hessian of the
     energy in Cartesian positions, s above its largest eigenvalue), found by power
-    iteration on Hessian-vector products (reverse over reverse) from a random
-    start: a few iterations already favour collective, weakly restoring motions over
-    the stiff bond stretches a random displacement is dominated by. Rigid translations
-    are projected out. The displacement is scaled so the most displaced atom moves a
+    iteration on Hessian-vector products from a random start: a few iterations
+    already favour collective, weakly restoring motions over the stiff bond stretches
+    a random displacement is dominated by. Rigid translations are projected out.
+
+    A Hessian-vector product is the central difference of the forces at
+    ``x +- FD_STEP v`` (``v`` of unit norm), so the program holds only the
+    potential's first derivative. Differentiating twice (reverse over reverse)
+    gave the same modes but, with SevenNet-0, a program that took 51 s to trace
+    and 74 s to compile on one CPU core, more than all of a small search's
+    relaxations (benchmarks/RESULTS.md, issue 24). The displacement is scaled so the most displaced atom moves a
     uniform random distance in ``amplitude`` (in units of Å), with a random sign.
 
     ``images`` and ``capacity`` fix the graph built inside (static shapes); a
@@ -241,14 +250,18 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
         x0 = first.frac @ first.lattice
         m = first.mask[:, None]
 
-        def energy(x):
-            return energy_fn(params, c.replace(frac=(x @ inv)[None]), graph)[0]
+        pair = Crystal(*(jnp.stack([a, a]) for a in (first.lattice, first.frac, first.numbers, first.mask)), {})
+        pair_graph = build_graph(pair, cutoff, images, capacity)  # built at x0: displacements are tiny
 
-        grad = jax.grad(energy)
+        def total_energy(x):
+            return jnp.sum(energy_fn(params, pair.replace(frac=x @ inv), pair_graph))
+
+        grad = jax.grad(total_energy)
 
         def hvp(v):
-            # reverse over reverse: custom VJPs (NequIP/SevenNet, graph.edge_lengths) have no jvp rule
-            return jnp.where(m, jax.grad(lambda x: jnp.vdot(grad(x), v))(x0), 0.0)
+            step = FD_STEP * v
+            g = grad(jnp.stack([x0 + step, x0 - step]))  # one batch of two: forces at x0 +- step
+            return jnp.where(m, (g[0] - g[1]) / (2.0 * FD_STEP), 0.0)
 
         def project(v):
             mean = jnp.sum(jnp.where(m, v, 0.0), 0) / jnp.maximum(first.mask.sum(), 1)
@@ -256,10 +269,18 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
             return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
 
         v = project(jax.random.normal(k_v, x0.shape))
-        # largest eigenvalue of H by a few power steps, to shift the spectrum
-        top = jax.lax.fori_loop(0, 4, lambda i, u: project(hvp(u)), v)
-        shift = 1.2 * jnp.abs(jnp.vdot(top, hvp(top))) + 1e-6
-        mode = jax.lax.fori_loop(0, iterations, lambda i, u: project(shift * u - hvp(u)), v)
+
+        def iterate(i, carry):
+            # one loop with one product, so the potential's gradient is compiled once:
+            # i < 4, power steps towards H's top eigenvector; i = 4, its Rayleigh quotient
+            # sets the shift and the iteration restarts from v; i > 4, power steps on s 1 - H
+            u, shift = carry
+            hu = hvp(u)
+            shift = jnp.where(i == 4, 1.2 * jnp.abs(jnp.vdot(u, hu)) + 1e-6, shift)
+            u = jnp.where(i < 4, project(hu), jnp.where(i == 4, v, project(shift * u - hu)))
+            return u, shift
+
+        mode, _ = jax.lax.fori_loop(0, 5 + iterations, iterate, (v, jnp.zeros((), x0.dtype)))
         fallback = project(jax.random.normal(k_s, x0.shape))
         ok = jnp.all(jnp.isfinite(mode)) & ~graph.overflow[0]
         mode = jnp.where(ok, mode, fallback)
