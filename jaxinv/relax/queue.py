@@ -12,10 +12,44 @@ of steps, harvests the structures that finished (converged, failed or out of
 steps), refills their slots from the queue and carries on. A chunk ends early
 as soon as a slot finishes while structures are waiting, and new structures
 enter unevaluated (``init_fn(..., evaluate=False)``): the next step evaluates
-them, so a refill costs no evaluation of the whole batch. The batch size comes
-from an edge budget (``max_edges``): message-passing cost and memory scale with
-edges, so a batch of small cells holds many more structures than a batch of
-large ones.
+them, so a refill costs no evaluation of the whole batch. How many slots a batch
+has is decided in one place, :meth:`RelaxQueue._batch_size`, by the rule below.
+
+Batch size. Message-passing cost and memory scale with edges, so a structure's
+size is its estimated edge count, n^2 (4/3) pi r^3 / V for n atoms in a cell of
+volume V and graph cutoff r (TorchSim's autobatcher uses the same n * n / V
+density metric); the 90th percentile over the structures waiting in a padded
+size stands for all of them. Then:
+
+* on a CPU (no ``memory_stats``): the batch holds ``max_edges`` edges (default
+  60,000). Memory is not what limits a CPU: cost grows with the batch, and the
+  budget keeps a batch small enough to be refilled often (see below);
+* on an accelerator that reports its memory (``memory_stats()`` with
+  ``bytes_limit``): the batch fills ``memory_fraction`` of the memory free now
+  (limit less bytes in use), a slot costing the measured bytes per edge times
+  the padded graph's edge slots per structure (what the program allocates). With
+  several devices the batch is sharded and the first device's memory counts for
+  all, which errs safe. A batch there costs about what one structure does until the device is
+  saturated, so a fixed count either wastes the device or overflows it, and the
+  bytes an edge costs are not guessed but measured, because they depend on the
+  potential (a pair potential needs bytes per edge, SevenNet-0 kilobytes), the
+  precision and what XLA fuses: the chunk program is compiled for a probe batch
+  (the edge-budget size, on the padded graph) and XLA's memory analysis of it
+  (arguments + outputs + temporaries, the whole program counted as per-edge cost,
+  which overstates small probes and so errs safe) divided by the probe's edge
+  slots gives bytes per edge, once per potential, padded size and precision in a
+  process (:func:`probe_bytes_per_edge`). Headroom (default 0.7) covers what the
+  analysis does not see: the graph capacity growing during the run, the fresh
+  state a refill builds next to the running one, and allocator fragmentation;
+* ``max_batch`` caps the slots (default 128 on a CPU, none beyond memory on an
+  accelerator), and ``batch_fraction`` caps them at a fraction of the list.
+
+If a batch still runs out of device memory (XLA's RESOURCE_EXHAUSTED, raised as
+:class:`jax.errors.JaxRuntimeError`), the queue halves the batch and relaxes the
+structures that were in flight again from their input geometry; finished results
+stay, and later batches of that padded size start no larger. In float64 a
+structure's result does not depend on its batch (below), so the retry changes
+no result, only the time; a structure that does not fit alone raises the error.
 
 Why float64 by default (``precision``): in float32 a structure's forces depend on the
 batch it runs in at the 1e-5 eV/Å level, because the flattened batch graph changes
@@ -71,10 +105,12 @@ from jaxinv.potentials.base import Potential, check_species
 from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,
                                tree_select)
 
-__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH"]
+__all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "MEMORY_FRACTION", "device_memory",
+           "is_out_of_memory", "probe_bytes_per_edge"]
 
 PRECISIONS = ("float64", "float32")
-MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch
+MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch (a CPU)
+MEMORY_FRACTION = 0.7  # of the device's free memory one batch may take (an accelerator)
 RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
 
 log = logging.getLogger("jaxinv.relax")
@@ -100,6 +136,61 @@ def as_crystal(inputs) -> Crystal:
                     "pass pymatgen Structures, ASE Atoms or a Crystal")
 
 
+def device_memory(device=None) -> dict | None:
+    """``memory_stats()`` of ``device`` (default: the first local device) when it
+    reports a memory limit (GPUs, TPUs); None where it does not (a CPU)."""
+    device = jax.local_devices()[0] if device is None else device
+    try:
+        stats = device.memory_stats()
+    except (NotImplementedError, RuntimeError):  # backends without memory statistics
+        return None
+    if not stats or not stats.get("bytes_limit"):
+        return None
+    return stats
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is XLA running out of device memory (RESOURCE_EXHAUSTED)."""
+    return isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err)
+
+
+def program_bytes(compiled) -> int | None:
+    """Device bytes a compiled program needs at once: arguments, outputs (less what
+    they share with arguments) and temporaries, from XLA's memory analysis; None
+    where the backend gives no analysis."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+             + m.generated_code_size_in_bytes)
+    return int(total) if total > 0 else None
+
+
+_BYTES_PER_EDGE: dict = {}  # (chunk program, padded size, float dtype) -> measured bytes per edge slot
+
+
+def probe_bytes_per_edge(queue: "RelaxQueue", crystal: Crystal, members, n_slot: int, b: int) -> float | None:
+    """Bytes per edge slot of ``queue``'s compiled chunk program, measured by compiling it
+    for a probe batch of ``b`` slots holding ``members`` (input rows) padded to ``n_slot``
+    atoms, on the queue's graph sizes, and reading XLA's memory analysis. Nothing runs on
+    the device. Kept per program, padded size and precision for the process."""
+    dtype = batch_dtype()
+    key = (queue._chunk, int(n_slot), str(dtype))
+    if key in _BYTES_PER_EDGE:
+        return _BYTES_PER_EDGE[key]
+    members = [int(i) for i in members][:b]
+    probe = queue._slot_crystal(crystal, members + [-1] * (b - len(members)), n_slot)
+    graph = queue._sizes(n_slot)(probe)
+    state = jax.eval_shape(queue._start, probe, graph, queue._criteria(b, dtype))
+    total = program_bytes(queue._chunk.lower(queue.potential.params, state, jnp.int32(0)).compile())
+    per_edge = None if total is None else total / float(b * graph.capacity)
+    _BYTES_PER_EDGE[key] = per_edge
+    if per_edge is not None:
+        log.info("relaxation program: %.3g MB for %d slots x %d edge slots, %.0f bytes per edge", total / 1e6, b,
+                 graph.capacity, per_edge)
+    return per_edge
+
+
 def _results_template(crystal: Crystal) -> Crystal:
     """The inputs, with empty result labels to be filled in as structures finish (the
     input's own labels stay, except those a relaxation writes)."""
@@ -118,8 +209,10 @@ class RelaxQueue:
 
     Parameters: ``potential`` (any :class:`~jaxinv.potentials.Potential`),
     ``config`` (:class:`~jaxinv.relax.fire.FireConfig`), ``max_edges`` (edge
-    budget per batch, the memory knob), ``max_batch`` (upper bound on slots),
-    ``chunk_steps`` (steps between harvests), ``batch_fraction`` (largest
+    budget per batch on a CPU, and the probe's size on an accelerator),
+    ``memory_fraction`` (of the accelerator's free memory a batch may take),
+    ``max_batch`` (upper bound on slots; None: 128 on a CPU, memory alone on an
+    accelerator; the module docstring gives the whole rule), ``chunk_steps`` (steps between harvests), ``batch_fraction`` (largest
     batch as a fraction of the pending list; None: 1/4 on a CPU, 1 on an
     accelerator), ``compact`` (shrink the batch for the last few running
     structures), ``trajectory`` (keep every accepted frame in
@@ -132,18 +225,24 @@ class RelaxQueue:
     """
 
     def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = MAX_EDGES,
-                 max_batch: int = MAX_BATCH, chunk_steps: int = 20, batch_fraction: float | None = None,
+                 max_batch: int | None = None, chunk_steps: int = 20, batch_fraction: float | None = None,
                  compact: bool = True, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True,
                  precision: str | None = "float64", batch: int | None = None, bucket: bool = True,
-                 graph_floor: tuple | None = None):
+                 graph_floor: tuple | None = None, memory_fraction: float = MEMORY_FRACTION):
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
         self.precision = precision
         self.potential = potential
         self.config = config = config.for_potential(potential)
         self.max_edges = int(max_edges)
-        self.max_batch = int(max_batch)
+        self.max_batch = None if max_batch is None else int(max_batch)
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not 0.0 < memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+        self.memory_fraction = float(memory_fraction)
+        self.oom_limit: dict[int, int] = {}  # padded size -> most slots since a batch of it ran out of memory
         if batch_fraction is None:
             batch_fraction = 0.25 if jax.default_backend() == "cpu" else 1.0
         if not 0.0 < batch_fraction <= 1.0:
@@ -163,21 +262,38 @@ class RelaxQueue:
         self.graphs: dict[int, StickyGraph] = {}  # padded size -> graph sizes, kept between runs
         self._start, self._chunk = _compiled(potential.energy_fn, float(potential.cutoff), _static(config),
                                              self.chunk_steps, self.trajectory)
-        self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0, "relaxations": 0}
+        self.stats = {"graph_regrowths": 0, "chunks": 0, "compactions": 0, "relaxations": 0, "oom_retries": 0,
+                      "batch_sizes": []}
 
     def _criteria(self, b: int, dtype) -> Criteria:
         return Criteria.from_config(self.config, b, dtype)
 
     # --------------------------------------------------------------- helpers
-    def _batch_size(self, crystal: Crystal, members: np.ndarray, n_pending: int) -> int:
+    def _batch_size(self, crystal: Crystal, members, n_pending: int, n_slot: int | None = None) -> int:
+        """Slots of the next batch of ``members`` (input rows of one padded size ``n_slot``,
+        ``n_pending`` of them waiting): the rule of the module docstring, the one place
+        it is applied. On an accelerator the graph sizes of ``n_slot`` must already hold
+        the members (``_run_group`` sizes them first), since the probe compiles on them."""
+        members = np.asarray(members, int)
+        limit = self.oom_limit.get(n_slot)
         if self.batch is not None:
-            return self.batch
+            return self.batch if limit is None else min(self.batch, limit)
         c = crystal[members]
         n = c.n_atoms.astype(float)
         edges = n * n * 4.0 / 3.0 * np.pi * self.graph_cutoff**3 / np.maximum(c.volume, 1e-3)
         per_structure = max(float(np.percentile(edges, 90)), 1.0)
         by_list = int(np.ceil(self.batch_fraction * n_pending))
-        return int(np.clip(self.max_edges // per_structure, 1, min(self.max_batch, by_list)))
+        cap = min(by_list, limit or by_list)
+        b = int(np.clip(self.max_edges // per_structure, 1, min(cap, self.max_batch or MAX_BATCH)))
+        memory = device_memory()
+        if memory is not None:
+            n_slot = int(n_slot if n_slot is not None else crystal.n_max)
+            per_edge = probe_bytes_per_edge(self, crystal, members, n_slot, b)
+            if per_edge is not None:
+                free = float(memory["bytes_limit"]) - float(memory.get("bytes_in_use", 0))
+                per_slot = per_edge * self._sizes(n_slot).capacity
+                b = int(np.clip(self.memory_fraction * free // per_slot, 1, min(cap, self.max_batch or cap)))
+        return b
 
     def _sizes(self, n_slot: int) -> StickyGraph:
         """The graph sizes of one padded size. They grow with :data:`jaxinv.graph.HEADROOM` when they
@@ -278,12 +394,41 @@ class RelaxQueue:
         return out
 
     def _run_group(self, crystal, n_slot, pending, out, done, bar, save):
-        params = self.potential.params
         sizes = self._sizes(n_slot)
-        b = self._batch_size(crystal, np.asarray(list(pending)), len(pending))
         # size the graph for the whole group up front, so refills rarely recompile
         sizes(crystal[np.asarray(list(pending))])
-        slots = [pending.popleft() if pending else -1 for _ in range(b)]
+        while pending:
+            b = self._batch_size(crystal, np.asarray(list(pending)), len(pending), n_slot)
+            slots: list[int] = []  # filled in place, so that an error leaves what was in flight
+            try:
+                self._run_batch(crystal, n_slot, b, slots, pending, out, done, bar, save)
+            except jax.errors.JaxRuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+                in_flight = [i for i in slots if i >= 0]
+                if len(slots) <= 1:
+                    err.add_note(f"jaxinv: one structure (input {in_flight}) alone does not fit in device memory")
+                    raise
+                self._shrink(n_slot, len(slots), in_flight, pending)
+
+    def _shrink(self, n_slot: int, b: int, in_flight: list[int], pending: deque):
+        """After an out-of-memory error in a batch of ``b`` slots: halve the batch for this
+        padded size and queue the structures that were in flight again, first, to restart
+        from their input geometry (finished ones keep their results)."""
+        self.oom_limit[n_slot] = max(1, min(self.oom_limit.get(n_slot, b), b) // 2)
+        self.stats["oom_retries"] += 1
+        pending.extendleft(reversed(in_flight))
+        for i in in_flight:
+            self.trajectories.pop(i, None)  # frames of the abandoned attempt
+        log.warning("out of device memory with %d slots of %d atoms: %d structures restart in batches of %d",
+                    b, n_slot, len(in_flight), self.oom_limit[n_slot])
+
+    def _run_batch(self, crystal, n_slot, b, slots, pending, out, done, bar, save):
+        """Relax ``pending`` in a batch of ``b`` slots, refilled until the list is empty."""
+        params = self.potential.params
+        sizes = self._sizes(n_slot)
+        slots[:] = [pending.popleft() if pending else -1 for _ in range(b)]
+        self.stats["batch_sizes"].append(b)
         batch = self._slot_crystal(crystal, slots, n_slot)
         graph = sizes(batch)
         batch, graph = shard_batch((batch, graph))
@@ -296,7 +441,7 @@ class RelaxQueue:
             if free and pending:
                 state = self._refill(state, slots, free, pending, crystal, n_slot)
             elif self.compact and not pending:
-                state, slots = self._compacted(state, slots)
+                state, slots[:] = self._compacted(state, slots)
             occupied = sum(i >= 0 for i in slots)
             # leave the loop as soon as a slot can be refilled (or the batch compacted), so that
             # finished slots do not ride along, evaluated for nothing, to the end of the chunk
