@@ -122,11 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax bookkeeping at INFO
     if args.command in ("run", "evaluate"):
-        from jaxinv.xla_cache import drop_spurious_aot_errors, enable_compilation_cache
+        from jaxinv.xla_cache import use_compilation_cache
 
         # each command is a new process: reuse what earlier runs compiled (JAXINV_XLA_CACHE=off: don't)
-        if enable_compilation_cache() is not None:
-            drop_spurious_aot_errors()
+        use_compilation_cache()
     try:
         if args.command == "run":
             if args.list or not args.experiment:

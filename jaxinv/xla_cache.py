@@ -1,11 +1,12 @@
-"""A persistent XLA compilation cache for command-line runs.
+"""One persistent XLA compilation cache for the library, the ASE calculator and the CLI.
 
-Every ``jaxinv run ...`` is a fresh process, and on a CPU compiling SevenNet-0
-takes 13-20 s per batch shape, so a relaxation or search that needs five
-shapes spends about a minute compiling before it does any work. JAX can keep
-compiled executables on disk and load them in a later process; this module
-switches that on, in ``$JAXINV_XLA_CACHE`` or else ``<jaxinv cache>/xla``
-(``$JAXINV_CACHE``, default ``~/.cache/jaxinv``).
+Every new Python process compiles its programs again, and on a CPU compiling
+SevenNet-0 takes 13-20 s per batch shape, so a relaxation or search that needs
+five shapes spends about a minute compiling before it does any work. JAX can keep
+compiled executables on disk and load them in a later process; ``import jaxinv``
+switches that on (:func:`use_compilation_cache`), in ``$JAXINV_XLA_CACHE`` or else
+``<jaxinv cache>/xla`` (``$JAXINV_CACHE``, default ``~/.cache/jaxinv``), so a
+script, a notebook, ``JaxinvCalculator`` and ``jaxinv run`` all share it.
 
 ``JAXINV_XLA_CACHE=off`` turns it off. A cache directory the user already gave
 JAX (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is. Tracing
@@ -23,7 +24,7 @@ machine ... could lead to execution errors such as SIGILL"). They are false:
 ``prefer-no-gather``/``-scatter`` are LLVM tuning hints, not instruction-set
 features (openxla/xla#44565), and the executable loads and runs correctly.
 :func:`drop_spurious_aot_errors` filters exactly those lines out of the
-process's stderr, which the command line does whenever the cache is on.
+process's stderr whenever jaxinv turns the cache on.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["enable_compilation_cache", "default_cache_path", "drop_spurious_aot_errors"]
+__all__ = ["use_compilation_cache", "enable_compilation_cache", "default_cache_path", "drop_spurious_aot_errors"]
 
 OFF = {"0", "off", "false", "no", "none"}
 
@@ -81,7 +82,34 @@ def enable_compilation_cache(path: str | Path | None = None, min_compile_time_s:
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
+    _recheck_after_earlier_compilations()
     return target
+
+
+def _recheck_after_earlier_compilations() -> None:
+    """JAX decides once per process, at its first compilation, whether a cache is in use;
+    if something compiled before the directory was set, make it decide again."""
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:  # pragma: no cover - a JAX without that module: nothing to reset
+        return
+    if getattr(cc, "_cache_checked", False) and not getattr(cc, "_cache_used", True):
+        cc.reset_cache()
+
+
+_STATE: dict = {}
+
+
+def use_compilation_cache() -> Path | None:
+    """The cache every jaxinv entry point shares: :func:`enable_compilation_cache` once per
+    process, with XLA's false CPU-AOT errors filtered from stderr when it is on
+    (:func:`drop_spurious_aot_errors`). ``import jaxinv`` calls it; ``JAXINV_XLA_CACHE=off``
+    turns it off, and a cache directory the user gave JAX is used as it is."""
+    if "path" not in _STATE:
+        _STATE["path"] = path = enable_compilation_cache()
+        if path is not None:
+            drop_spurious_aot_errors()
+    return _STATE["path"]
 
 
 def _spurious(line: bytes) -> bool:

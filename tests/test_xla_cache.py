@@ -56,10 +56,12 @@ def test_default_path_under_jaxinv_cache(tmp_path, monkeypatch):
 FILTERED = r"""
 import os, subprocess, sys
 import jax, jax.numpy as jnp
-from jaxinv.xla_cache import drop_spurious_aot_errors, enable_compilation_cache
-enable_compilation_cache(min_compile_time_s=0.0)
-if sys.argv[1] == "filter":
-    assert drop_spurious_aot_errors()
+if sys.argv[1] == "filter":  # importing jaxinv turns the cache on and filters stderr
+    from jaxinv.xla_cache import use_compilation_cache
+    assert use_compilation_cache() is not None
+else:  # the same cache through JAX alone, unfiltered
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXINV_XLA_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 print("python line", file=sys.stderr, flush=True)
 os.write(2, b"E0000 00:00:00 other.cc:1] a real C++ error\n")
 subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child line\\n')"])
@@ -82,3 +84,29 @@ def test_spurious_aot_errors_are_dropped_and_nothing_else(tmp_path):
     for kept in ("python line", "a real C++ error", "child line", "progress 50%"):
         assert kept in filtered.stderr
     assert filtered.returncode == 3
+
+
+LIBRARY = r"""
+import json, sys
+import jax, jax.numpy as jnp
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
+jax.jit(lambda x: x + 1.0)(jnp.ones(3)).block_until_ready()  # a compilation before jaxinv is imported
+import jaxinv  # turns the shared cache on
+from jaxinv.xla_cache import use_compilation_cache
+jax.jit(lambda x: jnp.tanh(x) @ x.T - 2.0)(jnp.ones((8, 8))).block_until_ready()
+print(json.dumps({"dir": str(use_compilation_cache()), "hits": len(hits)}))
+"""
+
+
+def test_importing_jaxinv_shares_the_cache_even_after_an_earlier_compilation(tmp_path):
+    """Library users get the CLI's cache: JAX decides at its first compilation whether a cache
+    is used, so jaxinv must make it decide again when something compiled before the import."""
+    env = {**os.environ, "JAXINV_XLA_CACHE": str(tmp_path / "xla")}
+    run = lambda: subprocess.run([sys.executable, "-c", LIBRARY], env=env, capture_output=True, text=True,
+                                 timeout=300)
+    first, second = run(), run()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (first, second))
+    assert first == {"dir": str(tmp_path / "xla"), "hits": 0}
+    assert second["hits"] >= 1
