@@ -35,11 +35,14 @@ __all__ = ["Crystal", "bucket_size", "group_by_bucket"]
 
 
 def bucket_size(n: int, minimum: int = 4) -> int:
-    """Smallest padded size from a coarse ladder that holds ``n`` slots.
+    """Smallest padded size from jaxinv's one bucket ladder that holds ``n`` slots.
 
     The ladder is {4, 8, 12, 16, 24, 32, 48, 64, 96, 128, ...}: powers of two and
     1.5x powers of two, so padding wastes at most a third while the number of
     distinct shapes (and therefore of jit compilations) grows only logarithmically.
+    Atoms per structure, edge capacities (``minimum=16``) and relaxation batch sizes
+    all round up on it, so programs of different runs and compositions share shapes,
+    and the persistent compile cache serves them.
     """
     n = max(int(n), minimum)
     p = 2 ** math.floor(math.log2(n))

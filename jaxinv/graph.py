@@ -26,7 +26,7 @@ host-side :func:`neighbor_graph` then grows the capacity and rebuilds, outside j
 Graph sizing (one rule, here only), split as in jax-md's ``partition.py``:
 
 * :func:`allocate` (host, outside jit) builds a graph and sizes its edge capacity
-  by :func:`capacity_for`: ``capacity_bucket(int(headroom * most edges) + 4)``,
+  by :func:`capacity_for`: ``bucket_size(int(headroom * most edges) + 4, 16)``,
   with one headroom setting, :data:`HEADROOM`, for graphs rebuilt while atoms move
   (``headroom=None``: the exact bucket, for structures that stay put);
 * :func:`update` rebuilds a graph inside jit at its fixed sizes, and
@@ -39,7 +39,6 @@ a complete graph's edges.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from flax import struct
@@ -47,9 +46,9 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from jaxinv.crystal import Crystal
+from jaxinv.crystal import Crystal, bucket_size
 
-__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "edge_lengths", "capacity_bucket",
+__all__ = ["Graph", "neighbor_graph", "build_graph", "images_needed", "edge_vectors", "edge_lengths",
            "trim_graph", "grown_sizes", "MAX_IMAGES", "HEADROOM", "capacity_for", "allocate", "update",
            "did_buffer_overflow", "StickyGraph"]
 
@@ -84,25 +83,22 @@ HEADROOM = 1.2  # edge slots per edge needed, for graphs rebuilt (inside jit) wh
 _SLACK = 4  # slots on top of the headroom, for the smallest graphs
 
 
-def capacity_bucket(n: int, minimum: int = 16) -> int:
-    """Edge capacity rounded up to a multiple of 2^k/4, so capacities repeat often."""
-    n = max(int(n), minimum)
-    step = 2 ** max(math.floor(math.log2(n)) - 2, 0)
-    return int(math.ceil(n / step) * step)
+MIN_CAPACITY = 16  # the smallest edge capacity on the ladder
 
 
 def capacity_for(n_edges, headroom: float | None = HEADROOM) -> int:
     """The graph-sizing rule: edge capacity for graphs whose largest edge count is
-    ``max(n_edges)``, ``capacity_bucket(int(headroom * max(n_edges)) + 4)``.
+    ``max(n_edges)``, ``bucket_size(int(headroom * max(n_edges)) + 4, 16)``, on the one
+    ladder of :func:`~jaxinv.crystal.bucket_size`.
 
-    ``headroom=None`` gives the exact bucket, ``capacity_bucket(max(n_edges))``, for
+    ``headroom=None`` gives the exact bucket, ``bucket_size(max(n_edges), 16)``, for
     structures that do not move (labelling, training). Every graph capacity that is
     derived from counted edges comes from here.
     """
     n = int(np.max(np.asarray(n_edges), initial=1))
     if headroom is None:
-        return capacity_bucket(n)
-    return capacity_bucket(int(headroom * n) + _SLACK)
+        return bucket_size(n, MIN_CAPACITY)
+    return bucket_size(int(headroom * n) + _SLACK, MIN_CAPACITY)
 
 
 def images_needed(lattice, cutoff: float):
@@ -333,14 +329,17 @@ class StickyGraph:
         """Record edge counts of graphs built elsewhere (e.g. inside a jitted relaxation step)."""
         self.most_needed = max(self.most_needed, int(np.max(np.asarray(n_edges), initial=0)))
 
-    def tighten(self, slack: float = 1.5) -> bool:
+    def tighten(self, slack: float = 2.0) -> bool:
         """Once: lower the capacity to what was needed so far, with headroom, if the
         starting capacity (a generous floor) was more than ``slack`` times that.
 
-        Every padded edge costs as much as a real one in each potential call, and a
+        A padded edge costs a pair potential as much as a real one in each call, and a
         floor can overshoot by 2-3x (SiO2 frameworks are far less dense than their bond
-        length suggests). Called after a driver's first run, so a search recompiles
-        at most once for it. Returns whether the capacity changed.
+        length suggests). But the lower capacity is a new program to compile (15-60 s
+        for SevenNet-0 on a CPU, whose convolution skips padded edges anyway), so only
+        an overshoot of more than ``slack`` (two rungs of the ladder) is worth it. Called
+        after a driver's first run, so a search recompiles at most once for it. Returns
+        whether the capacity changed.
         """
         if self.tightened or self.most_needed == 0:
             return False

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from jaxinv.crystal import Crystal
+from jaxinv.crystal import Crystal, bucket_size
 from jaxinv.graph import (build_graph, edge_lengths, edge_vectors, image_slots, images_for, images_needed,
                           neighbor_graph)
 
@@ -177,10 +177,10 @@ def test_edge_lengths_and_their_derivatives_match_plain_autodiff(rng, float64):
 
 def test_graph_sizing_is_one_rule_allocate_then_update(batio3):
     """Every graph capacity derived from counted edges is ``capacity_for``: allocate with
-    headroom h gives capacity_bucket(int(h * most edges) + 4) (None: the exact bucket), the
+    headroom h gives bucket_size(int(h * most edges) + 4, 16) (None: the exact bucket), the
     same arrays a rebuild at that capacity gives; the relaxers' sticky graphs and regrowth
     use it too. ``update`` rebuilds at fixed sizes and flags the overflow of a densified cell."""
-    from jaxinv.graph import (HEADROOM, allocate, capacity_bucket, capacity_for, did_buffer_overflow, grown_sizes,
+    from jaxinv.graph import (HEADROOM, allocate, capacity_for, did_buffer_overflow, grown_sizes,
                               update)
     from jaxinv.graph import StickyGraph
 
@@ -189,15 +189,15 @@ def test_graph_sizing_is_one_rule_allocate_then_update(batio3):
     rc = 3.0
     exact = neighbor_graph(c, rc)
     most = int(np.max(np.asarray(exact.n_edges)))
-    assert most == 60 and exact.capacity == capacity_bucket(most) == capacity_for(exact.n_edges, None)
+    assert most == 60 and exact.capacity == bucket_size(most, 16) == capacity_for(exact.n_edges, None)
     assert allocate(c, rc, headroom=None).capacity == exact.capacity
     for h in (HEADROOM, 1.6, 3.0):
         g = allocate(c, rc, headroom=h)
-        assert g.capacity == capacity_bucket(int(h * most) + 4) == capacity_for(exact.n_edges, h)
+        assert g.capacity == bucket_size(int(h * most) + 4, 16) == capacity_for(exact.n_edges, h)
         rebuilt = neighbor_graph(c, rc, capacity=g.capacity, images=g.images)
         for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(rebuilt)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert StickyGraph(rc)(c).capacity == allocate(c, rc).capacity == capacity_bucket(int(HEADROOM * most) + 4)
+    assert StickyGraph(rc)(c).capacity == allocate(c, rc).capacity == bucket_size(int(HEADROOM * most) + 4, 16)
     assert allocate(c, rc, capacity=512).capacity == 512  # a minimum that fits is kept
     assert allocate(c, rc, capacity=16).capacity == allocate(c, rc).capacity  # one that does not grows by the rule
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from jaxinv.crystal import Crystal
+from jaxinv.crystal import Crystal, bucket_size
 from jaxinv.graph import neighbor_graph
 from jaxinv.potentials import UnsupportedElementError
 from toy_potentials import LJ
@@ -97,3 +97,34 @@ def test_vmap_and_jit_compose(triclinic):
                             jax.tree_util.tree_map(lambda x: x[None], gg)).energy[0]
     e_vmap = jax.vmap(one)(c, g)
     np.testing.assert_allclose(np.asarray(e_vmap), np.asarray(e_batch), rtol=1e-12)
+
+
+def test_calculator_shapes_only_grow_so_a_mixed_loop_compiles_a_few_times(perov, carbon):
+    """One JaxinvCalculator over mixed perov_5 (5 atoms) and carbon_24 (6-24 atoms) structures:
+    atom slots and edge capacity only grow on the bucket ladder, so a loop over them compiles a
+    few times (not once per size), a second pass compiles nothing, and each result equals a
+    direct batch evaluation."""
+    from jaxinv.potentials import lennard_jones
+    from jaxinv.potentials.calculator import JaxinvCalculator
+
+    pot = lennard_jones(sigma=2.0, epsilon=0.01, cutoff=5.0)
+    rng = np.random.default_rng(3)
+    structures = perov.structures(rng.choice(len(perov), 8, replace=False)) + carbon.structures(
+        rng.choice(len(carbon), 8, replace=False))
+    order = rng.permutation(len(structures))
+    atoms_list = Crystal.from_structures(structures).to_atoms()
+    direct = pot(Crystal.from_structures(structures))
+    calc, fn = JaxinvCalculator(pot), pot.compute_fn(True)
+    before = fn._cache_size()
+    for sweep in range(2):
+        for k in order:
+            atoms = atoms_list[k].copy()
+            atoms.calc = calc
+            n = len(atoms)
+            np.testing.assert_allclose(atoms.get_potential_energy(), float(direct.energy[k]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(atoms.get_forces(), np.asarray(direct.forces[k])[:n], atol=1e-5)
+        if sweep == 0:
+            first = fn._cache_size() - before
+    assert 1 <= first <= 4  # 16 structures of 5 to 12+ atoms
+    assert fn._cache_size() - before == first  # the second sweep reused every program
+    assert calc._slots == bucket_size(max(len(s) for s in structures)) > bucket_size(5)

@@ -5,11 +5,13 @@
     >>> atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 
 Each call rebuilds the neighbor graph on the host and runs the potential's
-jitted energy/forces/stress function. To keep ASE loops (relaxations, MD,
-screening different structures) from recompiling, atoms are padded to a
-bucket size (:func:`jaxinv.crystal.bucket_size`), and the graph's edge capacity
-and periodic-image range only ever grow: structures of similar size share one
-compiled function.
+jitted energy/forces/stress function. Every new shape is a new compilation
+(10-25 s for SevenNet-0 on a CPU), so the shapes only ever grow, on jaxinv's one
+bucket ladder (:func:`jaxinv.crystal.bucket_size`): the atom slots are the largest
+bucket met so far, and the edge capacity is sized with the relaxation headroom
+(:class:`jaxinv.graph.StickyGraph`), so an ASE relaxation or MD run, and a loop over
+different structures, compile a few times, not once per size. Compiled programs
+persist across processes in jaxinv's XLA cache (:mod:`jaxinv.xla_cache`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ase.calculators.calculator import Calculator, all_changes
 import jax
 
 from jaxinv.crystal import Crystal, bucket_size
-from jaxinv.graph import neighbor_graph
+from jaxinv.graph import StickyGraph
 from jaxinv.potentials.base import Potential, check_species
 
 __all__ = ["JaxinvCalculator"]
@@ -41,8 +43,8 @@ class JaxinvCalculator(Calculator):
         super().__init__(**kwargs)
         self.potential = potential
         self.compute_stress = compute_stress
-        self._capacity = 0  # edge slots: grow-only, so shapes repeat across calls
-        self._images = (0, 0, 0)
+        self._slots = 0  # atom slots: grow-only, so shapes repeat across calls
+        self._graph = StickyGraph(potential.cutoff)  # edge slots and image box: grow-only too
 
     @functools.cached_property
     def _atomic_energies(self):
@@ -50,13 +52,10 @@ class JaxinvCalculator(Calculator):
         return jax.jit(fn) if fn is not None else None
 
     def _inputs(self, atoms):
-        crystal = Crystal.from_atoms([atoms], n_max=bucket_size(len(atoms)), labels={})
+        self._slots = max(self._slots, bucket_size(len(atoms)))
+        crystal = Crystal.from_atoms([atoms], n_max=self._slots, labels={})
         check_species(self.potential, crystal)
-        graph = neighbor_graph(crystal, self.potential.cutoff, capacity=self._capacity or None,
-                               images=self._images)
-        self._capacity = max(self._capacity, graph.capacity)  # (already rounded up to a bucket)
-        self._images = tuple(max(a, b) for a, b in zip(self._images, graph.images))
-        return crystal, graph
+        return crystal, self._graph(crystal)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

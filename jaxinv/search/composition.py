@@ -139,14 +139,15 @@ def graph_floor(space: SearchSpace, cutoff: float) -> tuple[tuple[int, int, int]
     cutoff this gives 1,331 slots, against 405 needed by the median cell and 891 by
     the largest (the earlier per-axis floor, 0.4 times the width, gave 6,859).
     """
-    from jaxinv.graph import capacity_bucket
+    from jaxinv.crystal import bucket_size
+    from jaxinv.graph import MIN_CAPACITY
 
     n = space.n_max
     if space.cluster:
         v_atom = space.volume_per_atom or space.bond_length**3 / np.sqrt(2.0)
-        return (1, 1, 1), capacity_bucket(n * max(n - 1, 1))
+        return (1, 1, 1), bucket_size(n * max(n - 1, 1), MIN_CAPACITY)
     v_atom = space.volume_per_atom or 1.5 * space.bond_length**3 / np.sqrt(2.0)
     width = 0.75 * (n * v_atom) ** (1.0 / 3.0)
     images = int(np.floor(cutoff / width)) + 1
     per_atom = 4.0 / 3.0 * np.pi * cutoff**3 / v_atom
-    return (images,) * 3, capacity_bucket(int(2.0 * n * per_atom) + 16)
+    return (images,) * 3, bucket_size(int(2.0 * n * per_atom) + 16, MIN_CAPACITY)
