@@ -19,12 +19,13 @@ compilation cache hit for 'NAME'") the summed XLA compile time, the number of
 compiled programs (one per "Finished XLA compilation" line: a jit program for one
 set of shapes; "distinct" counts distinct (name, shapes) pairs), the summed
 tracing and lowering time, and the persistent-cache hits. With a cache hit the
-"XLA compilation" is the load from disk. jaxinv stores only programs that took at
-least 1 s to compile (jaxinv/xla_cache.py), so small programs compile again in
-every process.
+"XLA compilation" is the load from disk. jaxinv stores every program (jaxinv/xla_cache.py;
+before 2026-12-06 only those that took at least 1 s, so small ones compiled again in
+every process).
 
     python benchmarks/bench_cold.py --workflows relax12 relax64 --core 0
     python benchmarks/bench_cold.py --workflows search_nacl --core 1
+    python benchmarks/bench_cold.py --workflows search_gaas_after_nacl calculator100 --core 1
     python benchmarks/bench_cold.py --workflows generate --model <train_generative run> --core 0
     python benchmarks/bench_cold.py --report        # markdown tables of benchmarks/results/cold/*.json
 
@@ -50,7 +51,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cold"
 
-# workflow -> jaxinv run arguments ({out} is the run's temporary out_dir)
+# workflow -> jaxinv run arguments ({out} is the run's temporary out_dir); a pair gives the cold
+# and the warm-cache run different arguments (a second composition reusing the first's programs);
+# "python ..." runs a script of this folder instead of `jaxinv run`
 WORKFLOWS = {
     "relax12": "relax data=perov_5 data.split=test data.limit=12 potential=sevennet0 progress=false out_dir={out}",
     "relax64": "relax data=perov_5 data.split=test data.limit=64 potential=sevennet0 progress=false out_dir={out}",
@@ -59,7 +62,19 @@ WORKFLOWS = {
     "quickstart": "quickstart progress=false out_dir={out}",
     "generate": "generate model={model} n=100 progress=false out_dir={out}",
     "generate_noeval": "generate model={model} n=100 evaluate=false progress=false out_dir={out}",
+    "search_gaas_after_nacl": ("search composition=Na1Cl1 potential=sevennet0 max_relaxations=48 progress=false "
+                              "out_dir={out}",
+                              "search composition=Ga1As1 potential=sevennet0 max_relaxations=48 progress=false "
+                              "out_dir={out}"),
+    "calculator100": "python calculator_mixed.py",
 }
+
+
+def command(args: str, out, model) -> list[str]:
+    """The argv of one run."""
+    if args.startswith("python "):
+        return [sys.executable, str(HERE / args.split()[1]), *args.split()[2:]]
+    return ["jaxinv", "run", *args.format(out=out, model=model).split()]
 
 XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -114,8 +129,8 @@ def run_once(argv: list[str], env: dict, core: int, log_path: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log_path, "w") as err:
-        proc = subprocess.run(["taskset", "-c", str(core), *argv], env=env, stdout=subprocess.DEVNULL,
-                              stderr=err, cwd=HERE.parent)
+        proc = subprocess.run(["taskset", "-c", str(core), *argv], env=env, stdout=subprocess.PIPE,
+                              stderr=err, cwd=HERE.parent, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     text = log_path.read_text(errors="replace")
@@ -125,6 +140,9 @@ def run_once(argv: list[str], env: dict, core: int, log_path: Path) -> dict:
            "sys_s": round(after.ru_stime - before.ru_stime, 2),
            "max_rss_mb": round(after.ru_maxrss / 1024, 1)}
     out.update(parse_log(text))
+    last = (proc.stdout or "").strip().splitlines()[-1:]  # a script's JSON summary line
+    if argv[0] == sys.executable and last and last[0].startswith("{"):
+        out["summary"] = json.loads(last[0])
     if proc.returncode:
         out["stderr_tail"] = text[-3000:]
     return out
@@ -146,11 +164,12 @@ def bench(name: str, core: int, model: str | None, keep_logs: Path | None) -> di
     result = {"workflow": name, "core": core, "host": platform.node(), "cpus": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "xla_flags": XLA_FLAGS}
     try:
-        for phase in ("cold", "warm_cache"):
+        for phase, phase_args in zip(("cold", "warm_cache"), args if isinstance(args, tuple) else (args, args)):
             out = Path(tempfile.mkdtemp(prefix=f"jaxinv-out-{name}-"))
             shutil.rmtree(out)  # jaxinv creates it; an existing folder would mean "resume"
-            argv = ["jaxinv", "run", *args.format(out=out, model=model).split()]
-            result["command"] = f"taskset -c {core} jaxinv run " + args.format(out="<tmp>", model=model or "<model>")
+            argv = command(phase_args, out, model)
+            shown = " ".join(command(phase_args, "<tmp>", model or "<model>")).replace(sys.executable, "python")
+            result["command" if phase == "cold" else "command_warm_cache"] = f"taskset -c {core} {shown}"
             log = Path(tempfile.mkstemp(prefix=f"jaxinv-{name}-{phase}-", suffix=".log")[1])
             print(f"[{time.strftime('%H:%M:%S')}] {name} {phase}: {' '.join(argv)}", flush=True)
             r = run_once(argv, env, core, log)
