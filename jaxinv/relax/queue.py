@@ -70,7 +70,10 @@ pending list (default 1/4), so finished slots are refilled from the rest of
 the list instead of idling until the slowest structure converges. Once the
 list is empty and at most a quarter of the slots are still running, the
 running ones are gathered into a smaller batch (``compact``); each smaller
-size compiles once.
+size compiles once. That is the default on a CPU only: on an accelerator a
+batch costs about what one structure does until the device is saturated, so
+the tail of a run costs little in a full batch, while every smaller size would
+cost another compilation (tens of seconds for SevenNet-0).
 
 A search relaxes a batch of the same size every generation. With ``batch`` (a fixed
 number of slots) and ``bucket=False`` (every structure padded to the input's width) the
@@ -215,7 +218,7 @@ class RelaxQueue:
     accelerator; the module docstring gives the whole rule), ``chunk_steps`` (steps between harvests), ``batch_fraction`` (largest
     batch as a fraction of the pending list; None: 1/4 on a CPU, 1 on an
     accelerator), ``compact`` (shrink the batch for the last few running
-    structures), ``trajectory`` (keep every accepted frame in
+    structures; None: on a CPU only), ``trajectory`` (keep every accepted frame in
     :attr:`trajectories`), ``checkpoint`` (a directory), ``progress``,
     ``precision`` (float64, the default, makes a structure's result independent
     of its batch, see the module docstring; None keeps the process's setting),
@@ -226,7 +229,7 @@ class RelaxQueue:
 
     def __init__(self, potential: Potential, config: FireConfig = FireConfig(), max_edges: int = MAX_EDGES,
                  max_batch: int | None = None, chunk_steps: int = 20, batch_fraction: float | None = None,
-                 compact: bool = True, trajectory: bool = False,
+                 compact: bool | None = None, trajectory: bool = False,
                  checkpoint: str | None = None, checkpoint_every: float = 30.0, progress: bool = True,
                  precision: str | None = "float64", batch: int | None = None, bucket: bool = True,
                  graph_floor: tuple | None = None, memory_fraction: float = MEMORY_FRACTION):
@@ -250,7 +253,7 @@ class RelaxQueue:
         self.batch_fraction = float(batch_fraction)
         self.batch = None if batch is None else int(batch)
         self.bucket = bool(bucket)
-        self.compact = bool(compact)
+        self.compact = jax.default_backend() == "cpu" if compact is None else bool(compact)
         self.chunk_steps = int(chunk_steps)
         self.trajectory = bool(trajectory)
         self.trajectories: dict[int, dict] = {}  # input index -> lattice (T,3,3), frac (T,n,3), energy (T,)
