@@ -21,6 +21,12 @@ CONFIG = FireConfig(fmax=1e-3)
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456 bytes."
 
 
+def _rounded_down(b: int, limit: int) -> bool:
+    """``b`` is ``limit``, or ``limit`` rounded down to a size on a ladder whose steps are
+    at most 1.5x apart (what a queue may do to compile fewer distinct batch shapes)."""
+    return 2 * limit <= 3 * b and b <= limit
+
+
 def _same_results(a: Crystal, b: Crystal, tol=1e-9):
     np.testing.assert_array_equal(a.labels["status"], b.labels["status"])
     np.testing.assert_array_equal(a.labels["steps"], b.labels["steps"])
@@ -49,7 +55,7 @@ def _failing_chunk(queue, k: int, after: int = 0, message: str = OOM):
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_finished_results():
-    structures = rattled(10, seed=21, sigma=0.15)  # they finish at different steps
+    structures = rattled(8, seed=21, sigma=0.15)  # they finish at different steps
     settings = dict(batch_fraction=1.0, chunk_steps=5, progress=False)  # precision float64, the default
     reference = RelaxQueue(LJ, CONFIG, **settings).run(structures)
     assert converged(reference).all() and len(set(reference.labels["steps"].tolist())) > 1
@@ -58,8 +64,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_finished_results():
     # out of memory for batches of more than 3 slots, once the first structures have finished
     # (chunks of 5 steps; a fresh slot's first step only evaluates it)
     steps = np.sort(reference.labels["steps"])
-    assert steps[0] // 5 + 2 < steps[-3] // 5
-    failures = _failing_chunk(queue, k=3, after=int(steps[0]) // 5 + 2)
+    after = (int(steps[0]) + 5) // 5  # calls that take the first structure past its last step
+    assert 5 * after < steps[-3]  # while three still run (so the batch has not been compacted)
+    failures = _failing_chunk(queue, k=3, after=after)
     shrinks = []
     shrink = queue._shrink
     queue._shrink = lambda n_slot, b, in_flight, pending: (shrinks.append(list(in_flight)),
@@ -67,11 +74,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_finished_results():
     result = queue.run(structures)
 
     _same_results(result, reference)
-    assert failures[0]["slots"] == 10 and failures[0]["finished"] > 0  # some had finished before the failure
-    assert len(shrinks[0]) == 10 - failures[0]["finished"]  # only those in flight were relaxed again
+    assert failures[0]["slots"] == 8 and failures[0]["finished"] > 0  # some had finished before the failure
+    assert len(shrinks[0]) == 8 - failures[0]["finished"]  # only those in flight were relaxed again
     assert queue.stats["oom_retries"] == len(failures) >= 2
     sizes = list(queue.stats["batch_sizes"])
-    assert sizes[0] == 10 and sizes[-1] <= 3  # halved until a batch fits
+    assert sizes[0] == 8 and sizes[-1] <= 3  # halved until a batch fits
     assert all(later <= earlier // 2 for earlier, later in zip(sizes, sizes[1:]))
     assert queue.oom_limit[4] <= 3
 
@@ -148,7 +155,8 @@ def test_batch_fills_a_fraction_of_the_device_memory(monkeypatch, float64):
     budget = 64 * 2**20
     _fake_device(monkeypatch, free=budget)
     b = queue._batch_size(crystal, members, len(members), 4)
-    assert b == int(0.7 * budget // (per_edge * sizes.capacity)) > cpu  # the memory rule, not the edge budget
+    expected = int(0.7 * budget // (per_edge * sizes.capacity))
+    assert _rounded_down(b, expected) and b > cpu  # the memory rule, not the edge budget
     assert b > MAX_BATCH  # no fixed count caps it on a device with memory
 
     # the compiled program at that size fits the budget, and fills a good part of it
@@ -159,16 +167,16 @@ def test_batch_fills_a_fraction_of_the_device_memory(monkeypatch, float64):
 
     # a quarter of the memory: about a quarter of the slots; little memory: one slot
     _fake_device(monkeypatch, free=budget / 4)
-    assert abs(queue._batch_size(crystal, members, len(members), 4) - b / 4) <= 1
+    assert _rounded_down(queue._batch_size(crystal, members, len(members), 4), expected // 4)
     _fake_device(monkeypatch, free=1.0)
     assert queue._batch_size(crystal, members, len(members), 4) == 1
     # explicit caps still hold: max_batch, the list, and the limit an out-of-memory error set
     _fake_device(monkeypatch, free=budget)
-    assert RelaxQueue(LJ, CONFIG, max_batch=50, batch_fraction=1.0,
-                      progress=False)._batch_size(crystal, members, len(members), 4) == 50
-    assert queue._batch_size(crystal, members[:30], 30, 4) == 30
+    assert _rounded_down(RelaxQueue(LJ, CONFIG, max_batch=50, batch_fraction=1.0,
+                                    progress=False)._batch_size(crystal, members, len(members), 4), 50)
+    assert _rounded_down(queue._batch_size(crystal, members[:30], 30, 4), 30)
     queue.oom_limit[4] = 17
-    assert queue._batch_size(crystal, members, len(members), 4) == 17
+    assert _rounded_down(queue._batch_size(crystal, members, len(members), 4), 17)
 
 
 def test_memory_sized_run_gives_the_same_results(monkeypatch):
