@@ -31,13 +31,13 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Crystal", "bucket_size", "group_by_bucket"]
+__all__ = ["Crystal", "bucket_size", "bucket_floor", "group_by_bucket"]
 
 
 def bucket_size(n: int, minimum: int = 4) -> int:
     """Smallest padded size from jaxinv's one bucket ladder that holds ``n`` slots.
 
-    The ladder is {4, 8, 12, 16, 24, 32, 48, 64, 96, 128, ...}: powers of two and
+    The ladder is {4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, ...}: powers of two and
     1.5x powers of two, so padding wastes at most a third while the number of
     distinct shapes (and therefore of jit compilations) grows only logarithmically.
     Atoms per structure, edge capacities (``minimum=16``) and relaxation batch sizes
@@ -50,6 +50,16 @@ def bucket_size(n: int, minimum: int = 4) -> int:
         if candidate >= n:
             return int(candidate)
     return int(2 * p)  # unreachable, kept for clarity
+
+
+def bucket_floor(n: int, minimum: int = 4) -> int:
+    """The largest size on the :func:`bucket_size` ladder that is at most ``n`` (``n`` itself
+    below ``minimum``): a batch sized by a budget rounds down on it, staying in budget."""
+    n = int(n)
+    if n < minimum:
+        return max(n, 1)
+    p = 2 ** math.floor(math.log2(n))
+    return int((3 * p) // 2 if (3 * p) // 2 <= n and p >= 2 else p)
 
 
 def _xp(x):

@@ -264,8 +264,8 @@ def test_cpu_batches_hold_a_quarter_of_the_list():
     queue = RelaxQueue(LJ, FireConfig(), progress=False)
     crystal = Crystal.from_structures(rattled(40, seed=14))
     assert queue.batch_fraction == 0.25  # the test machine is a CPU
-    assert queue._batch_size(crystal, np.arange(40), 40) == 10
-    assert RelaxQueue(LJ, batch_fraction=1.0, progress=False)._batch_size(crystal, np.arange(40), 40) == 40
+    assert queue._batch_size(crystal, np.arange(40), 40) == 8  # a quarter, 10, rounded down on the bucket ladder
+    assert RelaxQueue(LJ, batch_fraction=1.0, progress=False)._batch_size(crystal, np.arange(40), 40) == 32
     with pytest.raises(ValueError, match="batch_fraction"):
         RelaxQueue(LJ, batch_fraction=0.0)
 

@@ -65,7 +65,7 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from jaxinv.crystal import Crystal
+from jaxinv.crystal import Crystal, bucket_size
 from jaxinv.graph import Graph, build_graph, edge_lengths
 from jaxinv.potentials.base import strained
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
@@ -245,15 +245,16 @@ def tree_select(mask, a, b):
 
 
 def gather_slots(state: "RelaxState", live) -> tuple["RelaxState", np.ndarray]:
-    """The slots ``live`` (indices) of a state, in the smallest power-of-two batch that holds them.
+    """The slots ``live`` (indices) of a state, in the smallest batch on the bucket ladder
+    (:func:`~jaxinv.crystal.bucket_size`, at least 4) that holds them.
 
     A batch on a CPU costs about the sum of its slots, so finished slots are dropped
-    instead of evaluated every step; powers of two keep the number of compiled shapes
+    instead of evaluated every step; the ladder keeps the number of compiled shapes
     small. The extra slots are frozen copies of ``live[0]`` (status CONVERGED) and must
     not be read back: the second return value marks them.
     """
     live = np.asarray(live)
-    size = 1 << (len(live) - 1).bit_length()
+    size = bucket_size(len(live))
     keep = np.concatenate([live, np.full(size - len(live), live[0])])
     state = jax.tree_util.tree_map(lambda x: x[keep], state)
     pad = np.arange(size) >= len(live)
