@@ -25,7 +25,7 @@ later failure or timeout loses nothing; a timed-out section keeps what it had wr
   (variation operators, their compilation, and the relaxation).
 
 ``--smoke`` runs the same code on a few structures with a Lennard-Jones potential, on
-a CPU in well under a minute (``tests/test_gpu_bench.py``). Budgets: each section
+a CPU in about a minute (``tests/test_gpu_bench.py``). Budgets: each section
 gets a soft budget (it skips optional work, e.g. larger batch sizes or the warm
 repeat, once past it) and a hard timeout (its process is killed), so the whole
 stays within ``--total`` seconds.
@@ -214,7 +214,7 @@ def potential_info(pot) -> dict:
     """Which potential ran and, for SevenNet-0, where its weights came from."""
     meta = pot.metadata or {}
     info = {"name": pot.name, "cutoff": float(pot.cutoff)}
-    config = getattr(pot, "config", None) or meta.get("config")
+    config = meta.get("config")  # a NequIP potential's (SevenNet-0's) settings
     if hasattr(config, "edge_chunk"):
         info.update(edge_chunk=config.edge_chunk, radial_grid=getattr(config, "radial_grid", None))
     if "sha256" in meta:
