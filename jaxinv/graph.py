@@ -234,10 +234,22 @@ def _candidates(crystal: Crystal, cutoff: float, images: tuple):
     return jax.vmap(fn)(crystal.lattice, crystal.frac, crystal.mask)
 
 
+def _candidates_on_ladder(c: Crystal, cutoff: float, images: tuple):
+    """:func:`_candidates` with the batch padded up the bucket ladder by empty cells, so the
+    batch counts a run meets compile a few programs, not one each."""
+    b = c.batch_size
+    extra = bucket_size(b) - b
+    if extra:
+        pad = lambda x, v: np.concatenate([x, np.full((extra,) + x.shape[1:], v, x.dtype)])
+        c = Crystal(np.concatenate([c.lattice, np.broadcast_to(10.0 * np.eye(3, dtype=c.lattice.dtype), (extra, 3, 3))]),
+                    pad(c.frac, 0.0), pad(c.numbers, 0), pad(c.mask, False))
+    return tuple(np.asarray(x)[:b] for x in _candidates(c, float(cutoff), images))
+
+
 def _compact_on_host(c: Crystal, cutoff: float, images: tuple, capacity: int | None):
     """Candidates on the device, compaction with NumPy (much faster than a jitted
     scatter on CPU); returns padded edge arrays of one chunk."""
-    ok, offset, image_overflow, grid = (np.asarray(x) for x in _candidates(c, float(cutoff), images))
+    ok, offset, image_overflow, grid = _candidates_on_ladder(c, cutoff, images)
     b, n, _, k = ok.shape
     rows, idx = np.nonzero(ok.reshape(b, -1))
     counts = np.bincount(rows, minlength=b)

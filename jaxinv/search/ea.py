@@ -116,14 +116,16 @@ def _cheap_operators(space, config: EAConfig, rates: tuple):
 
 
 @functools.lru_cache(maxsize=16)
-def _soft_mutations(energy_fn, cutoff: float, amplitude: tuple, images: tuple, capacity: int):
-    """Jitted ``soften(params, keys, population, rows)``: soft mutations of
+def _soft_mutations(energy_fn, cutoff: float, images: tuple, capacity: int):
+    """Jitted ``soften(params, amplitude, keys, population, rows)``: soft mutations of
     ``population[rows]``. Cached by static settings (the potential's ``energy_fn``, not the
-    potential object); the parameters are an argument, so they are never stale."""
+    potential object); the parameters and the amplitude (Å, from the composition's bond
+    length) are arguments, so they are never stale and another composition of the same
+    shapes reuses the compiled program, in this process or from the persistent cache."""
 
     @jax.jit
-    def soften(params, keys, population: Crystal, rows):
-        op = ops.soft_mutation(energy_fn, params, cutoff, images, capacity, amplitude=amplitude)
+    def soften(params, amplitude, keys, population: Crystal, rows):
+        op = ops.soft_mutation(energy_fn, params, cutoff, images, capacity, amplitude=(amplitude[0], amplitude[1]))
         mothers = take(population, rows)
         return jax.vmap(op)(keys, mothers, mothers)
 
@@ -134,9 +136,9 @@ def _make_soften(problem: Problem, config: EAConfig, images, capacity):
     """``soften(keys, population, rows)``: soft mutations of ``population[rows]`` with the
     problem's potential, ``SOFT_CHUNK`` of them per call (one compilation per graph size)."""
     pot = problem.potential
-    amplitude = tuple(a * problem.space.bond_length for a in config.soft_amplitude)
-    soften = _soft_mutations(pot.energy_fn, pot.cutoff, amplitude, tuple(images), int(capacity))
-    return lambda keys, population, rows: soften(pot.params, keys, population, rows)
+    amplitude = np.array([a * problem.space.bond_length for a in config.soft_amplitude], np.float32)
+    soften = _soft_mutations(pot.energy_fn, pot.cutoff, tuple(images), int(capacity))
+    return lambda keys, population, rows: soften(pot.params, amplitude, keys, population, rows)
 
 
 def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers, soften) -> Crystal:
