@@ -1,10 +1,6 @@
-"""Substitution enumeration, the funnel's stages, resumability and sharding."""
+"""Substitution enumeration, the funnel's stages, resumability and shard files
+(sharding over devices and processes: tests/test_distributed.py)."""
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,32 +252,3 @@ def test_shard_manifest_and_merge(tmp_path):
         merge_shards(tmp_path)
     save_shard(tmp_path, shard_for_process(10, 1, 3), cands.select(shard_for_process(10, 1, 3).indices))
     assert merge_shards(tmp_path).ids.tolist() == cands.ids.tolist()
-
-
-SHARDED = textwrap.dedent("""
-    import json, sys
-    import numpy as np, jax
-    from jaxinv.screening.train import PropertyModel
-    from jaxinv.screening.models import ensemble_init
-    from jaxinv.screening.sharding import sharded_predict, batch_mesh
-    assert jax.local_device_count() == 4, jax.devices()
-    m = PropertyModel("composition", ("a", "b"), {"hidden": [16]})
-    x = np.random.default_rng(0).normal(size=(37, 6)).astype(np.float32)
-    m.params = ensemble_init(m.module, jax.random.PRNGKey(0), 3, x[:2])
-    m.y_mean, m.y_std, m.sigma_scale = np.zeros(2), np.ones(2), np.ones(2)
-    one = m.predict_inputs(x)
-    four = sharded_predict(m, x, batch_mesh(), batch_size=16)
-    single = sharded_predict(m, x, batch_mesh(jax.local_devices()[:1]), batch_size=16)
-    print(json.dumps({"mean4": np.abs(one[0] - four[0]).max().item(), "std4": np.abs(one[1] - four[1]).max().item(),
-                      "mean1": np.abs(single[0] - four[0]).max().item(), "n": len(four[0])}))
-""")
-
-
-def test_sharded_equals_unsharded_on_four_cpu_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["n"] == 37
-    assert r["mean4"] < 1e-6 and r["std4"] < 1e-6 and r["mean1"] < 1e-6

@@ -8,6 +8,13 @@ and the step is a pure function of (state, batch, key).
 
 GAN batches hold ``n_critic`` real batches stacked on a leading axis: the
 critic takes ``n_critic`` steps (``lax.scan``) and the generator one.
+
+With several devices (all devices of all processes) that divide the batch size,
+the train step is data-parallel: the crystals of a batch are split over a
+:func:`jaxinv.distributed.batch_mesh` and the state is replicated, so each device
+computes the loss of its crystals and XLA sums the gradients. Random draws do not
+depend on the split (JAX's partitionable threefry), so training follows the
+one-device run up to the order of float32 sums.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
+from jaxinv.distributed import data_mesh, replicate, shard_rows
 from jaxinv.generative.models import frac_to_vec
 from jaxinv.generative.symmetry import augment_frac, augment_voxels, sort_slots
 
@@ -219,13 +227,22 @@ def generator_loss(model, gen_params, critic_params, batch, key):
 
 
 # ---------------------------------------------------------------- factories
-def make_train_step(model):
+def make_train_step(model, mesh="auto"):
     """The jitted ``train_step(state, batch, key) -> (state, metrics)`` of a model
     (built once per model object, so repeated training calls compile once). Inside
-    :func:`record_losses` the step also hands its metrics to the model's :class:`LossLog`."""
+    :func:`record_losses` the step also hands its metrics to the model's :class:`LossLog`.
+
+    ``mesh``: the devices a batch's crystals are split over (data parallelism); by
+    default all devices when there are several, None for one device. A batch whose
+    size they do not divide runs unsplit. Every process of a multi-process run passes
+    the same batch and key."""
     if "train_step" not in model.jit_cache:
         model.jit_cache["train_step"] = _build_train_step(model)
     fn = model.jit_cache["train_step"]
+    if isinstance(mesh, str) and mesh == "auto":
+        mesh = data_mesh()
+    if mesh is not None:
+        fn = _data_parallel(fn, mesh, 0 if model.is_vae else 1)
     loss_log = model.jit_cache.get("loss_log")
     if loss_log is None:
         return fn
@@ -236,6 +253,19 @@ def make_train_step(model):
         return new, m
 
     return recorded_step
+
+
+def _data_parallel(fn, mesh, axis: int):
+    """``fn(state, batch, key)`` with the batch's crystals (axis ``axis``: 1 for a GAN's
+    stacked critic batches) split over ``mesh`` and the state and key replicated."""
+    def step(state, batch, key):
+        rows = jax.tree_util.tree_leaves(batch)[0].shape[axis]
+        if rows % mesh.devices.size:
+            return fn(state, batch, key)
+        state, key = replicate((state, key), mesh)
+        return fn(state, shard_rows(batch, mesh, axis), key)
+
+    return step
 
 
 # ------------------------------------------------------------- loss history

@@ -16,9 +16,12 @@ root of the mean neighbor count of the training graphs, as NequIP does.
 
 Batches are bucketed by atom count and padded to a fixed batch size, and each
 bucket's graphs get one edge capacity, so the train step compiles once per
-bucket. Every epoch ends with validation metrics (MAE of energy per atom,
-force components and stress components) and an orbax checkpoint; a killed run
-resumes from its last finished epoch.
+bucket. With several devices that divide the batch size, every batch is split
+over them (:func:`jaxinv.distributed.data_mesh`, all devices of all processes)
+and the parameters are replicated: each device computes the loss and gradients
+of its structures and XLA sums the gradients. Every epoch ends with validation
+metrics (MAE of energy per atom, force components and stress components) and an
+orbax checkpoint; a killed run resumes from its last finished epoch.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import optax
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
+from jaxinv.distributed import data_mesh, replicate, shard_rows, to_host
 from jaxinv.graph import allocate, neighbor_graph
 from jaxinv.potentials.base import Potential, energy_forces_stress
 from jaxinv.potentials.nequip import NequIPConfig, init_params, nequip_energy_fn, nequip_potential
@@ -119,12 +123,18 @@ class Trainer:
     """Trains a :class:`~jaxinv.potentials.nequip.NequIPConfig` model on labelled crystals."""
 
     def __init__(self, model: NequIPConfig, config: TrainConfig, train: Crystal, valid: Crystal | None = None,
-                 init_params_from=None, progress: bool = True):
+                 init_params_from=None, progress: bool = True, mesh="auto"):
+        """``mesh``: the devices a batch is split over (data parallelism); by default all
+        devices when there are several and they divide ``config.batch_size``, None for one
+        device. Every process of a multi-process run passes the same data."""
         if model.radial_grid:
             raise ValueError("model.radial_grid must be 0 for training: radial tables do not follow the "
                              "MLP weights; tabulate the trained model instead (load_trained(radial_grid=...))")
         self.cfg = config
         self.progress = progress
+        if isinstance(mesh, str) and mesh == "auto":
+            mesh = data_mesh(config.batch_size)
+        self.mesh = mesh
         self.train, self.valid = train.to_host(), valid.to_host() if valid is not None else None
         self.use_stress = "stress" in self.train.labels and (valid is None or "stress" in self.valid.labels)
         if config.fit_shift_scale and init_params_from is None:
@@ -163,7 +173,10 @@ class Trainer:
                 idx = members[start:start + self.cfg.batch_size]
                 c = data[idx].pad(n_max=n_slot, batch_size=self.cfg.batch_size)
                 c = c.replace(labels={k: np.nan_to_num(v) for k, v in c.labels.items()})
-                out.append((c, neighbor_graph(c, self.model.cutoff, capacity=capacity)))
+                batch = (c, neighbor_graph(c, self.model.cutoff, capacity=capacity))
+                if self.mesh is not None:
+                    batch = shard_rows(jax.tree_util.tree_map(np.asarray, batch), self.mesh)
+                out.append(batch)
         return out
 
     # ------------------------------------------------------------------- loop
@@ -201,6 +214,8 @@ class Trainer:
                 self.history = json.loads(bytes(np.asarray(tree["history"]).astype(np.uint8)).decode() or "[]")
                 start_epoch = step
                 log.info("resumed training at epoch %d", start_epoch)
+        if self.mesh is not None:
+            self.params, opt_state = replicate((self.params, opt_state), self.mesh)
         from tqdm import tqdm
 
         rng = np.random.default_rng(self.cfg.seed)
@@ -225,6 +240,8 @@ class Trainer:
                                       "history": history})
         if ckpt is not None:
             ckpt.close()
+        if self.mesh is not None:  # plain arrays on the default device, as after a one-device fit
+            self.params = jax.tree_util.tree_map(jnp.asarray, to_host(self.params))
         return nequip_potential(self.model, self.params, name="nequip-trained")
 
 

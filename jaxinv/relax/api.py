@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+import jax
+
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.base import Potential
 from jaxinv.relax.fire import CONVERGED, FAILED_NAN, GPA, STATUS_NAMES, FireConfig
-from jaxinv.relax.queue import PRECISIONS, RelaxQueue
+from jaxinv.relax.queue import PRECISIONS, RelaxQueue, as_crystal
 
 __all__ = ["relax", "status_names", "converged", "failed", "energy_per_atom"]
 
@@ -15,7 +17,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
           max_steps: int = FireConfig.max_steps, pressure_gpa: float = 0.0, cell: str = FireConfig.cell,
           criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
           checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
-          **queue_options) -> Crystal:
+          distributed: bool = False, **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
 
     Positions and cell relax together (``cell='frechet'``, as ASE's
@@ -44,12 +46,45 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     ``queue_options`` go to :class:`~jaxinv.relax.queue.RelaxQueue`
     (``max_edges``, ``max_batch``, ``chunk_steps``, ``checkpoint_every``, ...;
     use a queue with ``trajectory=True`` to keep every frame).
+
+    ``distributed=True`` in a multi-process run (after
+    :func:`jaxinv.distributed.initialize`; every process passes the same inputs):
+    each process relaxes its contiguous share of the inputs
+    (:func:`~jaxinv.distributed.process_rows`) on its own devices, and every
+    process returns all results, in input order
+    (:func:`~jaxinv.distributed.allgather_rows`). In float64 they equal a
+    one-process run. ``checkpoint`` (a folder all processes see) then holds
+    finished pieces of the inputs (:func:`~jaxinv.distributed.process_map`), and
+    the same command run again after a failed node, with any number of processes,
+    relaxes only the pieces that were not finished (docs/scale.md). In a single
+    process ``distributed`` changes nothing.
     """
     config = FireConfig(fmax=fmax, stress_tol=stress_tol, max_steps=max_steps, pressure=pressure_gpa * GPA,
                         cell=cell, criterion=criterion, min_bond_fraction=min_bond_fraction)
-    queue = RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
-                       **queue_options)
-    return queue.run(structures)
+    if not (distributed and jax.process_count() > 1):
+        return RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
+                          **queue_options).run(structures)
+    # each share saves finished pieces itself (process_map): orbax's checkpoints coordinate all
+    # processes of a jax.distributed run, which relax their shares at their own pace
+    queue = RelaxQueue(potential, config, progress=progress, precision=precision, **queue_options)
+    return _relax_share(queue, structures, checkpoint)
+
+
+def _relax_share(queue: RelaxQueue, structures, checkpoint) -> Crystal:
+    """This process relaxes its share of ``structures``; all processes get every result."""
+    from jaxinv.distributed import process_map
+
+    crystal = as_crystal(structures).pad()  # one atom width for every share, so the shares stack
+    key = queue._fingerprint(crystal) if checkpoint else ""
+    flat = process_map(lambda rows: _flat(queue.run(crystal[rows])), crystal.batch_size, checkpoint, key)
+    return Crystal(flat.pop("lattice"), flat.pop("frac"), flat.pop("numbers"), flat.pop("mask"),
+                   {k[6:]: v for k, v in flat.items() if k.startswith("label:")},
+                   {k[5:]: v for k, v in flat.items() if k.startswith("atom:")})
+
+
+def _flat(c: Crystal) -> dict:
+    return {"lattice": c.lattice, "frac": c.frac, "numbers": c.numbers, "mask": c.mask,
+            **{f"label:{k}": v for k, v in c.labels.items()}, **{f"atom:{k}": v for k, v in c.atom_labels.items()}}
 
 
 def status_names(relaxed: Crystal) -> list[str]:

@@ -1,15 +1,21 @@
-"""Batched inference sharded over devices and hosts.
+"""Screening over several devices and hosts: sharded inference and shard files.
 
-Single host: :func:`sharded_predict` lays the batch axis of the inputs over a 1-D
-``Mesh`` of all local devices (``NamedSharding(mesh, P('batch'))``) with the
-ensemble parameters replicated, and runs the jitted ensemble on it; XLA splits
-the work so that each device evaluates its slice. Rows are padded to a multiple
-of the device count, and results are identical to a one-device run (tested with
-4 simulated CPU devices: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
+The general pieces (meshes, ``jax.distributed``, shares of N items, gathering)
+live in :mod:`jaxinv.distributed`; this module applies them to screening, in two
+ways.
 
-Multi-host: no collective is needed (inference is embarrassingly parallel), so
-each process takes a static slice of the candidates from a shard manifest,
-writes its own output, and one merge step concatenates the shards.
+One program over all devices: :func:`sharded_predict` lays the candidate rows
+over :func:`~jaxinv.distributed.batch_mesh` (every device of every process,
+``NamedSharding(mesh, P('batch'))``) with the ensemble parameters replicated, and
+every process gets all predictions back. Each process passes the same inputs
+(e.g. all read the same candidates file). On one host with several GPUs this
+is the same call; results equal a one-device run (tests/test_distributed.py,
+with 4 simulated CPU devices and with two processes on 127.0.0.1).
+
+Shard files, no collectives: each process (a SLURM task, an array job, a
+laptop looping over indices) predicts its static share of the candidates on its
+own devices and writes it; one merge step concatenates the shares. Each share is
+a file, so a failed task is rerun alone::
 
     # on each of N processes (e.g. one per SLURM task)
     shard = shard_for_process(n_candidates)          # uses jax.process_index/count
@@ -20,21 +26,20 @@ writes its own output, and one merge step concatenates the shards.
 
 SLURM (one GPU per task, 8 tasks on 2 nodes)::
 
-    #SBATCH --nodes=2 --ntasks-per-node=4 --gpus-per-task=1
+    #SBATCH --nodes=2 --ntasks-per-node=4 --gpus-per-node=4
     srun python -m jaxinv.screening.sharding predict --model runs/model --candidates cands.npz --out shards/
     python -m jaxinv.screening.sharding merge --out shards/ --to predictions.npz
 
-``jax.distributed.initialize()`` picks up SLURM's environment (coordinator,
-process id and count) when called with no arguments; :func:`init_distributed`
-calls it only when ``SLURM_NTASKS`` > 1, so the same script runs unchanged on a
-laptop. With ``jax.distributed`` initialized, ``jax.process_index()`` and
-``jax.process_count()`` define the shard; without it, ``--process-index`` and
-``--process-count`` (or ``SLURM_PROCID`` / ``SLURM_NTASKS``) do.
+The command calls :func:`jaxinv.distributed.initialize`, which starts
+``jax.distributed`` only under a SLURM step of several tasks, so the same command
+runs unchanged on a laptop. With ``jax.distributed`` initialized,
+``jax.process_index()`` and ``jax.process_count()`` define the shard; without it,
+``--process-index`` and ``--process-count`` (or ``SLURM_PROCID`` / ``SLURM_NTASKS``)
+do. See docs/scale.md.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -44,48 +49,22 @@ from pathlib import Path
 import numpy as np
 
 import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-__all__ = ["batch_mesh", "sharded_predict", "Shard", "shard_for_process", "save_shard", "merge_shards",
-           "init_distributed"]
+from jaxinv.distributed import batch_mesh, initialize, process_rows
+
+__all__ = ["sharded_predict", "Shard", "shard_for_process", "save_shard", "merge_shards"]
 
 log = logging.getLogger("jaxinv.screening")
 
 
-def batch_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named 'batch' over the given (default: all local) devices."""
-    devices = list(devices if devices is not None else jax.local_devices())
-    return Mesh(np.array(devices), ("batch",))
-
-
 def sharded_predict(model, x, mesh: Mesh | None = None, batch_size: int = 8192):
-    """``model.predict_inputs`` with the batch axis sharded over ``mesh``.
+    """``model.predict_inputs`` with the rows laid over ``mesh`` (default: every device of every process).
 
     ``model`` is a :class:`~jaxinv.screening.train.PropertyModel`; ``x`` its
-    scaled inputs (an array or pytree with N rows). Returns (mean, std) in target units."""
-    from jaxinv.screening.train import _pad_rows, _predict_fn
-
-    mesh = mesh or batch_mesh()
-    n_dev = mesh.devices.size
-    rows = NamedSharding(mesh, P("batch"))
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(model.params, replicated)
-    fn = _predict_fn(model.module)
-    n = int(jax.tree_util.tree_leaves(x)[0].shape[0])
-    step = max(n_dev, (batch_size // n_dev) * n_dev)
-    means, stds = [], []
-    for start in range(0, n, step):
-        part = jax.tree_util.tree_map(lambda a: np.asarray(a[start:start + step]), x)
-        k = int(jax.tree_util.tree_leaves(part)[0].shape[0])
-        padded = _pad_rows(part, -(-k // n_dev) * n_dev)
-        placed = jax.tree_util.tree_map(lambda a: jax.device_put(a, rows), padded)
-        mu, sd, _ = fn(params, placed)
-        means.append(np.asarray(mu)[:k])
-        stds.append(np.asarray(sd)[:k])
-    mu = np.concatenate(means) * model.y_std + model.y_mean
-    sd = np.concatenate(stds) * model.y_std * model.sigma_scale
-    return mu, sd
+    scaled inputs (an array or pytree with N rows), the same on every process.
+    Returns (mean, std) in target units, all N rows, on every process."""
+    return model.predict_inputs(x, batch_size=batch_size, mesh=batch_mesh() if mesh is None else mesh)
 
 
 # ------------------------------------------------------------------ multi-host
@@ -97,20 +76,14 @@ class Shard:
 
     @property
     def indices(self) -> np.ndarray:
-        """Contiguous, near-equal slices: shard i holds rows [i*N/k, (i+1)*N/k)."""
-        bounds = np.linspace(0, self.n_total, self.count + 1).round().astype(int)
-        return np.arange(bounds[self.index], bounds[self.index + 1])
+        """Contiguous, near-equal slices: shard i holds rows [i*N/k, (i+1)*N/k)
+        (:func:`jaxinv.distributed.process_rows`)."""
+        rows = process_rows(self.n_total, self.index, self.count)
+        return np.arange(rows.start, rows.stop)
 
     @property
     def name(self) -> str:
         return f"shard_{self.index:05d}_of_{self.count:05d}"
-
-
-def init_distributed() -> None:
-    """``jax.distributed.initialize()`` under a multi-task SLURM job, else nothing."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and not getattr(init_distributed, "_done", False):
-        jax.distributed.initialize()
-        init_distributed._done = True
 
 
 def shard_for_process(n_total: int, process_index: int | None = None, process_count: int | None = None) -> Shard:
@@ -169,12 +142,12 @@ def _cli(argv=None) -> int:
     m.add_argument("--to", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "predict":
-        init_distributed()
+        initialize()
         cands = Candidates.load(args.candidates)
         shard = shard_for_process(len(cands), args.process_index, args.process_count)
         mine = cands.select(shard.indices)
         model = PropertyModel.load(args.model)
-        mean, std = sharded_predict(model, model.inputs(mine.crystal))
+        mean, std = model.predict_inputs(model.inputs(mine.crystal))  # over this process's devices
         cols = {f"pred_{t}": mean[:, j] for j, t in enumerate(model.targets)}
         cols.update({f"sigma_{t}": std[:, j] for j, t in enumerate(model.targets)})
         save_shard(args.out, shard, mine.with_columns(**cols))

@@ -33,6 +33,7 @@ import optax
 import jax
 import jax.numpy as jnp
 
+from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host
 from jaxinv.screening.models import CGCNN, CompositionMLP, ensemble_apply, ensemble_init, graph_inputs, \
     mixture_moments
 
@@ -109,10 +110,21 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
 
 @functools.lru_cache(maxsize=16)
 def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool, lr: float, weight_decay: float,
-              total_steps: int):
+              total_steps: int, mesh=None):
     """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
-    program, so repeated fits (active learning rounds, seeds) reuse one compilation."""
+    program, so repeated fits (active learning rounds, seeds) reuse one compilation.
+
+    With a ``mesh`` every minibatch is split over its devices along the batch axis
+    (the data and parameters are replicated): each device computes the gradients
+    of its rows and XLA sums them across devices."""
     tx = _optimizer(lr, weight_decay, total_steps)
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        rows = NamedSharding(mesh, PartitionSpec(None, AXIS))  # (members, minibatch rows, ...)
+        split = lambda a: jax.lax.with_sharding_constraint(a, rows)
+    else:
+        split = lambda a: a
     loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module), has_aux=True), in_axes=(0, 0, 0, None))
 
     def one_epoch(carry, _):
@@ -122,8 +134,8 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
             p, s = c
             m = jax.tree_util.tree_leaves(p)[0].shape[0]
             idx = jax.random.randint(k, (m, batch_size), 0, n_valid)
-            bx = jax.tree_util.tree_map(lambda a: a[idx], x)
-            by = y[idx]
+            bx = jax.tree_util.tree_map(lambda a: split(a[idx]), x)
+            by = split(y[idx])
             (loss, aux), g = loss_grad(p, bx, by, epoch < warm_epochs)
             upd, s = jax.vmap(tx.update)(g, s, p)
             return (optax.apply_updates(p, upd), s), (loss, aux)
@@ -153,7 +165,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
-        init_example=None, log_every: bool = False):
+        init_example=None, log_every: bool = False, mesh="auto"):
     """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
     standardized targets ``y`` (N, T). Returns (stacked best params, history).
 
@@ -166,7 +178,13 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
 
     ``val``: optional (x_val, y_val) for per-member model selection. With
     ``checkpoint`` (a directory) training state is saved with orbax after every
-    chunk of epochs, and a restarted call with the same inputs resumes."""
+    chunk of epochs, and a restarted call with the same inputs resumes.
+
+    ``mesh``: data parallelism over a :func:`jaxinv.distributed.batch_mesh`; by
+    default every device of every process when there are several and they divide
+    ``cfg.batch_size`` (None: one device). Every process passes the same data. The
+    same seed gives the same training as on one device, up to the order of float32
+    sums across devices."""
     from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 
     n = int(np.asarray(y).shape[0])
@@ -184,8 +202,10 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     # a divisor of the epochs: every chunk is one compiled call of the same length, and
     # a last partial chunk would otherwise run past ``epochs``
     chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
+    if isinstance(mesh, str) and mesh == "auto":
+        mesh = data_mesh(cfg.batch_size)
     run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
-                        float(cfg.weight_decay), total_steps)
+                                 float(cfg.weight_decay), total_steps, mesh)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
     example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
@@ -207,12 +227,14 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
             start, state = int(restored[0]), restored[1]
             carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
             log.info("training resumed at epoch %d", start)
+    if mesh is not None:
+        carry = replicate(carry, mesh)
     records = []
     epoch = start
     while epoch < cfg.epochs:
         carry, rec = run(carry)
         epoch += chunk
-        records.append(jax.tree_util.tree_map(np.asarray, rec))
+        records.append(to_host(rec))
         if log_every:
             log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(rec["train_loss"][-1].mean()),
                      np.round(np.asarray(carry[3]), 3).tolist())
@@ -228,6 +250,8 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     if cat:
         history["train_loss_members"] = cat["train_loss"].tolist()
         history.update({k: cat[k].tolist() for k in ("train_nll", "train_mae", "val_nll", "val_mae")})
+    if mesh is not None:  # hand back plain arrays on the default device, as a one-device fit does
+        return jax.tree_util.tree_map(jnp.asarray, to_host(carry[2])), history
     return carry[2], history
 
 
@@ -316,20 +340,32 @@ class PropertyModel:
         return hist
 
     # ----------------------------------------------------------- prediction
-    def predict_inputs(self, x, batch_size: int = 4096, members: bool = False):
+    def predict_inputs(self, x, batch_size: int = 4096, members: bool = False, mesh=None):
         """(mean, std) in target units, each (N, T), from scaled inputs; with
-        ``members`` also the per-member means (M, N, T)."""
+        ``members`` also the per-member means (M, N, T).
+
+        Rows are laid over ``mesh`` (parameters replicated), by default over this
+        process's devices when it has several (:func:`jaxinv.distributed.data_mesh`);
+        pass :func:`jaxinv.distributed.batch_mesh` to spread them over every process's
+        devices (then every process passes the same ``x`` and gets all rows back)."""
+        mesh = data_mesh(devices=jax.local_devices()) if mesh is None else mesh
+        d = 1 if mesh is None else mesh.devices.size
         n = int(jax.tree_util.tree_leaves(x)[0].shape[0])
+        step = max(d, (batch_size // d) * d)
         out_m, out_s, out_all = [], [], []
         fn = _predict_fn(self.module)
-        for start in range(0, n, batch_size):
-            part = jax.tree_util.tree_map(lambda a: a[start:start + batch_size], x)
+        params = self.params if mesh is None else replicate(self.params, mesh)
+        for start in range(0, n, step):
+            part = jax.tree_util.tree_map(lambda a: a[start:start + step], x)
             k = int(jax.tree_util.tree_leaves(part)[0].shape[0])
-            padded = _pad_rows(part, batch_size) if n > batch_size else part
-            mu, sd, mm = fn(self.params, padded)
-            out_m.append(np.asarray(mu)[:k])
-            out_s.append(np.asarray(sd)[:k])
-            out_all.append(np.asarray(mm)[:, :k])
+            # one shape for every full chunk, and rows a multiple of the devices
+            padded = _pad_rows(part, step if n > step else -(-k // d) * d)
+            if mesh is not None:
+                padded = shard_rows(padded, mesh)
+            mu, sd, mm = to_host(fn(params, padded))
+            out_m.append(mu[:k])
+            out_s.append(sd[:k])
+            out_all.append(mm[:, :k])
         mu = np.concatenate(out_m) * self.y_std + self.y_mean
         sd = np.concatenate(out_s) * self.y_std * self.sigma_scale
         if members:
