@@ -22,7 +22,7 @@ from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
 from jaxinv.relax import GPA, FireConfig, energy_per_atom, relax, status_names
-from jaxinv.relax.queue import MAX_BATCH, MAX_EDGES, PRECISIONS, RelaxQueue
+from jaxinv.relax.queue import MAX_EDGES, PRECISIONS, RelaxQueue
 
 log = logging.getLogger("jaxinv.relax")
 
@@ -58,7 +58,7 @@ class Config(RunConfig, RelaxSettings):
     cell: str = checked(FireConfig.cell, one_of("frechet", "fixed", "volume", "shape"))  # what relaxes with the atoms
     criterion: str = checked(FireConfig.criterion, one_of("stress", "ase"))  # ase: exactly ASE's test
     max_edges: int = checked(MAX_EDGES, at_least(1))  # edge budget per batch (the memory knob)
-    max_batch: int = checked(MAX_BATCH, at_least(1))  # structures per batch at most
+    max_batch: Optional[int] = checked(None, at_least(1))  # structures per batch at most (None: 128 on a CPU, device memory decides on an accelerator)
     precision: str = checked(PRECISIONS[0], one_of(*PRECISIONS))  # float64: batch-independent | float32: faster
     checkpoint: bool = True
     write_cifs: bool = True

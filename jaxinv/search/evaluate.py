@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import jax
-
 from jaxinv.crystal import Crystal
 from jaxinv.potentials.base import Potential
 from jaxinv.relax.fire import FAILED_NAN, FireConfig
@@ -29,8 +27,8 @@ __all__ = ["search_relaxer", "enthalpy_per_atom"]
 def search_relaxer(potential: Potential, config: FireConfig, batch: int, graph_floor: tuple,
                    chunk_steps: int = 50, compact: bool | None = None) -> RelaxQueue:
     """The relaxation driver of a search: ``batch`` fixed slots of one padded size, graph
-    sizes from ``graph_floor`` = ``(images, capacity)``; ``compact`` defaults to on for a CPU."""
-    compact = jax.default_backend() == "cpu" if compact is None else bool(compact)
+    sizes from ``graph_floor`` = ``(images, capacity)``; ``compact`` (None: the queue's default,
+    on for a CPU)."""
     return RelaxQueue(potential, config, chunk_steps=chunk_steps, compact=compact, progress=False, precision=None,
                       batch=batch, bucket=False, graph_floor=graph_floor)
 
