@@ -4,7 +4,7 @@ A search relaxes a batch of the same size every generation, so its
 :class:`~jaxinv.relax.RelaxQueue` keeps shapes fixed for its whole life: ``batch``
 slots, every structure padded to the space's ``n_max`` (``bucket=False``), and graph
 sizes that start from the space's generous :func:`~jaxinv.search.composition.graph_floor`,
-only grow, and are lowered once after the first generation to what it needed. jit then
+only grow, and are lowered once after the first generation if they overshot more than twice. jit then
 compiles a few times per run, not once per generation. On a CPU the last running
 structures are gathered into smaller batches (``compact``); on an accelerator, where a
 batch costs about what one structure does, the batch keeps its size.
