@@ -54,7 +54,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """Join a multi-process run with ``jax.distributed.initialize``; True if this process is part of one.
 
     It initializes when given a coordinator or a process count, or, with no
-    arguments, under a SLURM job step of several tasks (JAX then reads
+    arguments, inside a SLURM job step (``srun``) of several tasks (JAX then reads
     ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``
     and ``SLURM_LOCALID``: the coordinator is the step's first node, and task
     ``SLURM_LOCALID`` of a node takes that node's GPU of the same number).
@@ -68,7 +68,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if jax.distributed.is_initialized():
         return True
     asked = coordinator_address is not None or num_processes is not None
-    if not asked and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    # inside an srun step of several tasks (a shell from salloc has SLURM_NTASKS but no step)
+    slurm = "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if not (asked or slurm):
         return False
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -285,6 +285,22 @@ def test_process_rows_cover_every_item_once_in_order():
         process_rows(10, 3, 3)
 
 
+def test_initialize_is_a_no_op_outside_a_multi_task_slurm_step(monkeypatch):
+    import jax
+
+    from jaxinv.distributed import initialize
+
+    for name in ("SLURM_NTASKS", "SLURM_STEP_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    assert initialize() is False
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # a shell from salloc: no srun step
+    assert initialize() is False
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node001")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task step
+    assert initialize() is False
+    assert not jax.distributed.is_initialized()
+
+
 def test_process_map_saves_pieces_and_a_rerun_computes_only_the_lost_ones(tmp_path):
     from jaxinv.distributed import CHUNKS, process_map
 
@@ -311,6 +327,38 @@ def test_process_map_saves_pieces_and_a_rerun_computes_only_the_lost_ones(tmp_pa
         np.testing.assert_array_equal(first[name], whole[name])
     with pytest.raises(ValueError, match="different run"):
         process_map(square, n, tmp_path, key="run-b")
+
+
+def test_shard_file_command_predicts_each_share_and_merges_them(tmp_path):
+    """``python -m jaxinv.screening.sharding predict/merge`` (no jax.distributed): two shares, merged,
+    equal one prediction of all candidates."""
+    import jax
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.screening.candidates import Candidates
+    from jaxinv.screening.models import ensemble_init
+    from jaxinv.screening.sharding import _cli
+    from jaxinv.screening.train import PropertyModel
+
+    structures = [Structure(Lattice.cubic(4.0 + 0.1 * i), ["Na", "Cl"] if i % 2 else ["Mg", "O"],
+                            [[0, 0, 0], [.5, .5, .5]]) for i in range(7)]
+    cands = Candidates.from_structures(structures)
+    model = PropertyModel("composition", ("a",), {"hidden": [8]})
+    raw = model.raw_inputs(cands.crystal)
+    model.x_mean, model.x_std = raw.mean(0).astype(np.float32), np.ones(raw.shape[1], np.float32)
+    model.y_mean, model.y_std, model.sigma_scale = np.zeros(1), np.ones(1), np.ones(1)
+    model.params = ensemble_init(model.module, jax.random.PRNGKey(0), 2, model.inputs(cands.crystal)[:2])
+    model.save(tmp_path / "model")
+    cands.save(tmp_path / "cands.npz")
+    for i in (0, 1):
+        assert _cli(["predict", "--model", str(tmp_path / "model"), "--candidates", str(tmp_path / "cands.npz"),
+                     "--out", str(tmp_path / "shards"), "--process-index", str(i), "--process-count", "2"]) == 0
+    assert _cli(["merge", "--out", str(tmp_path / "shards"), "--to", str(tmp_path / "merged.npz")]) == 0
+    merged = Candidates.load(tmp_path / "merged.npz")
+    mean, std = model.predict(cands.crystal)
+    assert merged.ids.tolist() == cands.ids.tolist()
+    np.testing.assert_allclose(merged.table["pred_a"], mean[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(merged.table["sigma_a"], std[:, 0], rtol=1e-6)
 
 
 def _env(devices):
