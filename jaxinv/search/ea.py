@@ -223,8 +223,11 @@ class Evolutionary(Algorithm):
         children = jax.tree_util.tree_map(np.array, propose(keys, pop.crystal, parents[:, 0], parents[:, 1],
                                                             codes, randoms))
         if np.any(codes == OP["soft"]):
-            cutoff = problem.potential.cutoff
-            sizes = search.operator_graph("soft", to_host(pop.crystal), cutoff, graph_floor(problem.space, cutoff))
+            # the relaxation's graph floor (its cutoff has the skin): edges past the potential's
+            # cutoff carry nothing, and the shared floor lets compositions whose relaxations
+            # share programs share this one too (persistent cache)
+            floor = graph_floor(problem.space, search.relaxer.graph_cutoff)
+            sizes = search.operator_graph("soft", to_host(pop.crystal), problem.potential.cutoff, floor)
             children = _soft_children(children, codes, keys, pop.crystal, parents[:, 0],
                                       _make_soften(problem, config, *sizes))
         ci = problem.composition_indices(children)
