@@ -452,6 +452,9 @@ class RelaxQueue:
             # leave the loop as soon as a slot can be refilled (or the batch compacted), so that
             # finished slots do not ride along, evaluated for nothing, to the end of the chunk
             min_running = occupied - 1 if pending else (len(slots) // 4 if self.compact else 0)
+            # one sharding in, whatever refill, regrowth or compaction built on the host:
+            # with several devices each new input sharding would be another compilation
+            state = shard_batch(state)
             state, frames, _ = self._chunk(params, state, jnp.int32(min(min_running, occupied - 1)))
             self.stats["chunks"] += 1
             sizes.saw(state.graph.n_edges)  # what the graphs rebuilt inside the step needed
