@@ -121,11 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax bookkeeping at INFO
-    if args.command in ("run", "evaluate"):
-        from jaxinv.xla_cache import use_compilation_cache
-
-        # each command is a new process: reuse what earlier runs compiled (JAXINV_XLA_CACHE=off: don't)
-        use_compilation_cache()
+    # each command is a new process: `import jaxinv` has turned the persistent compile cache on
+    # (jaxinv.xla_cache), so it reuses what earlier runs compiled (JAXINV_XLA_CACHE=off: it doesn't)
     try:
         if args.command == "run":
             if args.list or not args.experiment:
