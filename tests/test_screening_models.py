@@ -323,3 +323,30 @@ def test_castelli_hits_units_and_recall_curve():
     assert res["n_hits"] == int(castelli_hits(pool).sum()) and curves.shape == (2, 6)
     assert res["config"]["budget"] == 50 and res["config"]["initial"] == 10
     assert np.all(np.diff(curves, axis=1) >= 0) and curves[:, -1].max() <= 1.0
+
+
+def test_sevennet0_features_are_invariant_and_carry_the_potentials_energy(perov):
+    """SevenNet-0's pooled per-atom features (feature kind 'sevennet0'): the energy column's
+    mean times the atom count is the potential's own energy; the features do not change
+    with atom order, a rigid rotation, extra padding or the batch they are computed in."""
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.crystal import Crystal
+    from jaxinv.screening.features import _sevennet0, featurize
+
+    structures = perov.structures(np.arange(5))
+    x = featurize(Crystal.from_structures(structures), "sevennet0")
+    f = x.shape[1] // 2
+    assert x.shape == (5, 2 * 1089) and np.all(np.isfinite(x))
+    pot, _ = _sevennet0()
+    energy = np.asarray(pot(Crystal.from_structures(structures)).energy)
+    np.testing.assert_allclose(x[:, f - 1] * 5, energy, rtol=1e-5, atol=1e-4)  # the energy column (mean)
+
+    s = structures[2]
+    order = [4, 2, 0, 3, 1]
+    shuffled = Structure(s.lattice, [s.species[i] for i in order], s.frac_coords[order])
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+        [[1.0, 0.0, 0.0], [0.0, np.cos(0.7), -np.sin(0.7)], [0.0, np.sin(0.7), np.cos(0.7)]])
+    rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
+    alone = featurize(Crystal.from_structures([shuffled, rotated], n_max=8), "sevennet0")
+    np.testing.assert_allclose(alone, np.stack([x[2], x[2]]), rtol=1e-4, atol=2e-4)

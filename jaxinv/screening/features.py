@@ -335,7 +335,45 @@ def oxidation_features(crystal, graph, tolerance: float = 1.2) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-FEATURE_KINDS = ("magpie", "magpie_site", "magpie_ionic", "magpie_site_ionic", "magpie_oxi", "magpie_site_oxi")
+FEATURE_KINDS = ("magpie", "magpie_site", "magpie_ionic", "magpie_site_ionic", "magpie_oxi", "magpie_site_oxi",
+                 "sevennet0")
+
+
+@functools.cache
+def _sevennet0():
+    from jaxinv.potentials.nequip import nequip_descriptor_fn
+    from jaxinv.potentials.sevennet import load_sevennet
+
+    pot = load_sevennet("7net-0")
+    return pot, jax.jit(nequip_descriptor_fn(pot.metadata["config"]))
+
+
+def sevennet_features(crystal, batch_size: int = 64) -> np.ndarray:
+    """SevenNet-0's learned description of each structure: the masked mean and spread over
+    atoms of its per-atom invariant features (:func:`~jaxinv.potentials.nequip.nequip_descriptor_fn`,
+    2 x 1,089 columns), from one forward pass of the frozen model.
+
+    One neighbor graph over all structures gives every batch the same edge capacity, and
+    the last batch is padded with repeats, so the pass compiles once. 373 structures/s on one
+    CPU core for perov_5 (benchmarks/RESULTS.md, issue 25 probe)."""
+    from jaxinv.graph import neighbor_graph
+    from jaxinv.potentials.base import check_species
+
+    pot, descriptors = _sevennet0()
+    c = crystal.to_host()
+    check_species(pot, c)
+    graph = neighbor_graph(c, pot.cutoff)
+    out = []
+    for start in range(0, c.batch_size, batch_size):
+        idx = np.minimum(np.arange(start, start + batch_size), c.batch_size - 1)
+        part = c[idx]
+        x = np.asarray(descriptors(pot.params, part, jax.tree_util.tree_map(lambda a: a[idx], graph)), np.float64)
+        w = part.mask[..., None].astype(np.float64)
+        n = np.maximum(w.sum(1), 1.0)
+        mean = (x * w).sum(1) / n
+        spread = np.sqrt((((x - mean[:, None]) ** 2) * w).sum(1) / n)
+        out.append(np.concatenate([mean, spread], axis=-1)[:min(batch_size, c.batch_size - start)])
+    return np.concatenate(out).astype(np.float32)
 
 
 def featurize(crystal, kind: str = "magpie", cutoff: float = 5.0, batch_size: int = 4096) -> np.ndarray:
@@ -344,11 +382,15 @@ def featurize(crystal, kind: str = "magpie", cutoff: float = 5.0, batch_size: in
     ``kind``: ``'magpie'`` (composition only, 132 columns), ``'magpie_site'``
     (+ 24 coordination-weighted columns; needs geometry), and either with
     ``'_ionic'`` (+ 2 charge-balance flags, :func:`ionic_features`) or ``'_oxi'``
-    (+ 16 oxidation-state-aware columns, :func:`oxidation_features`; needs geometry)."""
+    (+ 16 oxidation-state-aware columns, :func:`oxidation_features`; needs geometry);
+    ``'sevennet0'``: the frozen universal potential's learned features
+    (:func:`sevennet_features`, 2,178 columns; geometry, elements SevenNet-0 knows)."""
     from jaxinv.graph import neighbor_graph
 
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; use one of {FEATURE_KINDS}")
+    if kind == "sevennet0":
+        return sevennet_features(crystal)
     c = crystal.to_host()
     out = []
     for start in range(0, c.batch_size, batch_size):
