@@ -642,6 +642,21 @@ def _type_table(species: Sequence[int]) -> np.ndarray:
     return table
 
 
+def _flat_inputs(table, params, crystal: Crystal, graph: Graph):
+    """``NequIP.apply``'s arguments for a padded batch: parameters, then species, edge
+    vectors, senders, receivers and edge mask of the batch as one flat graph."""
+    b, n = crystal.numbers.shape
+    offset = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    vec = edge_vectors(crystal, graph).reshape(-1, 3)
+    senders = (graph.senders + offset).reshape(-1)
+    receivers = (graph.receivers + offset).reshape(-1)
+    species = jnp.asarray(table)[crystal.numbers].reshape(-1)
+    # NumPy parameters (e.g. loaded from a checkpoint) closed over inside a jitted
+    # function stay NumPy; indexing them by traced species would fail
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return params, species, vec, senders, receivers, graph.mask.reshape(-1)
+
+
 def nequip_atomic_energy_fn(config: NequIPConfig):
     """``(params, crystal, graph) -> (B, N)`` per-atom energies (zero on padded atoms)."""
     model = NequIP(config)
@@ -649,15 +664,7 @@ def nequip_atomic_energy_fn(config: NequIPConfig):
 
     def atomic_energy_fn(params, crystal: Crystal, graph: Graph):
         b, n = crystal.numbers.shape
-        offset = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
-        vec = edge_vectors(crystal, graph).reshape(-1, 3)
-        senders = (graph.senders + offset).reshape(-1)
-        receivers = (graph.receivers + offset).reshape(-1)
-        species = jnp.asarray(table)[crystal.numbers].reshape(-1)
-        # NumPy parameters (e.g. loaded from a checkpoint) closed over inside a jitted
-        # function stay NumPy; indexing them by traced species would fail
-        params = jax.tree_util.tree_map(jnp.asarray, params)
-        e = model.apply(params, species, vec, senders, receivers, graph.mask.reshape(-1)).reshape(b, n)
+        e = model.apply(*_flat_inputs(table, params, crystal, graph)).reshape(b, n)
         return jnp.where(crystal.mask, e, 0.0)
 
     return atomic_energy_fn
@@ -680,13 +687,7 @@ def nequip_descriptor_fn(config: NequIPConfig):
 
     def descriptor_fn(params, crystal: Crystal, graph: Graph):
         b, n = crystal.numbers.shape
-        offset = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
-        vec = edge_vectors(crystal, graph).reshape(-1, 3)
-        senders = (graph.senders + offset).reshape(-1)
-        receivers = (graph.receivers + offset).reshape(-1)
-        species = jnp.asarray(table)[crystal.numbers].reshape(-1)
-        params = jax.tree_util.tree_map(jnp.asarray, params)
-        e, state = model.apply(params, species, vec, senders, receivers, graph.mask.reshape(-1),
+        e, state = model.apply(*_flat_inputs(table, params, crystal, graph),
                                capture_intermediates=lambda mdl, method: method == "__call__" and mdl.name in keep,
                                mutable=["intermediates"])
         found = state["intermediates"]
