@@ -39,7 +39,7 @@ import numpy as np
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "initialize", "batch_mesh", "data_mesh", "shard_rows", "replicate", "shard_batch", "to_host",
+__all__ = ["AXIS", "initialize", "batch_mesh", "data_mesh", "training_mesh", "shard_rows", "replicate", "shard_batch", "to_host",
            "process_rows", "allgather_rows", "process_map", "CHUNKS"]
 
 log = logging.getLogger("jaxinv.distributed")
@@ -185,6 +185,15 @@ def data_mesh(rows: int | None = None, devices=None) -> Mesh | None:
     if len(devices) < 2 or (rows is not None and rows % len(devices)):
         return None
     return batch_mesh(devices)
+
+
+def training_mesh(mesh, rows: int | None = None) -> Mesh | None:
+    """The mesh a training loop uses for its ``mesh`` argument: ``"auto"`` is
+    :func:`data_mesh` (``rows``: the batch size the devices must divide), anything
+    else (a Mesh, or None for one device) is used as given."""
+    if isinstance(mesh, str) and mesh == "auto":
+        return data_mesh(rows)
+    return mesh
 
 
 def _spec(ndim: int, axis: int | None) -> PartitionSpec:

@@ -31,7 +31,7 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from jaxinv.distributed import data_mesh, replicate, shard_rows
+from jaxinv.distributed import replicate, shard_rows, training_mesh
 from jaxinv.generative.models import frac_to_vec
 from jaxinv.generative.symmetry import augment_frac, augment_voxels, sort_slots
 
@@ -239,8 +239,7 @@ def make_train_step(model, mesh="auto"):
     if "train_step" not in model.jit_cache:
         model.jit_cache["train_step"] = _build_train_step(model)
     fn = model.jit_cache["train_step"]
-    if isinstance(mesh, str) and mesh == "auto":
-        mesh = data_mesh()
+    mesh = training_mesh(mesh)
     if mesh is not None:
         fn = _data_parallel(fn, mesh, 0 if model.is_vae else 1)
     loss_log = model.jit_cache.get("loss_log")

@@ -41,7 +41,7 @@ import optax
 
 from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 from jaxinv.crystal import Crystal, group_by_bucket
-from jaxinv.distributed import data_mesh, replicate, shard_rows, to_host
+from jaxinv.distributed import replicate, shard_rows, to_host, training_mesh
 from jaxinv.graph import allocate, neighbor_graph
 from jaxinv.potentials.base import Potential, energy_forces_stress
 from jaxinv.potentials.nequip import NequIPConfig, init_params, nequip_energy_fn, nequip_potential
@@ -132,9 +132,7 @@ class Trainer:
                              "MLP weights; tabulate the trained model instead (load_trained(radial_grid=...))")
         self.cfg = config
         self.progress = progress
-        if isinstance(mesh, str) and mesh == "auto":
-            mesh = data_mesh(config.batch_size)
-        self.mesh = mesh
+        self.mesh = training_mesh(mesh, config.batch_size)
         self.train, self.valid = train.to_host(), valid.to_host() if valid is not None else None
         self.use_stress = "stress" in self.train.labels and (valid is None or "stress" in self.valid.labels)
         if config.fit_shift_scale and init_params_from is None:

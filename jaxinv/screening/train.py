@@ -33,7 +33,7 @@ import optax
 import jax
 import jax.numpy as jnp
 
-from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host
+from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
 from jaxinv.screening.models import CGCNN, CompositionMLP, ensemble_apply, ensemble_init, graph_inputs, \
     mixture_moments
 
@@ -202,8 +202,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     # a divisor of the epochs: every chunk is one compiled call of the same length, and
     # a last partial chunk would otherwise run past ``epochs``
     chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
-    if isinstance(mesh, str) and mesh == "auto":
-        mesh = data_mesh(cfg.batch_size)
+    mesh = training_mesh(mesh, cfg.batch_size)
     run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
                                  float(cfg.weight_decay), total_steps, mesh)
     key = jax.random.PRNGKey(cfg.seed)
