@@ -350,3 +350,38 @@ def test_sevennet0_features_are_invariant_and_carry_the_potentials_energy(perov)
     rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
     alone = featurize(Crystal.from_structures([shuffled, rotated], n_max=8), "sevennet0")
     np.testing.assert_allclose(alone, np.stack([x[2], x[2]]), rtol=1e-4, atol=2e-4)
+
+
+def test_hurdle_target_separates_zeros_from_positive_values(tmp_path):
+    """A zero-inflated target (a band gap: 0 for most rows): the classifier learns
+    P(y > 0) and the Gaussian fits the positive values only, so its mean on gapped
+    rows is not dragged toward 0 the way a plain regression's is; save/load keeps it."""
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    gap = np.where(x[:, 0] > 0.3, 1.5 + x[:, 1], 0.0)  # 35% gapped, values 0.5-2.5
+    y = np.stack([x[:, 1] * 2.0, gap], 1)
+    cfg = TrainConfig(n_members=3, epochs=60, batch_size=64, chunk_epochs=60)
+    hurdle = PropertyModel("composition", ("a", "gap"), {"hidden": [32, 32]}, hurdle=("gap",))
+    hurdle.fit(x[:300], y[:300], cfg, val=(x[300:], y[300:]))
+    plain = PropertyModel("composition", ("a", "gap"), {"hidden": [32, 32]})
+    plain.fit(x[:300], y[:300], cfg, val=(x[300:], y[300:]))
+    test = rng.uniform(-1, 1, size=(300, 2)).astype(np.float32)
+    truth = np.where(test[:, 0] > 0.3, 1.5 + test[:, 1], 0.0)
+    mu, sd, p = hurdle.predict_inputs(hurdle.scale_inputs(test), positive=True)
+    assert p.shape == mu.shape and np.all(p[:, 0] == 1.0)  # an ordinary target is always "positive"
+    far = np.abs(test[:, 0] - 0.3) > 0.15
+    assert np.mean((p[far, 1] > 0.5) == (truth[far] > 0)) > 0.97
+    gapped = truth > 0
+    hurdle_mae = np.abs(mu[gapped & far, 1] - truth[gapped & far]).mean()
+    plain_mae = np.abs(plain.predict_inputs(plain.scale_inputs(test))[0][gapped & far, 1] - truth[gapped & far]).mean()
+    assert hurdle_mae < 0.15 and hurdle_mae < plain_mae, (hurdle_mae, plain_mae)
+    # the history names the classifier's column, and a reload predicts the same
+    assert hurdle.history["targets"] == ["a", "gap", "P(gap > 0)"]
+    hurdle.save(tmp_path / "m")
+    again = PropertyModel.load(tmp_path / "m")
+    assert again.hurdle == ("gap",)
+    np.testing.assert_allclose(again.predict_inputs(again.scale_inputs(test), positive=True)[2], p, rtol=1e-5)
+    with pytest.raises(ValueError, match="hurdle targets"):
+        PropertyModel("composition", ("a",), {}, hurdle=("b",)).fit(x, y[:, :1], cfg)

@@ -15,6 +15,12 @@ its errors away with a large variance before it has learnt anything). Labels tha
 are NaN are masked, so one model can learn several targets with gaps.
 
 Each member keeps the parameters of its best epoch on the validation set (by NLL).
+
+Zero-inflated ("hurdle") targets, such as band gaps that are exactly 0 for most
+structures, get two outputs: a Gaussian for the value given that it is positive
+(trained on the positive labels only) and a logit for P(y > 0) (trained by binary
+cross-entropy on all labels; its variance output is unused). A regression to the
+mean of such a target would blur the zeros and the gapped structures together.
 """
 from __future__ import annotations
 
@@ -79,27 +85,37 @@ def _pad_rows(tree, cap: int):
     return jax.tree_util.tree_map(pad, tree)
 
 
-def _loss(module, params, x, y, warm):
+def _terms(mean, var, y0, binary):
+    """Per-entry NLL, and the absolute error used for the learning curve: Gaussian
+    for ordinary outputs, Bernoulli (``mean`` is the logit, labels 0/1) for binary ones."""
+    gauss = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
+    bce = optax.sigmoid_binary_cross_entropy(mean, y0)
+    err = jnp.where(binary, jnp.abs(y0 - jax.nn.sigmoid(mean)), jnp.abs(y0 - mean))
+    return jnp.where(binary, bce, gauss), err
+
+
+def _loss(module, binary, params, x, y, warm):
     mean, var = module.apply(params, x)
     valid = jnp.isfinite(y)
     y0 = jnp.where(valid, y, 0.0)
-    nll = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
-    nll_fixed_mean = 0.5 * jnp.log(var) + 0.5 * (y0 - jax.lax.stop_gradient(mean)) ** 2 / var
-    per = jnp.where(warm, (y0 - mean) ** 2 + nll_fixed_mean, nll)
+    binary = jnp.asarray(binary, bool)
+    nll, err = _terms(mean, var, y0, binary)
+    nll_fixed_mean, _ = _terms(jax.lax.stop_gradient(mean), var, y0, binary)
+    per = jnp.where(warm & ~binary, (y0 - mean) ** 2 + nll_fixed_mean, nll)
     n = jnp.maximum(valid.sum(), 1)
     # for the learning curve: the batch's NLL (comparable with the validation NLL
     # also during warmup) and its MAE per target (standardized units)
-    mae = jnp.sum(jnp.where(valid, jnp.abs(y0 - mean), 0.0), 0) / jnp.maximum(valid.sum(0), 1)
+    mae = jnp.sum(jnp.where(valid, err, 0.0), 0) / jnp.maximum(valid.sum(0), 1)
     return jnp.sum(jnp.where(valid, per, 0.0)) / n, (jnp.sum(jnp.where(valid, nll, 0.0)) / n, mae)
 
 
-def _val_metrics(module, params, x, y):
+def _val_metrics(module, binary, params, x, y):
     """Per member: validation NLL (M,) and MAE per target (M, T), standardized units."""
     mean, var = ensemble_apply(module, params, x)  # (M, B, T)
     valid = jnp.isfinite(y)[None]
     y0 = jnp.where(valid, y[None], 0.0)
-    nll = 0.5 * jnp.log(var) + 0.5 * (y0 - mean) ** 2 / var
-    mae = jnp.sum(jnp.where(valid, jnp.abs(y0 - mean), 0.0), 1) / jnp.maximum(valid.sum(1), 1)
+    nll, err = _terms(mean, var, y0, jnp.asarray(binary, bool))
+    mae = jnp.sum(jnp.where(valid, err, 0.0), 1) / jnp.maximum(valid.sum(1), 1)
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1), mae
 
 
@@ -110,7 +126,7 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
 
 @functools.lru_cache(maxsize=16)
 def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool, lr: float, weight_decay: float,
-              total_steps: int, mesh=None):
+              total_steps: int, mesh=None, binary: tuple = ()):
     """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
     program, so repeated fits (active learning rounds, seeds) reuse one compilation.
 
@@ -125,7 +141,9 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
         split = lambda a: jax.lax.with_sharding_constraint(a, rows)
     else:
         split = lambda a: a
-    loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module), has_aux=True), in_axes=(0, 0, 0, None))
+    binary = binary or (False,)  # () = no binary outputs; a scalar False broadcasts
+    loss_grad = jax.vmap(jax.value_and_grad(functools.partial(_loss, module, binary), has_aux=True),
+                         in_axes=(0, 0, 0, None))
 
     def one_epoch(carry, _):
         params, opt_state, best, best_val, key, epoch, n_valid, x, y, xv, yv, warm_epochs = carry
@@ -144,7 +162,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
         (params, opt_state), (losses, (nll, mae)) = jax.lax.scan(step, (params, opt_state),
                                                                  jax.random.split(sub, steps))
         if has_val:
-            val, val_mae = _val_metrics(module, params, xv, yv)
+            val, val_mae = _val_metrics(module, binary, params, xv, yv)
         else:
             val, val_mae = jnp.full(best_val.shape, losses[-1].mean()), jnp.full(mae.shape[1:], jnp.nan)
         # during warmup the variance is not trained on its own mean yet: keep the latest
@@ -165,7 +183,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
-        init_example=None, log_every: bool = False, mesh="auto"):
+        init_example=None, log_every: bool = False, mesh="auto", binary: Sequence[bool] = ()):
     """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
     standardized targets ``y`` (N, T). Returns (stacked best params, history).
 
@@ -175,6 +193,9 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     (means over the epoch's minibatches), ``val_nll`` (E, M) and ``val_mae`` (E, M, T)
     (NaN without ``val``), all on standardized targets; also ``warmup_epochs`` and
     ``best_val_nll`` (M,).
+
+    ``binary``: per column of ``y``, whether it is a 0/1 label learnt as a logit
+    (the model's mean output) by cross-entropy; () = none.
 
     ``val``: optional (x_val, y_val) for per-member model selection. With
     ``checkpoint`` (a directory) training state is saved with orbax after every
@@ -204,7 +225,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
     mesh = training_mesh(mesh, cfg.batch_size)
     run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
-                                 float(cfg.weight_decay), total_steps, mesh)
+                                 float(cfg.weight_decay), total_steps, mesh, tuple(bool(b) for b in binary))
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
     example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
@@ -277,13 +298,31 @@ class PropertyModel:
     y_mean: np.ndarray | None = None
     y_std: np.ndarray | None = None
     sigma_scale: np.ndarray | None = None
+    hurdle: tuple = ()  # targets that are 0 or positive (band gaps): P(y > 0) plus a Gaussian given y > 0
     params: Any = None
     history: dict | None = field(default=None, repr=False, compare=False)  # of the last fit (not saved)
 
     @property
     def module(self):
         kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in self.module_kwargs.items()}
-        return _module(self.kind, len(self.targets), tuple(sorted(kw.items())))
+        return _module(self.kind, len(self.targets) + len(self.hurdle), tuple(sorted(kw.items())))
+
+    def _check_hurdle(self):
+        unknown = [t for t in self.hurdle if t not in self.targets]
+        if unknown:
+            raise ValueError(f"hurdle targets {unknown} are not among the targets {list(self.targets)}")
+
+    def _columns(self, y):
+        """Training columns of labels (N, T): the targets, with a hurdle target's zeros
+        masked (its Gaussian is fitted to positive values only), then one 0/1 column
+        per hurdle target for P(y > 0); NaN labels stay NaN."""
+        y = np.array(y, np.float64)
+        flags = []
+        for t in self.hurdle:
+            j = self.targets.index(t)
+            flags.append(np.where(np.isfinite(y[:, j]), (y[:, j] > 0).astype(np.float64), np.nan))
+            y[:, j] = np.where(y[:, j] > 0, y[:, j], np.nan)
+        return y, (np.stack(flags, 1) if flags else np.zeros((len(y), 0)))
 
     # -------------------------------------------------------------- inputs
     def raw_inputs(self, crystal):
@@ -313,7 +352,8 @@ class PropertyModel:
 
         Returns the history of :func:`fit` (also kept as ``self.history``), with
         ``train_mae`` and ``val_mae`` in the targets' units and ``targets`` added."""
-        y = np.asarray(y, np.float64).reshape(len(y), -1)
+        self._check_hurdle()
+        y, flags = self._columns(np.asarray(y, np.float64).reshape(len(y), -1))
         if self.kind == "composition":
             raw_x = np.asarray(raw_x, np.float32)
             self.x_mean = raw_x.mean(0).astype(np.float32)
@@ -324,24 +364,29 @@ class PropertyModel:
         self.y_mean = np.nanmean(y, 0)
         self.y_std = np.nanstd(y, 0) + 1e-9
         self.sigma_scale = np.ones(len(self.targets))
-        ys = ((y - self.y_mean) / self.y_std).astype(np.float32)
+        ys = np.concatenate([(y - self.y_mean) / self.y_std, flags], 1).astype(np.float32)
         v = None
         if val is not None:
-            yv = np.asarray(val[1], np.float64).reshape(len(val[1]), -1)
-            v = (self.scale_inputs(val[0]), ((yv - self.y_mean) / self.y_std).astype(np.float32))
+            yv, fv = self._columns(np.asarray(val[1], np.float64).reshape(len(val[1]), -1))
+            v = (self.scale_inputs(val[0]), np.concatenate([(yv - self.y_mean) / self.y_std, fv], 1).astype(np.float32))
+        binary = (False,) * len(self.targets) + (True,) * len(self.hurdle)
         self.params, hist = fit(self.module, self.scale_inputs(raw_x), ys, cfg, val=v, checkpoint=checkpoint,
-                                log_every=log_every)
+                                log_every=log_every, binary=binary if self.hurdle else ())
+        # MAEs in the targets' units; a hurdle's column is the mean |label - P(y > 0)|
+        units = np.concatenate([self.y_std, np.ones(len(self.hurdle))])
         for k in ("train_mae", "val_mae"):
             if k in hist:
-                hist[k] = (np.asarray(hist[k]) * self.y_std).tolist()
-        hist["targets"] = list(self.targets)
+                hist[k] = (np.asarray(hist[k]) * units).tolist()
+        hist["targets"] = list(self.targets) + [f"P({t} > 0)" for t in self.hurdle]
         self.history = hist
         return hist
 
     # ----------------------------------------------------------- prediction
-    def predict_inputs(self, x, batch_size: int = 4096, members: bool = False, mesh=None):
+    def predict_inputs(self, x, batch_size: int = 4096, members: bool = False, mesh=None, positive: bool = False):
         """(mean, std) in target units, each (N, T), from scaled inputs; with
-        ``members`` also the per-member means (M, N, T).
+        ``positive`` also P(y > 0) (N, T) (the members' mean probability for a hurdle
+        target, whose mean and σ are then those given y > 0; 1 for other targets); with
+        ``members`` last the per-member means (M, N, T).
 
         Rows are laid over ``mesh`` (parameters replicated), by default over this
         process's devices when it has several (:func:`jaxinv.distributed.data_mesh`);
@@ -365,15 +410,24 @@ class PropertyModel:
             out_m.append(mu[:k])
             out_s.append(sd[:k])
             out_all.append(mm[:, :k])
-        mu = np.concatenate(out_m) * self.y_std + self.y_mean
-        sd = np.concatenate(out_s) * self.y_std * self.sigma_scale
+        t = len(self.targets)
+        mu = np.concatenate(out_m)[:, :t] * self.y_std + self.y_mean
+        sd = np.concatenate(out_s)[:, :t] * self.y_std * self.sigma_scale
+        member_means = np.concatenate(out_all, axis=1)
+        out = (mu, sd)
+        if positive:
+            p = np.ones_like(mu)
+            for i, name in enumerate(self.hurdle):
+                p[:, self.targets.index(name)] = (1.0 / (1.0 + np.exp(-member_means[:, :, t + i]))).mean(0)
+            out += (p,)
         if members:
-            return mu, sd, np.concatenate(out_all, axis=1) * self.y_std + self.y_mean
-        return mu, sd
+            out += (member_means[:, :, :t] * self.y_std + self.y_mean,)
+        return out
 
-    def predict(self, crystal, batch_size: int = 4096):
-        """(mean, std), each (N, T), of a Crystal batch."""
-        return self.predict_inputs(self.inputs(crystal), batch_size)
+    def predict(self, crystal, batch_size: int = 4096, positive: bool = False):
+        """(mean, std), each (N, T), of a Crystal batch; with ``positive`` also P(y > 0)
+        (see :meth:`predict_inputs`)."""
+        return self.predict_inputs(self.inputs(crystal), batch_size, positive=positive)
 
     # ---------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
@@ -383,7 +437,7 @@ class PropertyModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "targets": list(self.targets), "module_kwargs": self.module_kwargs,
-                "features": self.features, "cutoff": self.cutoff}
+                "features": self.features, "cutoff": self.cutoff, "hurdle": list(self.hurdle)}
         for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale"):
             v = getattr(self, k)
             meta[k] = None if v is None else np.asarray(v).tolist()
@@ -405,7 +459,7 @@ class PropertyModel:
         arrays = {k: (None if meta[k] is None else np.asarray(meta[k], np.float32 if k.startswith("x") else np.float64))
                   for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale")}
         model = cls(meta["kind"], tuple(meta["targets"]), meta["module_kwargs"], meta["features"], meta["cutoff"],
-                    **arrays)
+                    hurdle=tuple(meta.get("hurdle", ())), **arrays)
         ck = Checkpointer(directory / "params", max_to_keep=1)
         restored = ck.restore()
         ck.close()
