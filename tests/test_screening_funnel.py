@@ -160,6 +160,135 @@ def test_property_filter_keeps_what_could_pass():
     assert kept.table["p_window"][0] > 0.9 and kept.table["p_window"][1] < 0.1
 
 
+def test_window_probability_hurdle_against_scipy():
+    """A hurdle target: p * (truncated-normal mass of the window's positive part) + (1 - p) * [0 in window]."""
+    from scipy.stats import norm
+
+    from jaxinv.screening.stages import window_probability
+
+    mean = np.array([[0.5, 2.0], [0.5, 2.0], [0.5, -1.0], [0.5, 2.0]])
+    std = np.array([[0.2, 0.5], [0.2, 0.5], [0.2, 1.0], [0.2, 0.5]])
+    p_pos = np.array([[1.0, 0.8], [1.0, 0.0], [1.0, 0.5], [1.0, 1.0]])
+    windows = {"heat": [None, 1.0], "gap": [1.5, 3.0]}
+    got = window_probability(mean, std, windows, ("heat", "gap"), p_pos, hurdle=("gap",))
+    p_heat = norm.cdf((1.0 - 0.5) / 0.2)
+    # row 0: N(2, .5) truncated at 0; the truncation removes Phi(-4) of the mass
+    in_gap = (norm.cdf(2.0) - norm.cdf(-1.0)) / norm.sf(-4.0)
+    assert got[0] == pytest.approx(p_heat * 0.8 * in_gap, rel=1e-9)
+    assert got[1] == 0.0  # surely 0, and 0 is outside the gap window
+    # row 2: a mean below 0 truncated at 0 -> mass in [1.5, 3] relative to the mass above 0
+    tail = (norm.sf(2.5) - norm.sf(4.0)) / norm.sf(1.0)
+    assert got[2] == pytest.approx(p_heat * 0.5 * tail, rel=1e-9)
+    assert got[3] == pytest.approx(p_heat * in_gap, rel=1e-9)
+    # a window that contains 0 gains the zero mass; without p_positive: the plain Gaussian
+    w0 = {"gap": [None, 1.0]}
+    z = window_probability(mean, std, w0, ("heat", "gap"), p_pos, hurdle=("gap",))
+    assert z[1] == pytest.approx(1.0)
+    assert z[0] == pytest.approx(0.2 + 0.8 * (norm.cdf(-2.0) - norm.cdf(-4.0)) / norm.sf(-4.0), rel=1e-9)
+    plain = window_probability(mean, std, windows, ("heat", "gap"))
+    assert plain[0] == pytest.approx(p_heat * (norm.cdf(2.0) - norm.cdf(-1.0)), rel=1e-9)
+    # default hurdle: the targets whose p_positive is not all 1
+    np.testing.assert_allclose(window_probability(mean, std, windows, ("heat", "gap"), p_pos), got)
+    # far tails stay finite and small, not 0/0
+    far = window_probability(np.array([[-40.0]]), np.array([[1.0]]), {"g": [1.5, 3.0]}, ("g",), np.array([[1.0]]),
+                             hurdle=("g",))
+    assert 0.0 < far[0] < 1e-15
+
+
+def _hurdle_stub(mean, std, p_pos, targets=("heat", "gap"), hurdle=("gap",)):
+    """A PropertyModel with fixed predictions and the hurdle interface (predict(..., positive=True))."""
+    from jaxinv.screening.train import PropertyModel
+
+    class Fixed(PropertyModel):
+        def predict(self, crystal, batch_size=4096, positive=False):
+            n = crystal.batch_size
+            return (mean[:n], std[:n], p_pos[:n]) if positive else (mean[:n], std[:n])
+
+    m = Fixed("composition", tuple(targets))
+    m.hurdle = tuple(hurdle)
+    return m
+
+
+def test_property_filter_hurdle_rule():
+    """Gap window [1.5, 3] excludes 0: drop when P(gap > 0) < Phi(-2) = 0.0228 or the positive
+    part's 2-sigma interval misses the window; a window containing 0 keeps a likely zero."""
+    from pymatgen.core import Lattice, Structure
+
+    from jaxinv.screening.stages import property_filter
+
+    mean = np.array([[0.5, 2.0], [0.5, 2.0], [0.5, 0.5], [0.5, 5.0], [0.5, 0.8], [0.5, 2.0]])
+    std = np.full((6, 2), 0.1)
+    std[4, 1] = 0.4  # 0.8 + 2 * 0.4 = 1.6 reaches 1.5
+    p_pos = np.array([[1, 0.5], [1, 0.02], [1, 0.9], [1, 0.9], [1, 0.9], [1, 0.03]])
+    st = [Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])] * 6
+    cands = Candidates.from_structures(st)
+    model = _hurdle_stub(mean, std, p_pos)
+    kept, rec = chain(property_filter(model, {"heat": [None, 1.0], "gap": [1.5, 3.0]}, k=2.0))(cands)
+    assert kept.ids.tolist() == [cands.ids[i] for i in (0, 4, 5)]
+    assert rec[0].dropped == {"P(gap > 0) < 0.0228 (the 2-sigma tail)": 1, "gap outside [1.5, 3] at 2 sigma": 2}
+    np.testing.assert_allclose(kept.table["p_positive_gap"], [0.5, 0.9, 0.03])
+    assert "p_positive_heat" not in kept.table
+    assert kept.table["p_window"][0] > kept.table["p_window"][2] > 0
+    # gap <= 1 contains 0: row 1 (surely 0) and row 3 (positive part at 5 eV, but 10% zero) stay
+    kept0, _ = chain(property_filter(model, {"gap": [None, 1.0]}, k=2.0))(cands)
+    assert set(kept0.ids.tolist()) == {cands.ids[i] for i in (0, 1, 2, 3, 4, 5)}
+    p_all = _hurdle_stub(mean, std, np.where(np.arange(2) == 1, 0.999, 1.0) * np.ones((6, 2)))
+    kept1, _ = chain(property_filter(p_all, {"gap": [None, 1.0]}, k=2.0))(cands)
+    # now almost surely positive: only rows whose positive part reaches <= 1 (0.5; 0.8 - 0.8) stay
+    assert kept1.ids.tolist() == [cands.ids[i] for i in (2, 4)]
+
+
+class _VolumeModel:
+    """A PropertyModel stand-in whose prediction is the volume per atom of the geometry it is
+    given (so the test sees which geometry was predicted), with a hurdle 'gap'."""
+    kind, features, targets, hurdle = "composition", "toy", ("vol", "gap"), ("gap",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def inputs(self, crystal):
+        c = crystal.to_host()
+        return (c.volume / c.mask.sum(-1))[:, None]
+
+    def predict_inputs(self, x, batch_size=4096, positive=False):
+        self.calls += 1
+        v = np.asarray(x)[:, 0]
+        mean = np.stack([v, np.full_like(v, 2.0)], 1)
+        std = np.full_like(mean, 0.1)
+        p = np.stack([np.ones_like(v), np.where(v > 0, 0.7, 0.0)], 1)
+        return (mean, std, p) if positive else (mean, std)
+
+
+def test_relax_stage_predicts_the_relaxed_geometry(tmp_path, monkeypatch):
+    """relax_stage(model=...) predicts each chunk right after relaxing it, on the relaxed cells;
+    with windows and k it also filters by them."""
+    import jaxinv.screening.stages as stages
+    from pymatgen.core import Lattice, Structure
+    from toy_potentials import LJ
+
+    monkeypatch.setattr(stages, "_load_model", lambda m: (m, None))  # the stand-in is not a PropertyModel
+    st = [Structure(Lattice.cubic(a), ["Si", "Si"], [[0, 0, 0], [.5, .5, .5]]) for a in (2.6, 2.9, 2.75)]
+    cands = Candidates.from_structures(st)
+    v0 = np.asarray(cands.crystal.to_host().volume) / 2
+    model = _VolumeModel()
+    stage = stages.relax_stage(LJ, fmax=0.05, max_steps=200, chunk_size=2, model=model,
+                               windows={"gap": [1.5, 3.0]})
+    out, rec = chain(stage).run(cands, tmp_path / "w")
+    assert len(out) == 3 and model.calls == 2  # one prediction per relaxed chunk (2 + 1 rows)
+    v = np.asarray(out.crystal.to_host().volume) / 2
+    np.testing.assert_allclose(out.table["pred_vol"], v, rtol=1e-6)  # the relaxed volumes ...
+    assert np.all(np.abs(v - v0) > 0.05 * v0.min())  # ... which differ from the inputs'
+    np.testing.assert_allclose(out.table["p_positive_gap"], 0.7)
+    np.testing.assert_allclose(out.table["p_window"], 0.7 * stages.window_probability(
+        np.array([[2.0]]), np.array([[0.1]]), {"g": [1.5, 3.0]}, ("g",), np.array([[1.0]]), hurdle=("g",))[0])
+    # a window on the predicted volume that only some relaxed cells reach, at 2 sigma
+    cut = float(np.median(v))
+    stage = stages.relax_stage(LJ, fmax=0.05, max_steps=200, model=model, windows={"vol": [None, cut]}, k=0.0)
+    out2, rec2 = chain(stage)(cands)
+    assert np.all(out2.table["pred_vol"] <= cut) and rec2[0].n_out < 3
+    assert list(rec2[0].dropped) == [f"vol outside [-inf, {cut:g}] at 0 sigma"]
+
+
 def _toy_candidates(n=23):
     from pymatgen.core import Lattice, Structure
 

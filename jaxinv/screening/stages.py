@@ -82,51 +82,157 @@ def composition_filter(allowed: Sequence[str] | None = None, excluded: Sequence[
 
 
 # --------------------------------------------------------------------- property
-def window_probability(mean, std, windows: dict, targets: Sequence[str]) -> np.ndarray:
-    """P(every target inside its window) under independent Gaussians, (N,)."""
+def _truncated_mass(mean, std, lo, hi):
+    """P(lo <= Y <= hi) for Y ~ N(mean, std) truncated to (0, inf), elementwise (the window
+    clipped at 0). Computed with scipy's ``truncnorm``, from the nearer tail, so a mean
+    many σ below 0 or far from the window still gives accurate small numbers."""
+    from scipy.stats import truncnorm
+
+    a, b = max(lo, 0.0), max(hi, 0.0)
+    out = np.zeros(len(mean))
+    if b <= a:
+        return out
+    alpha = -mean / std
+    below = mean < a  # the window lies in the upper tail: use survival functions
+    kw = dict(a=alpha, b=np.inf, loc=mean, scale=std)
+    up = truncnorm.sf(a, **kw) - (truncnorm.sf(b, **kw) if np.isfinite(b) else 0.0)
+    down = (truncnorm.cdf(b, **kw) if np.isfinite(b) else 1.0) - truncnorm.cdf(a, **kw)
+    out = np.where(below, up, down)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
+
+
+def window_probability(mean, std, windows: dict, targets: Sequence[str], p_positive=None,
+                       hurdle: Sequence[str] | None = None) -> np.ndarray:
+    """P(every target inside its window) under independent per-target distributions, (N,).
+
+    An ordinary target is Gaussian, N(mean, std). A hurdle target ("0 or positive", e.g. a
+    band gap; ``PropertyModel(hurdle=...)``) is a mixture: with probability ``1 - p`` it is
+    exactly 0, with probability ``p = p_positive[:, j]`` it is positive and distributed as
+    N(mean, std) *truncated to (0, inf)*: the regressor of a hurdle model is trained on the
+    positive labels only, so its Gaussian describes y given y > 0, and the mass it puts
+    below 0 is renormalized away rather than counted as a zero. So
+
+        P(lo <= y <= hi) = p * P(max(lo, 0) <= Y <= hi | Y > 0) + (1 - p) * [lo <= 0 <= hi].
+
+    ``p_positive`` (N, T) is what ``model.predict(..., positive=True)`` returns; ``hurdle``
+    names the hurdle targets (default: those whose ``p_positive`` column is not all 1)."""
     from scipy.stats import norm
 
+    targets = list(targets)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if p_positive is not None:
+        p_positive = np.asarray(p_positive, np.float64)
+        if hurdle is None:
+            hurdle = [t for j, t in enumerate(targets) if not np.all(p_positive[:, j] == 1.0)]
+    hurdle = set(hurdle or ()) if p_positive is not None else set()
     p = np.ones(len(mean))
     for t, bounds in windows.items():
-        j = list(targets).index(t)
+        j = targets.index(t)
         lo, hi = _window(bounds)
         s = np.maximum(std[:, j], 1e-12)
-        p *= norm.cdf((hi - mean[:, j]) / s) - norm.cdf((lo - mean[:, j]) / s)
+        if t in hurdle:
+            pos = np.clip(p_positive[:, j], 0.0, 1.0)
+            p *= pos * _truncated_mass(mean[:, j], s, lo, hi) + (1.0 - pos) * float(lo <= 0.0 <= hi)
+        else:
+            p *= norm.cdf((hi - mean[:, j]) / s) - norm.cdf((lo - mean[:, j]) / s)
     return p
+
+
+def _hurdle_of(model) -> tuple:
+    return tuple(getattr(model, "hurdle", None) or ())
+
+
+def _predict(model, crystal=None, inputs=None):
+    """(mean, std, p_positive or None) of a PropertyModel, from a Crystal batch or scaled inputs."""
+    if _hurdle_of(model):
+        if inputs is not None:
+            return model.predict_inputs(inputs, positive=True)
+        return model.predict(crystal, positive=True)
+    mean, std = model.predict(crystal) if inputs is None else model.predict_inputs(inputs)
+    return mean, std, None
+
+
+def window_decision(model, mean, std, p_positive, windows: dict, k: float | None):
+    """The kσ rule and the prediction columns of :func:`property_filter` for predictions
+    already made: (keep (N,), reason (N,), columns). ``k=None`` keeps every row.
+
+    Ordinary target: dropped when ``[mean - kσ, mean + kσ]`` misses its window. Hurdle
+    target (see :func:`window_probability`): kept while either of its parts can still
+    reach the window at the optimistic end, with ``Φ(-k)`` (the one-sided tail of kσ,
+    0.023 for k = 2) as the smallest probability that counts as possible:
+
+    * the positive part, when ``p_positive >= Φ(-k)`` and its interval clipped at 0,
+      ``[max(mean - kσ, 0), max(mean + kσ, 0)]``, overlaps the window's positive part;
+    * the zero, when the window contains 0 and ``1 - p_positive >= Φ(-k)``.
+
+    For a window that excludes 0 (a gap of 1.5-3 eV) this drops a candidate when
+    ``p_positive < Φ(-k)`` or when the positive part's kσ interval misses the window."""
+    from scipy.stats import norm
+
+    targets = list(model.targets)
+    hurdle = set(_hurdle_of(model)) if p_positive is not None else set()
+    n = len(mean)
+    keep = np.ones(n, bool)
+    reason = np.full(n, "", dtype=object)
+    if k is not None:
+        tail = float(norm.sf(k))
+        for t, bounds in windows.items():
+            j = targets.index(t)
+            lo, hi = _window(bounds)
+            up, down = mean[:, j] + k * std[:, j], mean[:, j] - k * std[:, j]
+            if t in hurdle:
+                pos = p_positive[:, j]
+                reach = (np.maximum(up, 0.0) >= lo) & (np.maximum(down, 0.0) <= hi) & (hi > 0)
+                zero_in = lo <= 0.0 <= hi
+                ok = ((pos >= tail) & reach) | (zero_in & (1.0 - pos >= tail))
+                unlikely = (pos < tail) & (not zero_in)
+                reason[keep & ~ok & unlikely] = f"P({t} > 0) < {tail:.3g} (the {k:g}-sigma tail)"
+                reason[keep & ~ok & ~unlikely] = f"{t} outside [{lo:g}, {hi:g}] at {k:g} sigma"
+                keep &= ok
+            else:
+                fail = (up < lo) | (down > hi)
+                reason[keep & fail] = f"{t} outside [{lo:g}, {hi:g}] at {k:g} sigma"
+                keep &= ~fail
+    cols = {f"pred_{t}": mean[:, j] for j, t in enumerate(targets)}
+    cols.update({f"sigma_{t}": std[:, j] for j, t in enumerate(targets)})
+    if hurdle:
+        cols.update({f"p_positive_{t}": p_positive[:, j] for j, t in enumerate(targets) if t in hurdle})
+    cols["p_window"] = window_probability(mean, std, windows, targets, p_positive,
+                                          hurdle=sorted(hurdle) if p_positive is not None else None)
+    return keep, reason.astype(str), cols
+
+
+def _load_model(model):
+    from jaxinv.screening.train import PropertyModel
+
+    if isinstance(model, PropertyModel):
+        return model, None
+    return PropertyModel.load(str(model)), str(model)
+
+
+def _model_tag(model, path):
+    tag = path or f"in-memory:{model.kind}:{list(model.targets)}"
+    return tag + (f":hurdle={list(_hurdle_of(model))}" if _hurdle_of(model) and not path else "")
 
 
 def property_filter(model, windows: dict, k: float = 2.0, chunk_size: int = 8192, name: str = "property") -> Stage:
     """Predict with an ensemble :class:`~jaxinv.screening.train.PropertyModel` (or
-    the path of a saved one) and keep candidates whose interval ``[mean - kσ,
-    mean + kσ]`` overlaps every window (``{target: [lo, hi]}``, None = open).
-    Adds ``pred_<t>``, ``sigma_<t>`` and ``p_window`` columns."""
-    from jaxinv.screening.train import PropertyModel
-
-    path = None
-    if not isinstance(model, PropertyModel):
-        path = str(model)
-        model = PropertyModel.load(path)
+    the path of a saved one) and keep candidates that can still satisfy every window
+    (``{target: [lo, hi]}``, None = open) at the optimistic end of their kσ interval
+    (:func:`window_decision`; hurdle targets such as band gaps by their two parts).
+    Adds ``pred_<t>``, ``sigma_<t>`` (for a hurdle target: given that it is > 0),
+    ``p_positive_<t>`` (hurdle targets: P(t > 0)) and ``p_window`` columns."""
+    model, path = _load_model(model)
     missing = sorted(set(windows) - set(model.targets))
     if missing:
         raise ValueError(f"windows on {missing}, but the model predicts {list(model.targets)}")
 
     def apply(cands: Candidates, context) -> Decision:
-        mean, std = model.predict(cands.crystal)
-        keep = np.ones(len(cands), bool)
-        reason = np.full(len(cands), "", dtype=object)
-        for t, bounds in windows.items():
-            j = model.targets.index(t)
-            lo, hi = _window(bounds)
-            fail = (mean[:, j] + k * std[:, j] < lo) | (mean[:, j] - k * std[:, j] > hi)
-            reason[keep & fail] = f"{t} outside [{lo:g}, {hi:g}] at {k:g} sigma"
-            keep &= ~fail
-        cols = {f"pred_{t}": mean[:, j] for j, t in enumerate(model.targets)}
-        cols.update({f"sigma_{t}": std[:, j] for j, t in enumerate(model.targets)})
-        cols["p_window"] = window_probability(mean, std, windows, model.targets)
-        return Decision(keep, reason.astype(str), cols)
+        mean, std, p_pos = _predict(model, cands.crystal)
+        keep, reason, cols = window_decision(model, mean, std, p_pos, windows, k)
+        return Decision(keep, reason, cols)
 
-    cfg = {"model": path or f"in-memory:{model.kind}:{list(model.targets)}", "windows": {t: list(_window(b)) for t, b in
-                                                                                        windows.items()}, "k": k}
+    cfg = {"model": _model_tag(model, path), "windows": {t: list(_window(b)) for t, b in windows.items()}, "k": k}
     return Stage(name, apply, cfg, chunk_size)
 
 
@@ -155,17 +261,77 @@ def _potential(potential):
     return potential
 
 
+def _is_sevennet0(potential) -> bool:
+    meta = getattr(potential, "metadata", None) or {}
+    return getattr(potential, "name", None) == "7net-0" and "config" in meta
+
+
+def _nequip_structure_features(potential, crystal, state: dict, batch_size: int = 64) -> np.ndarray:
+    """The ``sevennet0`` feature kind (:func:`jaxinv.screening.features.sevennet_features`:
+    mean and spread over atoms of the per-atom invariants of
+    :func:`~jaxinv.potentials.nequip.nequip_descriptor_fn`) from an *already loaded*
+    NequIP potential's parameters, so a relax stage that predicts does not load
+    SevenNet-0 a second time. The compiled descriptor function is kept in ``state``."""
+    import jax
+
+    from jaxinv.graph import neighbor_graph
+    from jaxinv.potentials.nequip import nequip_descriptor_fn
+
+    if "descriptors" not in state:
+        state["descriptors"] = jax.jit(nequip_descriptor_fn(potential.metadata["config"]))
+    fn = state["descriptors"]
+    c = crystal.to_host()
+    graph = neighbor_graph(c, potential.cutoff)
+    out = []
+    for start in range(0, c.batch_size, batch_size):
+        idx = np.minimum(np.arange(start, start + batch_size), c.batch_size - 1)  # one shape: pad with repeats
+        part = c[idx]
+        x = np.asarray(fn(potential.params, part, jax.tree_util.tree_map(lambda a: a[idx], graph)), np.float64)
+        w = part.mask[..., None].astype(np.float64)
+        n = np.maximum(w.sum(1), 1.0)
+        mean = (x * w).sum(1) / n
+        spread = np.sqrt((((x - mean[:, None]) ** 2) * w).sum(1) / n)
+        out.append(np.concatenate([mean, spread], axis=-1)[:min(batch_size, c.batch_size - start)])
+    return np.concatenate(out).astype(np.float32)
+
+
+def _model_inputs(model, crystal, potential, state: dict):
+    """Scaled inputs of ``model`` for ``crystal``; ``sevennet0`` features come from
+    ``potential``'s own parameters when it is SevenNet-0."""
+    if model.kind == "composition" and model.features == "sevennet0" and _is_sevennet0(potential):
+        return model.scale_inputs(_nequip_structure_features(potential, crystal, state))
+    return model.inputs(crystal)
+
+
 def relax_stage(potential, fmax: float = 0.05, max_steps: int = 300, cell: str = "frechet",
-                keep_unconverged: bool = True, chunk_size: int = 512) -> Stage:
+                keep_unconverged: bool = True, chunk_size: int = 512, model=None, windows: dict | None = None,
+                k: float | None = None) -> Stage:
     """Relax with a :class:`~jaxinv.potentials.Potential` (or a registry name / ``'module:loader'``).
 
     Failed relaxations (NaN, collapsed cell, broken graph) are dropped; those out
     of steps are kept (flagged in ``relax_status``) unless ``keep_unconverged`` is
     False. Adds ``energy`` (eV), ``energy_per_atom`` and ``relax_steps``. The
     relaxation queue checkpoints with orbax into the chunk's work directory, so a
-    killed chunk resumes mid-relaxation."""
+    killed chunk resumes mid-relaxation.
+
+    Predict and relax in one pass: with ``model`` (a :class:`~jaxinv.screening.train.PropertyModel`
+    or the path of a saved one) every chunk is predicted right after its relaxation, on
+    the relaxed geometry, in the same process and on the same devices as the potential,
+    adding the columns of :func:`property_filter` (``pred_<t>``, ``sigma_<t>``,
+    ``p_positive_<t>``, and ``p_window`` when ``windows`` are given); with ``k`` too,
+    candidates that cannot reach the windows at kσ are dropped (:func:`window_decision`).
+    A model on ``sevennet0`` features takes them from the relaxing potential's own
+    parameters when that potential is SevenNet-0 (no second load)."""
     spec = potential if isinstance(potential, str) else getattr(potential, "name", "potential")
     state = {}
+    path = None
+    if model is not None:
+        model, path = _load_model(model)
+        missing = sorted(set(windows or {}) - set(model.targets))
+        if missing:
+            raise ValueError(f"windows on {missing}, but the model predicts {list(model.targets)}")
+    elif windows or k is not None:
+        raise ValueError("relax_stage: windows and k need a model")
 
     def apply(cands: Candidates, context) -> Decision:
         from jaxinv.relax import converged, energy_per_atom, failed, relax, status_names
@@ -181,14 +347,43 @@ def relax_stage(potential, fmax: float = 0.05, max_steps: int = 300, cell: str =
         keep = ~failed(relaxed)
         if not keep_unconverged:
             keep &= converged(relaxed)
-        reason = np.where(keep, "", np.char.add("relaxation ", status.astype(str)))
+        reason = np.where(keep, "", np.char.add("relaxation ", status.astype(str))).astype(object)
         energy = np.asarray(relaxed.labels["energy"], np.float64)
         columns = {"energy": energy, "energy_per_atom": energy_per_atom(relaxed), "relax_status": status,
                    "relax_steps": np.asarray(relaxed.labels["steps"])}
-        return Decision(keep, reason, columns, crystal=relaxed.without_labels())
+        geometry = relaxed.without_labels()
+        if model is not None:
+            cols = _predict_relaxed(model, geometry, keep, state)
+            ok, why, pred_cols = window_decision(model, *cols, windows or {}, k)
+            if not windows:
+                pred_cols.pop("p_window", None)
+            reason[keep & ~ok] = why[keep & ~ok]
+            keep &= ok
+            columns.update(pred_cols)
+        return Decision(keep, reason.astype(str), columns, crystal=geometry)
 
-    return Stage("relax", apply, {"potential": spec, "fmax": fmax, "max_steps": max_steps, "cell": cell,
-                                  "keep_unconverged": keep_unconverged}, chunk_size)
+    cfg = {"potential": spec, "fmax": fmax, "max_steps": max_steps, "cell": cell, "keep_unconverged": keep_unconverged}
+    if model is not None:
+        cfg.update(model=_model_tag(model, path), windows={t: list(_window(b)) for t, b in (windows or {}).items()},
+                   k=k)
+    return Stage("relax", apply, cfg, chunk_size)
+
+
+def _predict_relaxed(model, crystal, ok, state):
+    """(mean, std, p_positive) of every row; rows whose relaxation failed (``~ok``: NaN or
+    broken geometry) are not featurized and get NaN."""
+    n = len(ok)
+    t = len(model.targets)
+    mean, std = np.full((n, t), np.nan), np.full((n, t), np.nan)
+    p_pos = np.full((n, t), np.nan) if _hurdle_of(model) else None
+    rows = np.flatnonzero(ok)
+    if len(rows):
+        part = crystal if len(rows) == n else crystal[rows]
+        m, s, p = _predict(model, inputs=_model_inputs(model, part, state["potential"], state))
+        mean[rows], std[rows] = m, s
+        if p_pos is not None:
+            p_pos[rows] = p
+    return mean, std, p_pos
 
 
 # -------------------------------------------------------------------- stability
