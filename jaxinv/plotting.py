@@ -12,6 +12,8 @@ windows drawn where a screen has them.
 * :func:`count_axis`: a log axis for counts (funnels) with labels 1, 10, 100, 1k, ...
 * :func:`property_learning_curve`, :func:`generative_learning_curve`: the
   ``learning_curve.png`` of ``train_property`` and ``train_generative``.
+* :func:`parity_plot`: predicted against true values with ±1σ bars, one panel per
+  target (``parity.png`` of ``train_property``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from matplotlib.ticker import Formatter  # (pyplot, which needs the backend set,
 __all__ = ["pyplot", "save", "Curve", "Panel", "PlainFormatter", "value_axis", "count_axis", "learning_curve",
            "learning_curve_figure", "shade_windows", "window_label", "window_text", "tick_labels_overlap",
            "visible_tick_labels", "property_panels", "property_learning_curve", "generative_panels",
-           "generative_learning_curve"]
+           "generative_learning_curve", "parity_plot", "parity_figure"]
 
 MAX_TICKS = 6
 
@@ -391,6 +393,50 @@ def property_panels(history: dict, units: dict | None = None) -> list[Panel]:
             panels.append(Panel(f"{t} MAE{unit}", _member_curves(x, tr[..., j], TRAIN, "train")
                                 + _member_curves(x, va[..., j], VALID, "valid"), f"MAE{unit}", vlines=vlines))
     return panels
+
+
+def parity_plot(panels: Sequence[dict], path: str | Path, title: str | None = None, max_bars: int = 400) -> Path:
+    """Write ``path``: the figure of :func:`parity_figure`."""
+    return save(parity_figure(panels, title, max_bars), path)
+
+
+def parity_figure(panels: Sequence[dict], title: str | None = None, max_bars: int = 400, seed: int = 0):
+    """Per panel (a dict with ``y``, ``mean``, ``std``, ``name`` and optionally ``unit``
+    and ``note``): predictions against true values with ±1σ error bars on a seeded
+    sample of at most ``max_bars`` points (all points are drawn; non-finite ones are
+    left out), the y = x line, and n, MAE and ±1σ / ±2σ coverage in the corner."""
+    plt = pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, p in zip(axes[0], panels):
+        y, mu, sd = (np.asarray(p[k], float).ravel() for k in ("y", "mean", "std"))
+        ok = np.isfinite(y) & np.isfinite(mu) & np.isfinite(sd)
+        y, mu, sd = y[ok], mu[ok], sd[ok]
+        unit = f" ({p['unit']})" if p.get("unit") else ""
+        ax.scatter(y, mu, s=5, color=VALID, alpha=0.5, lw=0)
+        pick = rng.permutation(len(y))[:max_bars]
+        ax.errorbar(y[pick], mu[pick], yerr=sd[pick], fmt="none", ecolor=VALID, alpha=0.25, lw=0.7)
+        if len(y):
+            lo, hi = float(min(y.min(), mu.min())), float(max(y.max(), mu.max()))
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1.0, ls="--", label="y = x")
+            err = np.abs(mu - y)
+            stats = (f"n = {len(y)}\nMAE = {err.mean():.3g}{unit}\n"
+                     f"within ±1σ: {np.mean(err <= sd):.2f} (0.68)\nwithin ±2σ: {np.mean(err <= 2 * sd):.2f} (0.95)")
+            ax.text(0.03, 0.97, stats, transform=ax.transAxes, va="top", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+            value_axis(ax, [y, mu], "x", log=False)
+            value_axis(ax, [y, mu], "y", log=False)
+        ax.set_xlabel(f"true {p['name']}{unit}")
+        ax.set_ylabel(f"predicted {p['name']}{unit}")
+        ax.set_title(p["name"] + (f" ({p['note']})" if p.get("note") else ""), fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
 
 
 def _loss_keys(keys: Iterable[str]) -> list[str]:

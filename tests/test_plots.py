@@ -240,8 +240,9 @@ def test_train_property_records_history_and_writes_a_learning_curve(tmp_path, mo
                                       "targets=[heat_ref,dir_gap]"])
     assert (out / "learning_curve.png").stat().st_size > 10_000
     (hist,) = seen
-    assert hist["epoch"] == [1, 2, 3, 4] and hist["targets"] == ["heat_ref", "dir_gap"]
-    for k, shape in [("train_nll", (4, 2)), ("val_nll", (4, 2)), ("train_mae", (4, 2, 2)), ("val_mae", (4, 2, 2))]:
+    # dir_gap is mostly 0: modelled as a hurdle, whose classifier has its own MAE panel
+    assert hist["epoch"] == [1, 2, 3, 4] and hist["targets"] == ["heat_ref", "dir_gap", "P(dir_gap > 0)"]
+    for k, shape in [("train_nll", (4, 2)), ("val_nll", (4, 2)), ("train_mae", (4, 2, 3)), ("val_mae", (4, 2, 3))]:
         a = np.asarray(hist[k])
         assert a.shape == shape and np.isfinite(a).all(), k
     assert (np.asarray(hist["val_mae"]) > 0).all()
@@ -249,6 +250,27 @@ def test_train_property_records_history_and_writes_a_learning_curve(tmp_path, mo
     w = hist["warmup_epochs"]
     val = np.asarray(hist["val_nll"])
     np.testing.assert_allclose(hist["best_val_nll"], val[max(w - 1, 0):].min(0), rtol=1e-5)
+
+
+def test_parity_plot_reports_mae_and_coverage(tmp_path):
+    from jaxinv.plotting import parity_figure, parity_plot
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=300)
+    sd = rng.uniform(0.2, 0.8, size=300)
+    mu = y + rng.normal(scale=0.5, size=300)
+    mu[0] = np.nan  # a failed prediction is left out, not plotted at NaN
+    panels = [{"y": y, "mean": mu, "std": sd, "name": "heat_ref", "unit": "eV"},
+              {"y": np.abs(y), "mean": np.abs(mu), "std": sd, "name": "gap", "note": "given > 0"}]
+    assert parity_plot(panels, tmp_path / "parity.png", "test").stat().st_size > 10_000
+    fig = parity_figure(panels)
+    text = fig.axes[0].texts[0].get_text()
+    err = np.abs(mu[1:] - y[1:])
+    assert "n = 299" in text and f"MAE = {err.mean():.3g} (eV)" in text
+    assert f"within ±1σ: {np.mean(err <= sd[1:]):.2f}" in text and f"within ±2σ: {np.mean(err <= 2 * sd[1:]):.2f}" in text
+    assert fig.axes[1].get_title() == "gap (given > 0)"
+    _readable(fig.axes[0], "x")
+    _readable(fig.axes[0], "y")
 
 
 @pytest.mark.slow

@@ -42,20 +42,3 @@ def test_quickstart_is_the_screen_experiment_with_small_defaults():
     assert cfg.candidates.n_prototypes == 50 and cfg.model is None
     assert [s["type"] for s in cfg.stages] == [s["type"] for s in screen.stages] == ["composition", "property", "rank"]
 
-
-def test_train_property_experiment_reports_calibration(tmp_path):
-    """A tiny run of the experiment: held-out metrics for every target, σ scale, saved model."""
-    from jaxinv.screening.train import PropertyModel
-
-    out = tmp_path / "tp"
-    res = run_experiment("train_property", [f"out_dir={out}", "progress=false", "data.limit=96",
-                                            "train.epochs=2", "train.n_members=2", "model.hidden=[16]",
-                                            "model.features=magpie", "checkpoint=false"])
-    assert set(res["targets"]) == {"heat_ref", "dir_gap", "ind_gap"}
-    for t, r in res["targets"].items():
-        assert r["test"]["n"] == res["n"]["test"] > 0
-        assert 0.0 <= r["test"]["within_1sigma"] <= r["test"]["within_2sigma"] <= 1.0
-        assert r["sigma_scale"] > 0
-    assert res["n"]["train"] == 96
-    m = PropertyModel.load(out / "model")
-    assert m.targets == ("heat_ref", "dir_gap", "ind_gap") and m.sigma_scale.shape == (3,)

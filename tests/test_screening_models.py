@@ -385,3 +385,16 @@ def test_hurdle_target_separates_zeros_from_positive_values(tmp_path):
     np.testing.assert_allclose(again.predict_inputs(again.scale_inputs(test), positive=True)[2], p, rtol=1e-5)
     with pytest.raises(ValueError, match="hurdle targets"):
         PropertyModel("composition", ("a",), {}, hurdle=("b",)).fit(x, y[:, :1], cfg)
+
+
+def test_roc_auc_matches_sklearn_and_known_values():
+    from jaxinv.screening.uncertainty import roc_auc
+
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    labels = rng.random(500) < 0.1
+    scores = np.round(labels * 0.7 + rng.random(500), 2)  # ties included
+    assert roc_auc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["calibration", "expected_coverage", "fit_sigma_scale"]
+__all__ = ["calibration", "expected_coverage", "fit_sigma_scale", "roc_auc"]
 
 
 def expected_coverage(k: float) -> float:
@@ -42,3 +42,17 @@ def fit_sigma_scale(y, mean, std) -> float:
     if not ok.any():
         return 1.0
     return float(np.sqrt(np.mean(((y[ok] - mean[ok]) / std[ok]) ** 2)))
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``: the probability
+    that a random positive scores above a random negative (ties count half), from
+    the Mann-Whitney rank sum. NaN when either class is empty."""
+    from scipy.stats import rankdata
+
+    labels, scores = np.asarray(labels, bool).ravel(), np.asarray(scores, np.float64).ravel()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
