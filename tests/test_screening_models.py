@@ -332,15 +332,21 @@ def test_sevennet0_features_are_invariant_and_carry_the_potentials_energy(perov)
     from pymatgen.core import Lattice, Structure
 
     from jaxinv.crystal import Crystal
-    from jaxinv.screening.features import _sevennet0, featurize
+    from jaxinv.potentials import load_potential
+    from jaxinv.screening.features import featurize, potential_features
 
     structures = perov.structures(np.arange(5))
     x = featurize(Crystal.from_structures(structures), "sevennet0")
     f = x.shape[1] // 2
     assert x.shape == (5, 2 * 1089) and np.all(np.isfinite(x))
-    pot, _ = _sevennet0()
+    pot = load_potential("sevennet0")
     energy = np.asarray(pot(Crystal.from_structures(structures)).energy)
     np.testing.assert_allclose(x[:, f - 1] * 5, energy, rtol=1e-5, atol=1e-4)  # the energy column (mean)
+    # a loaded potential object gives the same features as its registry name
+    np.testing.assert_allclose(potential_features(Crystal.from_structures(structures[:2]), pot), x[:2], rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="not a NequIP-family"):
+        potential_features(Crystal.from_structures(structures[:1]), load_potential("lj"))
 
     s = structures[2]
     order = [4, 2, 0, 3, 1]

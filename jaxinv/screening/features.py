@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 __all__ = ["MAGPIE_PROPERTIES", "MAGPIE_STATS", "magpie_table", "magpie_feature_names", "magpie_features",
            "site_features", "ionic_features", "oxidation_features", "OXIDATION_FEATURES", "featurize", "FEATURE_KINDS",
-           "N_MAGPIE"]
+           "N_MAGPIE", "POTENTIAL_FEATURES", "potential_features", "pool_atoms", "sevennet_features"]
 
 MAGPIE_PROPERTIES = ("Number", "MendeleevNumber", "AtomicWeight", "MeltingT", "Column", "Row", "CovalentRadius",
                      "Electronegativity", "NsValence", "NpValence", "NdValence", "NfValence", "NValence",
@@ -335,31 +335,47 @@ def oxidation_features(crystal, graph, tolerance: float = 1.2) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
+# feature kinds named after a NequIP-family potential of the registry: its learned features
+POTENTIAL_FEATURES = ("sevennet0", "sevennet_l3i5")
 FEATURE_KINDS = ("magpie", "magpie_site", "magpie_ionic", "magpie_site_ionic", "magpie_oxi", "magpie_site_oxi",
-                 "sevennet0")
+                 *POTENTIAL_FEATURES)
 
 
 @functools.cache
-def _sevennet0():
+def _registered(name: str):
+    from jaxinv.potentials import load_potential
+
+    return load_potential(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _descriptor_fn(config):
     from jaxinv.potentials.nequip import nequip_descriptor_fn
-    from jaxinv.potentials.sevennet import load_sevennet
 
-    pot = load_sevennet("7net-0")
-    return pot, jax.jit(nequip_descriptor_fn(pot.metadata["config"]))
+    return jax.jit(nequip_descriptor_fn(config))
 
 
-def sevennet_features(crystal, batch_size: int = 64) -> np.ndarray:
-    """SevenNet-0's learned description of each structure: the masked mean and spread over
-    atoms of its per-atom invariant features (:func:`~jaxinv.potentials.nequip.nequip_descriptor_fn`,
-    2 x 1,089 columns), from one forward pass of the frozen model.
+def potential_features(crystal, potential="sevennet0", batch_size: int = 64) -> np.ndarray:
+    """A NequIP-family potential's learned description of each structure: the masked
+    mean and spread over atoms of its per-atom invariant features
+    (:func:`~jaxinv.potentials.nequip.nequip_descriptor_fn`; 2 x 1,089 columns for
+    SevenNet-0), from one forward pass of the frozen model.
 
-    One neighbor graph over all structures gives every batch the same edge capacity, and
-    the last batch is padded with repeats, so the pass compiles once. 373 structures/s on one
-    CPU core for perov_5 (benchmarks/RESULTS.md, issue 25 probe)."""
+    ``potential``: a loaded :class:`~jaxinv.potentials.Potential` whose metadata
+    holds a NequIP config (a relaxation stage passes the one it relaxes with, so the
+    parameters are loaded once), or a registry name (``'sevennet0'``,
+    ``'sevennet_l3i5'``). One neighbor graph over all structures gives every batch the
+    same edge capacity, and the last batch is padded with repeats, so the pass
+    compiles once. 373 structures/s on one CPU core for perov_5 with SevenNet-0
+    (benchmarks/RESULTS.md, issue 25 probe)."""
     from jaxinv.graph import neighbor_graph
     from jaxinv.potentials.base import check_species
 
-    pot, descriptors = _sevennet0()
+    pot = _registered(potential) if isinstance(potential, str) else potential
+    config = pot.metadata.get("config") if pot.metadata else None
+    if config is None or not hasattr(config, "num_layers"):
+        raise ValueError(f"potential {pot.name!r} is not a NequIP-family model; its features cannot be taken")
+    descriptors = _descriptor_fn(config)
     c = crystal.to_host()
     check_species(pot, c)
     graph = neighbor_graph(c, pot.cutoff)
@@ -368,12 +384,23 @@ def sevennet_features(crystal, batch_size: int = 64) -> np.ndarray:
         idx = np.minimum(np.arange(start, start + batch_size), c.batch_size - 1)
         part = c[idx]
         x = np.asarray(descriptors(pot.params, part, jax.tree_util.tree_map(lambda a: a[idx], graph)), np.float64)
-        w = part.mask[..., None].astype(np.float64)
-        n = np.maximum(w.sum(1), 1.0)
-        mean = (x * w).sum(1) / n
-        spread = np.sqrt((((x - mean[:, None]) ** 2) * w).sum(1) / n)
-        out.append(np.concatenate([mean, spread], axis=-1)[:min(batch_size, c.batch_size - start)])
+        out.append(pool_atoms(x, part.mask)[:min(batch_size, c.batch_size - start)])
     return np.concatenate(out).astype(np.float32)
+
+
+def pool_atoms(x, mask) -> np.ndarray:
+    """Per-structure mean and spread (standard deviation) of per-atom features
+    ``x`` (B, N, F) over the real atoms: (B, 2F)."""
+    w = np.asarray(mask, np.float64)[..., None]
+    n = np.maximum(w.sum(1), 1.0)
+    mean = (x * w).sum(1) / n
+    spread = np.sqrt((((x - mean[:, None]) ** 2) * w).sum(1) / n)
+    return np.concatenate([mean, spread], axis=-1)
+
+
+def sevennet_features(crystal, batch_size: int = 64) -> np.ndarray:
+    """:func:`potential_features` of SevenNet-0 (the ``sevennet0`` feature kind)."""
+    return potential_features(crystal, "sevennet0", batch_size)
 
 
 def featurize(crystal, kind: str = "magpie", cutoff: float = 5.0, batch_size: int = 4096) -> np.ndarray:
@@ -383,14 +410,15 @@ def featurize(crystal, kind: str = "magpie", cutoff: float = 5.0, batch_size: in
     (+ 24 coordination-weighted columns; needs geometry), and either with
     ``'_ionic'`` (+ 2 charge-balance flags, :func:`ionic_features`) or ``'_oxi'``
     (+ 16 oxidation-state-aware columns, :func:`oxidation_features`; needs geometry);
-    ``'sevennet0'``: the frozen universal potential's learned features
-    (:func:`sevennet_features`, 2,178 columns; geometry, elements SevenNet-0 knows)."""
+    ``'sevennet0'`` / ``'sevennet_l3i5'``: that frozen universal potential's learned
+    features (:func:`potential_features`; 2,178 columns for SevenNet-0; geometry,
+    elements the potential knows)."""
     from jaxinv.graph import neighbor_graph
 
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; use one of {FEATURE_KINDS}")
-    if kind == "sevennet0":
-        return sevennet_features(crystal)
+    if kind in POTENTIAL_FEATURES:
+        return potential_features(crystal, kind)
     c = crystal.to_host()
     out = []
     for start in range(0, c.batch_size, batch_size):
