@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
-from jaxinv.screening.models import CGCNN, CompositionMLP, ensemble_apply, ensemble_init, graph_inputs, \
-    mixture_moments
+from jaxinv.screening.models import CGCNN, CompositionMLP, compact_graphs, edge_capacity, ensemble_apply, \
+    ensemble_init, flat_graphs, gather_graphs, graph_inputs, mixture_moments
 
 __all__ = ["TrainConfig", "PropertyModel", "fit", "capacity_for"]
 
@@ -61,6 +61,8 @@ class TrainConfig:
     chunk_epochs: int = 50  # at most this many epochs per jitted call (and between checkpoints)
     seed: int = 0  # seeds initialisation and batches
     min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
+    patience: int | None = None  # stop after this many epochs past warmup without any member's best
+    # validation NLL improving (checked between jitted chunks, which then hold at most this many epochs); 0/None: off
 
 
 def capacity_for(n: int) -> int:
@@ -119,6 +121,14 @@ def _val_metrics(module, binary, params, x, y):
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)) / jnp.maximum(valid.sum((1, 2)), 1), mae
 
 
+GRAPH_KEYS = frozenset({"numbers", "mask", "senders", "receivers", "edge_mask", "dist"})
+
+
+def _is_graph(x) -> bool:
+    """Padded per-structure graph inputs (:func:`~jaxinv.screening.models.graph_inputs`)."""
+    return isinstance(x, dict) and GRAPH_KEYS <= set(x) and np.ndim(x["senders"]) == np.ndim(x["numbers"])
+
+
 def _optimizer(lr: float, weight_decay: float, total_steps: int):
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, total_steps // 10 + 1), total_steps, lr * 0.02)
     return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=weight_decay))
@@ -126,13 +136,18 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
 
 @functools.lru_cache(maxsize=16)
 def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool, lr: float, weight_decay: float,
-              total_steps: int, mesh=None, binary: tuple = ()):
+              total_steps: int, mesh=None, binary: tuple = (), graph_capacity: int | None = None):
     """The jitted chunk of epochs and its optimizer, cached on everything that shapes the
     program, so repeated fits (active learning rounds, seeds) reuse one compilation.
 
     With a ``mesh`` every minibatch is split over its devices along the batch axis
     (the data and parameters are replicated): each device computes the gradients
-    of its rows and XLA sums them across devices."""
+    of its rows and XLA sums them across devices.
+
+    With ``graph_capacity`` the data ``x`` is a :func:`compact_graphs` store and
+    every minibatch one flat graph of that many edge slots (:func:`gather_graphs`);
+    a row whose edges do not fit (rare by construction of the capacity) loses its
+    label for that step."""
     tx = _optimizer(lr, weight_decay, total_steps)
     if mesh is not None:
         from jax.sharding import NamedSharding, PartitionSpec
@@ -146,14 +161,19 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
                          in_axes=(0, 0, 0, None))
 
     def one_epoch(carry, _):
-        params, opt_state, best, best_val, key, epoch, n_valid, x, y, xv, yv, warm_epochs = carry
+        params, opt_state, best, best_val, key, epoch, last_improve, n_valid, x, y, xv, yv, warm_epochs = carry
 
         def step(c, k):
             p, s = c
             m = jax.tree_util.tree_leaves(p)[0].shape[0]
             idx = jax.random.randint(k, (m, batch_size), 0, n_valid)
-            bx = jax.tree_util.tree_map(lambda a: split(a[idx]), x)
-            by = split(y[idx])
+            if graph_capacity:
+                bx, ok = jax.vmap(lambda i: gather_graphs(x, i, graph_capacity))(idx)
+                bx = jax.tree_util.tree_map(split, bx)
+                by = split(jnp.where(ok[..., None], y[idx], jnp.nan))
+            else:
+                bx = jax.tree_util.tree_map(lambda a: split(a[idx]), x)
+                by = split(y[idx])
             (loss, aux), g = loss_grad(p, bx, by, epoch < warm_epochs)
             upd, s = jax.vmap(tx.update)(g, s, p)
             return (optax.apply_updates(p, upd), s), (loss, aux)
@@ -167,13 +187,16 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
             val, val_mae = jnp.full(best_val.shape, losses[-1].mean()), jnp.full(mae.shape[1:], jnp.nan)
         # during warmup the variance is not trained on its own mean yet: keep the latest
         better = (val < best_val) | (epoch < warm_epochs)
+        # for early stopping: the last epoch (counted from 1) at which some member improved, or warmup ran
+        last_improve = jnp.where((epoch < warm_epochs) | jnp.any(val < best_val), epoch + 1, last_improve)
         sel = lambda a, b: jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
         best = jax.tree_util.tree_map(sel, params, best)
         best_val = jnp.where(better, val, best_val)
         # the epoch's record: step means of the training metrics, per member
         record = {"train_loss": losses.mean(0), "train_nll": nll.mean(0), "train_mae": mae.mean(0),
                   "val_nll": val if has_val else jnp.full(val.shape, jnp.nan), "val_mae": val_mae}
-        return (params, opt_state, best, best_val, key, epoch + 1, n_valid, x, y, xv, yv, warm_epochs), record
+        return (params, opt_state, best, best_val, key, epoch + 1, last_improve, n_valid, x, y, xv, yv,
+                warm_epochs), record
 
     @jax.jit
     def run(carry):
@@ -205,36 +228,63 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     default every device of every process when there are several and they divide
     ``cfg.batch_size`` (None: one device). Every process passes the same data. The
     same seed gives the same training as on one device, up to the order of float32
-    sums across devices."""
+    sums across devices.
+
+    Graph inputs (the padded dict of :func:`~jaxinv.screening.models.graph_inputs`)
+    train on flat minibatches: the valid edges of all rows are stored once
+    (:func:`~jaxinv.screening.models.compact_graphs`) and each step gathers its
+    rows' edges into one disjoint graph with a fixed edge capacity
+    (:func:`~jaxinv.screening.models.edge_capacity`), so the cost follows the real
+    edge count, not ``batch * max edges``; validation runs on one flat graph of
+    exactly its edges. The history's ``graph_edge_capacity`` records the capacity.
+
+    ``cfg.patience``: stop once that many epochs after warmup passed without any
+    member's best validation NLL improving (training loss without ``val``),
+    checked between chunks (a chunk then holds at most ``patience`` epochs);
+    ``history['stopped_epoch']`` is the epoch it stopped at (None if it ran to
+    ``cfg.epochs``). A resumed run continues the count from the checkpoint."""
     from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
 
     n = int(np.asarray(y).shape[0])
     cap = capacity_for(max(n, cfg.min_capacity))
     xp, yp = _pad_rows(x, cap), _pad_rows(np.asarray(y, np.float32), cap)
     yp[n:] = np.nan
+    graph = _is_graph(x)
     if val is not None:
         capv = capacity_for(len(val[1]))
         xv, yv = _pad_rows(val[0], capv), _pad_rows(np.asarray(val[1], np.float32), capv)
         yv[len(val[1]):] = np.nan
+        if graph:
+            xv = flat_graphs(xv)
     else:
         xv, yv = jax.tree_util.tree_map(lambda a: a[:1], xp), np.full((1,) + yp.shape[1:], np.nan, np.float32)
     steps = max(1, cap // cfg.batch_size)
     total_steps = steps * cfg.epochs
+    patience = int(cfg.patience or 0)
     # a divisor of the epochs: every chunk is one compiled call of the same length, and
     # a last partial chunk would otherwise run past ``epochs``
-    chunk = max(d for d in range(1, max(1, min(cfg.chunk_epochs, cfg.epochs)) + 1) if cfg.epochs % d == 0)
+    most = min(cfg.chunk_epochs, cfg.epochs, patience or cfg.epochs)
+    chunk = max(d for d in range(1, max(1, most) + 1) if cfg.epochs % d == 0)
     mesh = training_mesh(mesh, cfg.batch_size)
+    example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
+    graph_cap = None
+    if graph:
+        # the store holds the edges of the valid rows only (padded rows are never drawn)
+        xp = compact_graphs(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], x))
+        for k in ("numbers", "mask", "edge_start", "edge_count"):
+            xp[k] = _pad_rows(xp[k], cap)
+        graph_cap = edge_capacity(xp["edge_count"][:n], cfg.batch_size)
     run, tx, tx_init = _chunk_fn(module, steps, cfg.batch_size, chunk, val is not None, float(cfg.lr),
-                                 float(cfg.weight_decay), total_steps, mesh, tuple(bool(b) for b in binary))
+                                 float(cfg.weight_decay), total_steps, mesh, tuple(bool(b) for b in binary),
+                                 graph_cap)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
-    example = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:2]), xp) if init_example is None else init_example
     params = ensemble_init(module, k_init, cfg.n_members, example)
     opt_state = tx_init(params)
     best_val = jnp.full((cfg.n_members,), jnp.inf)
     warm_epochs = int(cfg.warmup * cfg.epochs)
-    carry = (params, opt_state, params, best_val, k_train, jnp.asarray(0), jnp.asarray(n), xp, yp, xv, yv,
-             jnp.asarray(warm_epochs))
+    carry = (params, opt_state, params, best_val, k_train, jnp.asarray(0), jnp.asarray(0), jnp.asarray(n), xp, yp,
+             xv, yv, jnp.asarray(warm_epochs))
     ckpt, start = None, 0
     if checkpoint:
         leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((x, y))]
@@ -242,16 +292,21 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         ckpt = Checkpointer(checkpoint, fp, every_seconds=0.0)
         # restore into the live structure: optax states are NamedTuples, which a
         # target-less restore would return as plain containers
-        restored = ckpt.restore(target=carry[:6])
+        restored = ckpt.restore(target=carry[:7])
         if restored is not None:
             start, state = int(restored[0]), restored[1]
-            carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[6:]
+            carry = tuple(jax.tree_util.tree_map(jnp.asarray, state)) + carry[7:]
             log.info("training resumed at epoch %d", start)
     if mesh is not None:
         carry = replicate(carry, mesh)
     records = []
-    epoch = start
+    epoch, stopped = start, None
     while epoch < cfg.epochs:
+        if patience and epoch >= warm_epochs and epoch - int(carry[6]) >= patience:
+            stopped = epoch
+            log.info("early stop at epoch %d: no member's validation NLL improved since epoch %d", epoch,
+                     int(carry[6]))
+            break
         carry, rec = run(carry)
         epoch += chunk
         records.append(to_host(rec))
@@ -259,14 +314,15 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
             log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(rec["train_loss"][-1].mean()),
                      np.round(np.asarray(carry[3]), 3).tolist())
         if ckpt is not None:
-            ckpt.save(epoch, carry[:6])
+            ckpt.save(epoch, carry[:7])
     if ckpt is not None:
         ckpt.close()
     cat = {k: np.concatenate([r[k] for r in records])[: cfg.epochs - start] for k in records[0]} if records else {}
     n_run = len(cat["train_loss"]) if cat else 0
     history = {"train_loss": cat["train_loss"].mean(1).tolist() if cat else [],
                "epoch": list(range(start + 1, start + n_run + 1)), "warmup_epochs": warm_epochs,
-               "best_val_nll": np.asarray(carry[3]).tolist()}
+               "best_val_nll": np.asarray(carry[3]).tolist(), "stopped_epoch": stopped,
+               "graph_edge_capacity": graph_cap}
     if cat:
         history["train_loss_members"] = cat["train_loss"].tolist()
         history.update({k: cat[k].tolist() for k in ("train_nll", "train_mae", "val_nll", "val_mae")})
