@@ -46,3 +46,16 @@ def test_hurdle_setting_names_the_field_and_auto_picks_zero_inflated_targets():
     assert hurdle_targets([], ("e", "gap"), y[:, :2]) == ()
     with pytest.raises(ValueError, match="model.hurdle"):
         hurdle_targets(["band_gap"], ("e", "gap"), y[:, :2])
+
+
+def test_finetune_config_names_the_field():
+    from jaxinv.cli import load_experiment
+    from jaxinv.config import ConfigError, compose, validate
+
+    schema = load_experiment("train_property").Config
+    cfg = validate(compose("train_property", ["model.kind=finetune", "model.features=sevennet0"]), schema)
+    assert cfg.model.backbone_lr == 0.05
+    with pytest.raises(ConfigError, match="field 'model.kind': model.kind=finetune fine-tunes a potential"):
+        validate(compose("train_property", ["model.kind=finetune", "model.features=magpie"]), schema)
+    with pytest.raises(ConfigError, match="field 'model.backbone_lr'"):
+        validate(compose("train_property", ["model.backbone_lr=-1"]), schema)

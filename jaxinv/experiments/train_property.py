@@ -47,15 +47,26 @@ def _targets_problem(targets, cfg):
     return None
 
 
+def _finetune_problem(kind, model):
+    from jaxinv.screening.features import POTENTIAL_FEATURES
+
+    if kind == "finetune" and model.features not in POTENTIAL_FEATURES:
+        return f"model.kind=finetune fine-tunes a potential: model.features must be one of {POTENTIAL_FEATURES}, " \
+               f"not {model.features!r}"
+    return None
+
+
 @dataclass
 class ModelConfig:
-    kind: str = checked("composition", one_of("composition", "cgcnn"))
+    kind: str = checked("composition", one_of("composition", "cgcnn", "finetune"),
+                        Rule(lambda v, m: _finetune_problem(v, m), "finetune needs features = a potential's"))
     features: str = checked("magpie_site", one_of(_feature_kinds))
     hidden: List[int] = checked([128, 64], each(at_least(1)))
     cgcnn_features: int = checked(64, at_least(1))
     n_conv: int = checked(3, at_least(1))
     n_rbf: int = checked(40, at_least(1))
     cutoff: float = checked(5.0, positive)
+    backbone_lr: float = checked(0.05, non_negative)
     hurdle: Any = checked("auto", Rule(lambda v, cfg: None if v == "auto" or isinstance(v, (list, tuple)) else
                                        "'auto' or a list of target names", "'auto' or a list of targets"))
 
@@ -105,6 +116,8 @@ def build_model(cfg, hurdle: tuple = ()):
     m = cfg.model
     if m.kind == "cgcnn":
         kw = {"features": m.cgcnn_features, "n_conv": m.n_conv, "n_rbf": m.n_rbf, "cutoff": m.cutoff}
+    elif m.kind == "finetune":
+        kw = {"hidden": list(m.hidden), "backbone_lr": m.backbone_lr}
     else:
         kw = {"hidden": list(m.hidden)}
     return PropertyModel(m.kind, tuple(cfg.targets), kw, features=m.features, cutoff=m.cutoff, hurdle=tuple(hurdle))

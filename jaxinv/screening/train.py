@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
+from jaxinv.screening.finetune import PotentialHead, feature_statistics, head_inputs
 from jaxinv.screening.models import CGCNN, CompositionMLP, compact_graphs, edge_capacity, ensemble_apply, \
     ensemble_init, flat_graphs, gather_graphs, graph_inputs, mixture_moments
 
@@ -332,15 +333,20 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
 
 
 # ----------------------------------------------------------------- the model
-MODULES = {"composition": CompositionMLP, "cgcnn": CGCNN}
+MODULES = {"composition": CompositionMLP, "cgcnn": CGCNN, "finetune": PotentialHead}
+# rows per compiled prediction call: a fine-tuned head runs the whole potential
+PREDICT_ROWS = {"finetune": 64}
 
 
 @dataclass
 class PropertyModel:
     """A trained ensemble with its input pipeline and target scaling.
 
-    ``kind``: ``'composition'`` (an MLP on Magpie features, ``features`` =
-    'magpie' or 'magpie_site') or ``'cgcnn'``. Predictions are in the targets'
+    ``kind``: ``'composition'`` (an MLP on precomputed features, ``features`` = a
+    kind of :func:`~jaxinv.screening.features.featurize`: Magpie variants or a frozen
+    potential's learned features), ``'cgcnn'``, or ``'finetune'`` (a head on the
+    potential named by ``features``, fine-tuned end to end:
+    :class:`~jaxinv.screening.finetune.PotentialHead`). Predictions are in the targets'
     own units; ``sigma_scale`` (per target, fitted on validation data with
     :func:`~jaxinv.screening.uncertainty.fit_sigma_scale`) multiplies σ."""
 
@@ -388,6 +394,8 @@ class PropertyModel:
 
         if self.kind == "composition":
             return featurize(crystal, self.features, cutoff=self.cutoff)
+        if self.kind == "finetune":
+            return head_inputs(crystal, self.features)
         c = crystal.to_host()
         g = neighbor_graph(c, self.cutoff)
         return jax.tree_util.tree_map(np.asarray, graph_inputs(c, g))
@@ -410,6 +418,10 @@ class PropertyModel:
         ``train_mae`` and ``val_mae`` in the targets' units and ``targets`` added."""
         self._check_hurdle()
         y, flags = self._columns(np.asarray(y, np.float64).reshape(len(y), -1))
+        if self.kind == "finetune":  # the head's input standardization: the frozen potential on the training set
+            self.module_kwargs["potential"] = self.features
+            mean, std = feature_statistics(raw_x["crystal"], self.features)
+            self.module_kwargs.update(feature_mean=mean, feature_std=std)
         if self.kind == "composition":
             raw_x = np.asarray(raw_x, np.float32)
             self.x_mean = raw_x.mean(0).astype(np.float32)
@@ -450,6 +462,7 @@ class PropertyModel:
         devices (then every process passes the same ``x`` and gets all rows back)."""
         mesh = data_mesh(devices=jax.local_devices()) if mesh is None else mesh
         d = 1 if mesh is None else mesh.devices.size
+        batch_size = min(batch_size, PREDICT_ROWS.get(self.kind, batch_size))
         n = int(jax.tree_util.tree_leaves(x)[0].shape[0])
         step = max(d, (batch_size // d) * d)
         out_m, out_s, out_all = [], [], []
