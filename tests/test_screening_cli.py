@@ -1,6 +1,8 @@
 """The screen experiment end to end on a tiny prototype set, including a resumed rerun."""
 import csv
 
+import numpy as np
+
 from jaxinv.cli import run_experiment
 from jaxinv.config import compose
 
@@ -25,6 +27,31 @@ def test_screen_experiment_runs_and_resumes(tmp_path, batio3):
     assert again["stages"] == summary["stages"]
 
 
+def test_screen_with_the_quick_hurdle_model(tmp_path):
+    """No model=: a quick magpie_site_oxi model with dir_gap as a hurdle target is trained, σ-scaled on
+    perov_5's valid split and saved; the property stage adds P(gap > 0) and keeps only what can pass."""
+    import json
+
+    from jaxinv.screening.train import PropertyModel
+
+    out = tmp_path / "run"
+    summary = run_experiment("screen", ["candidates.n_prototypes=3", "candidates.threshold=0.01", f"out_dir={out}",
+                                        "progress=false", "quick_model_epochs=2", "quick_model_members=2", "n_cif=0",
+                                        "stages=[{type:composition},{type:property,windows:{heat_ref:[null,1.0],"
+                                        "dir_gap:[1.5,3.0]},k:2.0,p_min:0.005},{type:rank,by:p_window,top_k:20}]"])
+    model = PropertyModel.load(out / "quick_model")
+    assert model.features == "magpie_site_oxi" and model.hurdle == ("dir_gap",)
+    assert model.targets == ("dir_gap", "heat_ref") and np.all(model.sigma_scale > 0)
+    assert not np.allclose(model.sigma_scale, 1.0)  # fitted on the valid split
+    with open(out / "ranked.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {"p_positive_dir_gap", "pred_dir_gap", "sigma_heat_ref", "p_window"} <= set(rows[0])
+    assert all(0.0 <= float(r["p_positive_dir_gap"]) <= 1.0 for r in rows)
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["property"]["n_in"] >= stages["property"]["n_out"] == stages["rank"]["n_in"]
+    assert json.loads((out / "quick_model" / "model.json").read_text())["hurdle"] == ["dir_gap"]
+
+
 def test_configs_compose():
     for name in ("screen", "train_property", "castelli"):
         cfg = compose(name)
@@ -40,5 +67,8 @@ def test_quickstart_is_the_screen_experiment_with_small_defaults():
     cfg = validate(compose("quickstart"), module.Config)
     screen = validate(compose("screen"), load_experiment("screen").Config)
     assert cfg.candidates.n_prototypes == 50 and cfg.model is None
+    # the quick model's defaults: the setting whose 2σ filter keeps >= 95% of held-out hits (RESULTS.md)
+    assert cfg.quick_model_features == screen.quick_model_features == "magpie_site_oxi"
+    assert list(cfg.quick_model_hurdle) == ["dir_gap", "ind_gap"]
     assert [s["type"] for s in cfg.stages] == [s["type"] for s in screen.stages] == ["composition", "property", "rank"]
 
