@@ -69,14 +69,31 @@ def test_gradient_reaches_the_potential_through_its_step_scale(small):
 
 
 def test_finetune_property_model_trains_saves_and_loads(small, tmp_path):
+    """First the head alone on the frozen features, then end to end: the second stage
+    starts exactly at the first stage's ensemble (same layers, same standardization),
+    the potential moves, and a saved model predicts the same after loading."""
+    from jaxinv.screening.features import potential_features
+    from jaxinv.screening.finetune import backbone
+    from jaxinv.screening.models import ensemble_apply
     from jaxinv.screening.train import PropertyModel, TrainConfig
 
     crystal, y = small
+    cfg = TrainConfig(n_members=2, epochs=2, batch_size=8, chunk_epochs=2, head_epochs=4)
     m = PropertyModel("finetune", ("heat_ref",), {"hidden": [16]}, features="sevennet0")
     raw = m.raw_inputs(crystal)
-    hist = m.fit(_rows(raw, slice(0, 16)), y[:16, None],
-                 TrainConfig(n_members=2, epochs=2, batch_size=8, chunk_epochs=2),
-                 val=(_rows(raw, slice(16, 24)), y[16:, None]))
+    train, val = _rows(raw, slice(0, 16)), (_rows(raw, slice(16, 24)), y[16:, None])
+    start, tuned_cfg = m._frozen_head(train, y[:16, None], cfg, val)
+    assert tuned_cfg.warmup == 0.0 and tuned_cfg.epochs == 2
+    frozen = PropertyModel("composition", ("heat_ref",), {"hidden": [16]})
+    feats = potential_features(crystal, backbone("sevennet0"))
+    frozen.fit(feats[:16], y[:16, None], TrainConfig(n_members=2, epochs=4, batch_size=8, chunk_epochs=50),
+               val=(feats[16:], y[16:, None]))
+    expect = frozen.predict_inputs(frozen.scale_inputs(feats))[0]
+    m.y_mean, m.y_std, m.sigma_scale = frozen.y_mean, frozen.y_std, np.ones(1)
+    warm = jax.jit(lambda p, x: ensemble_apply(m.module, p, x))(start, raw)[0]  # (M, B, 1) standardized means
+    np.testing.assert_allclose(np.asarray(warm).mean(0) * frozen.y_std + frozen.y_mean, expect, rtol=1e-3, atol=2e-3)
+
+    hist = m.fit(train, y[:16, None], cfg, val=val)
     assert np.all(np.isfinite(hist["train_loss"])) and len(hist["epoch"]) == 2
     delta = m.params["params"]["backbone_delta"]
     moved = max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(delta))

@@ -74,7 +74,7 @@ class ModelConfig:
 # The train section is the library's TrainConfig (castelli's too); its rules are declared here.
 constrain(TrainConfig, n_members=at_least(1), epochs=at_least(1), batch_size=at_least(1), lr=positive,
           weight_decay=non_negative, warmup=between(0, 1), chunk_epochs=at_least(1), seed=non_negative,
-          min_capacity=non_negative, patience=non_negative)
+          min_capacity=non_negative, patience=non_negative, head_epochs=non_negative)
 
 
 @dataclass

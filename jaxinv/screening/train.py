@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
-from jaxinv.screening.finetune import PotentialHead, feature_statistics, head_inputs
+from jaxinv.screening.finetune import PotentialHead, backbone, head_inputs
 from jaxinv.screening.models import CGCNN, CompositionMLP, compact_graphs, edge_capacity, ensemble_apply, \
     ensemble_init, flat_graphs, gather_graphs, graph_inputs, mixture_moments
 
@@ -62,6 +62,7 @@ class TrainConfig:
     chunk_epochs: int = 50  # at most this many epochs per jitted call (and between checkpoints)
     seed: int = 0  # seeds initialisation and batches
     min_capacity: int = 0  # pad rows to at least this: a growing training set then compiles once
+    head_epochs: int = 100  # finetune: epochs of the head alone on the frozen features first (its warm start)
     patience: int | None = None  # stop after this many epochs past warmup without any member's best
     # validation NLL improving (checked between jitted chunks, which then hold at most this many epochs); 0/None: off
 
@@ -207,7 +208,7 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
-        init_example=None, log_every: bool = False, mesh="auto", binary: Sequence[bool] = ()):
+        init_example=None, log_every: bool = False, mesh="auto", binary: Sequence[bool] = (), init_params=None):
     """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
     standardized targets ``y`` (N, T). Returns (stacked best params, history).
 
@@ -219,7 +220,8 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     ``best_val_nll`` (M,).
 
     ``binary``: per column of ``y``, whether it is a 0/1 label learnt as a logit
-    (the model's mean output) by cross-entropy; () = none.
+    (the model's mean output) by cross-entropy; () = none. ``init_params``: the
+    members' starting parameters (stacked), instead of a random initialization.
 
     ``val``: optional (x_val, y_val) for per-member model selection. With
     ``checkpoint`` (a directory) training state is saved with orbax after every
@@ -280,7 +282,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
                                  graph_cap)
     key = jax.random.PRNGKey(cfg.seed)
     k_init, k_train = jax.random.split(key)
-    params = ensemble_init(module, k_init, cfg.n_members, example)
+    params = ensemble_init(module, k_init, cfg.n_members, example) if init_params is None else init_params
     opt_state = tx_init(params)
     best_val = jnp.full((cfg.n_members,), jnp.inf)
     warm_epochs = int(cfg.warmup * cfg.epochs)
@@ -417,11 +419,11 @@ class PropertyModel:
         Returns the history of :func:`fit` (also kept as ``self.history``), with
         ``train_mae`` and ``val_mae`` in the targets' units and ``targets`` added."""
         self._check_hurdle()
-        y, flags = self._columns(np.asarray(y, np.float64).reshape(len(y), -1))
-        if self.kind == "finetune":  # the head's input standardization: the frozen potential on the training set
-            self.module_kwargs["potential"] = self.features
-            mean, std = feature_statistics(raw_x["crystal"], self.features)
-            self.module_kwargs.update(feature_mean=mean, feature_std=std)
+        labels = np.asarray(y, np.float64).reshape(len(y), -1)
+        y, flags = self._columns(labels)
+        init_params = None
+        if self.kind == "finetune":
+            init_params, cfg = self._frozen_head(raw_x, labels, cfg, val)
         if self.kind == "composition":
             raw_x = np.asarray(raw_x, np.float32)
             self.x_mean = raw_x.mean(0).astype(np.float32)
@@ -439,7 +441,7 @@ class PropertyModel:
             v = (self.scale_inputs(val[0]), np.concatenate([(yv - self.y_mean) / self.y_std, fv], 1).astype(np.float32))
         binary = (False,) * len(self.targets) + (True,) * len(self.hurdle)
         self.params, hist = fit(self.module, self.scale_inputs(raw_x), ys, cfg, val=v, checkpoint=checkpoint,
-                                log_every=log_every, binary=binary if self.hurdle else ())
+                                log_every=log_every, binary=binary if self.hurdle else (), init_params=init_params)
         # MAEs in the targets' units; a hurdle's column is the mean |label - P(y > 0)|
         units = np.concatenate([self.y_std, np.ones(len(self.hurdle))])
         for k in ("train_mae", "val_mae"):
@@ -448,6 +450,35 @@ class PropertyModel:
         hist["targets"] = list(self.targets) + [f"P({t} > 0)" for t in self.hurdle]
         self.history = hist
         return hist
+
+    def _frozen_head(self, raw_x, labels, cfg: TrainConfig, val):
+        """A fine-tuned model's first stage: set the head's input standardization from
+        the frozen potential's features on the training set, train the head alone on
+        them for ``cfg.head_epochs`` (cheap: the features are computed once), and
+        return its members with the potential's offsets at 0 as the starting point of
+        the end-to-end stage, whose config then has no MSE warm-up (the head's
+        variance has already been fitted)."""
+        from jaxinv.screening.features import potential_features
+
+        pot = backbone(self.features)
+        frozen = potential_features(raw_x["crystal"], pot).astype(np.float64)
+        mean, std = frozen.mean(0), frozen.std(0)
+        std = np.where(std > 1e-3 * np.maximum(np.abs(mean), 1.0), std, np.inf)
+        self.module_kwargs.update(potential=self.features, feature_mean=mean.astype(np.float32).tolist(),
+                                  feature_std=std.astype(np.float32).tolist())
+        if not cfg.head_epochs:
+            return None, cfg
+        head = PropertyModel("composition", self.targets, {"hidden": list(self.module_kwargs.get("hidden", (128, 64)))},
+                             hurdle=self.hurdle)
+        head_val = None if val is None else (potential_features(val[0]["crystal"], pot), val[1])
+        head.fit(frozen.astype(np.float32), labels, dataclasses.replace(cfg, epochs=cfg.head_epochs, head_epochs=0,
+                                                                     chunk_epochs=max(cfg.chunk_epochs, 50)),
+                 val=head_val)
+        # the same layers and names as CompositionMLP; its scalers are this model's
+        head_params = head.params["params"]
+        m = jax.tree_util.tree_leaves(head_params)[0].shape[0]
+        delta = jax.tree_util.tree_map(lambda p: jnp.zeros((m,) + np.shape(p), jnp.float32), pot.params)
+        return {"params": {**head_params, "backbone_delta": delta}}, dataclasses.replace(cfg, warmup=0.0)
 
     # ----------------------------------------------------------- prediction
     def predict_inputs(self, x, batch_size: int = 4096, members: bool = False, mesh=None, positive: bool = False):
