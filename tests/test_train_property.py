@@ -59,3 +59,16 @@ def test_finetune_config_names_the_field():
         validate(compose("train_property", ["model.kind=finetune", "model.features=magpie"]), schema)
     with pytest.raises(ConfigError, match="field 'model.backbone_lr'"):
         validate(compose("train_property", ["model.backbone_lr=-1"]), schema)
+
+
+def test_training_shows_a_progress_bar_over_epochs(capsys):
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    m = PropertyModel("composition", ("y",), {"hidden": [8]})
+    m.fit(x, x[:, :1], TrainConfig(n_members=2, epochs=6, batch_size=16, chunk_epochs=3), progress=True)
+    err = capsys.readouterr().err
+    assert "train CompositionMLP x2" in err and "6/6" in err and "best_val_nll" in err
+    m.fit(x, x[:, :1], TrainConfig(n_members=2, epochs=6, batch_size=16, chunk_epochs=3))
+    assert "CompositionMLP" not in capsys.readouterr().err  # off unless asked for

@@ -146,7 +146,8 @@ def main(cfg, run):
     tc = OmegaConf.to_object(cfg.train)
     t0 = time.perf_counter()
     hist = model.fit(raw["train"], y["train"], tc, val=(raw["valid"], y["valid"]),
-                     checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True)
+                     checkpoint=str(run.out_dir / "train_ckpt") if cfg.checkpoint else None, log_every=True,
+                     progress=cfg.progress)
     t_train = time.perf_counter() - t0
     if hist["epoch"]:  # a rerun of a finished run trains nothing and keeps its plot
         from jaxinv.plotting import property_learning_curve

@@ -208,7 +208,8 @@ def _chunk_fn(module, steps: int, batch_size: int, n_epochs: int, has_val: bool,
 
 
 def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None, checkpoint: str | None = None,
-        init_example=None, log_every: bool = False, mesh="auto", binary: Sequence[bool] = (), init_params=None):
+        init_example=None, log_every: bool = False, mesh="auto", binary: Sequence[bool] = (), init_params=None,
+        progress: bool = False):
     """Train an ensemble of ``module`` on inputs ``x`` (a pytree with N rows) and
     standardized targets ``y`` (N, T). Returns (stacked best params, history).
 
@@ -222,6 +223,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
     ``binary``: per column of ``y``, whether it is a 0/1 label learnt as a logit
     (the model's mean output) by cross-entropy; () = none. ``init_params``: the
     members' starting parameters (stacked), instead of a random initialization.
+    ``progress``: a progress bar over epochs, advanced after every jitted chunk.
 
     ``val``: optional (x_val, y_val) for per-member model selection. With
     ``checkpoint`` (a directory) training state is saved with orbax after every
@@ -304,6 +306,10 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         carry = replicate(carry, mesh)
     records = []
     epoch, stopped = start, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.epochs, initial=start, desc=f"train {type(module).__name__} x{cfg.n_members}", unit="epoch",
+               disable=not progress, mininterval=1.0)
     while epoch < cfg.epochs:
         if patience and epoch >= warm_epochs and epoch - int(carry[6]) >= patience:
             stopped = epoch
@@ -313,11 +319,14 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         carry, rec = run(carry)
         epoch += chunk
         records.append(to_host(rec))
+        bar.update(min(chunk, cfg.epochs - bar.n))
+        bar.set_postfix(best_val_nll=f"{float(np.mean(np.asarray(carry[3]))):.3f}")
         if log_every:
             log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(rec["train_loss"][-1].mean()),
                      np.round(np.asarray(carry[3]), 3).tolist())
         if ckpt is not None:
             ckpt.save(epoch, carry[:7])
+    bar.close()
     if ckpt is not None:
         ckpt.close()
     cat = {k: np.concatenate([r[k] for r in records])[: cfg.epochs - start] for k in records[0]} if records else {}
@@ -413,7 +422,7 @@ class PropertyModel:
 
     # ------------------------------------------------------------- training
     def fit(self, raw_x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None,
-            checkpoint: str | None = None, log_every: bool = False) -> dict:
+            checkpoint: str | None = None, log_every: bool = False, progress: bool = False) -> dict:
         """Set the scalers from the training data and train the ensemble (y: (N, T) in target units).
 
         Returns the history of :func:`fit` (also kept as ``self.history``), with
@@ -423,7 +432,7 @@ class PropertyModel:
         y, flags = self._columns(labels)
         init_params = None
         if self.kind == "finetune":
-            init_params, cfg = self._frozen_head(raw_x, labels, cfg, val)
+            init_params, cfg = self._frozen_head(raw_x, labels, cfg, val, progress)
         if self.kind == "composition":
             raw_x = np.asarray(raw_x, np.float32)
             self.x_mean = raw_x.mean(0).astype(np.float32)
@@ -441,7 +450,8 @@ class PropertyModel:
             v = (self.scale_inputs(val[0]), np.concatenate([(yv - self.y_mean) / self.y_std, fv], 1).astype(np.float32))
         binary = (False,) * len(self.targets) + (True,) * len(self.hurdle)
         self.params, hist = fit(self.module, self.scale_inputs(raw_x), ys, cfg, val=v, checkpoint=checkpoint,
-                                log_every=log_every, binary=binary if self.hurdle else (), init_params=init_params)
+                                log_every=log_every, binary=binary if self.hurdle else (), init_params=init_params,
+                                progress=progress)
         # MAEs in the targets' units; a hurdle's column is the mean |label - P(y > 0)|
         units = np.concatenate([self.y_std, np.ones(len(self.hurdle))])
         for k in ("train_mae", "val_mae"):
@@ -451,7 +461,7 @@ class PropertyModel:
         self.history = hist
         return hist
 
-    def _frozen_head(self, raw_x, labels, cfg: TrainConfig, val):
+    def _frozen_head(self, raw_x, labels, cfg: TrainConfig, val, progress: bool = False):
         """A fine-tuned model's first stage: set the head's input standardization from
         the frozen potential's features on the training set, train the head alone on
         them for ``cfg.head_epochs`` (cheap: the features are computed once), and
@@ -471,9 +481,8 @@ class PropertyModel:
         head = PropertyModel("composition", self.targets, {"hidden": list(self.module_kwargs.get("hidden", (128, 64)))},
                              hurdle=self.hurdle)
         head_val = None if val is None else (potential_features(val[0]["crystal"], pot), val[1])
-        head.fit(frozen.astype(np.float32), labels, dataclasses.replace(cfg, epochs=cfg.head_epochs, head_epochs=0,
-                                                                     chunk_epochs=max(cfg.chunk_epochs, 50)),
-                 val=head_val)
+        head_cfg = dataclasses.replace(cfg, epochs=cfg.head_epochs, head_epochs=0, chunk_epochs=max(cfg.chunk_epochs, 50))
+        head.fit(frozen.astype(np.float32), labels, head_cfg, val=head_val, progress=progress)
         # the same layers and names as CompositionMLP; its scalers are this model's
         head_params = head.params["params"]
         m = jax.tree_util.tree_leaves(head_params)[0].shape[0]
