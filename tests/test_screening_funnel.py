@@ -381,3 +381,23 @@ def test_shard_manifest_and_merge(tmp_path):
         merge_shards(tmp_path)
     save_shard(tmp_path, shard_for_process(10, 1, 3), cands.select(shard_for_process(10, 1, 3).indices))
     assert merge_shards(tmp_path).ids.tolist() == cands.ids.tolist()
+
+
+def test_relax_stage_takes_frozen_features_from_the_relaxing_potential(perov, monkeypatch):
+    """A model on 'sevennet0' features, predicted in a SevenNet-0 relax stage, is fed by the
+    stage's own loaded potential (no second load) and gets the same inputs as on its own."""
+    import jaxinv.screening.features as features
+    from jaxinv.crystal import Crystal
+    from jaxinv.potentials import load_potential
+    from jaxinv.screening.stages import _model_inputs, _same_potential
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    crystal = Crystal.from_structures(perov.structures(np.arange(6)))
+    pot = load_potential("sevennet0")
+    x = features.potential_features(crystal, pot)
+    model = PropertyModel("composition", ("heat_ref",), {"hidden": [8]}, features="sevennet0")
+    model.fit(x, np.asarray(perov.labels["heat_ref"][:6])[:, None], TrainConfig(n_members=2, epochs=2, batch_size=4))
+    assert _same_potential("sevennet0", pot) and not _same_potential("sevennet_l3i5", pot)
+    assert not _same_potential("sevennet0", load_potential("lj"))
+    monkeypatch.setattr(features, "_registered", lambda name: pytest.fail(f"loaded {name} a second time"))
+    np.testing.assert_allclose(_model_inputs(model, crystal, pot), model.scale_inputs(x), rtol=1e-6)

@@ -269,45 +269,25 @@ def _potential(potential):
     return potential
 
 
-def _is_sevennet0(potential) -> bool:
+def _same_potential(kind: str, potential) -> bool:
+    """Whether the feature kind ``kind`` names the loaded ``potential`` (a NequIP-family
+    model registered under that name), so its parameters can give the features."""
+    from jaxinv.potentials.registry import factory_of
+
+    factory = factory_of(kind)
     meta = getattr(potential, "metadata", None) or {}
-    return getattr(potential, "name", None) == "7net-0" and "config" in meta
+    return factory is not None and "config" in meta and factory[2].get("name") == getattr(potential, "name", None)
 
 
-def _nequip_structure_features(potential, crystal, state: dict, batch_size: int = 64) -> np.ndarray:
-    """The ``sevennet0`` feature kind (:func:`jaxinv.screening.features.sevennet_features`:
-    mean and spread over atoms of the per-atom invariants of
-    :func:`~jaxinv.potentials.nequip.nequip_descriptor_fn`) from an *already loaded*
-    NequIP potential's parameters, so a relax stage that predicts does not load
-    SevenNet-0 a second time. The compiled descriptor function is kept in ``state``."""
-    import jax
+def _model_inputs(model, crystal, potential):
+    """Scaled inputs of ``model`` for ``crystal``; a frozen potential's features come
+    from the relaxing ``potential``'s own parameters when it is that potential, so a
+    stage that relaxes and predicts loads it once."""
+    from jaxinv.screening.features import POTENTIAL_FEATURES, potential_features
 
-    from jaxinv.graph import neighbor_graph
-    from jaxinv.potentials.nequip import nequip_descriptor_fn
-
-    if "descriptors" not in state:
-        state["descriptors"] = jax.jit(nequip_descriptor_fn(potential.metadata["config"]))
-    fn = state["descriptors"]
-    c = crystal.to_host()
-    graph = neighbor_graph(c, potential.cutoff)
-    out = []
-    for start in range(0, c.batch_size, batch_size):
-        idx = np.minimum(np.arange(start, start + batch_size), c.batch_size - 1)  # one shape: pad with repeats
-        part = c[idx]
-        x = np.asarray(fn(potential.params, part, jax.tree_util.tree_map(lambda a: a[idx], graph)), np.float64)
-        w = part.mask[..., None].astype(np.float64)
-        n = np.maximum(w.sum(1), 1.0)
-        mean = (x * w).sum(1) / n
-        spread = np.sqrt((((x - mean[:, None]) ** 2) * w).sum(1) / n)
-        out.append(np.concatenate([mean, spread], axis=-1)[:min(batch_size, c.batch_size - start)])
-    return np.concatenate(out).astype(np.float32)
-
-
-def _model_inputs(model, crystal, potential, state: dict):
-    """Scaled inputs of ``model`` for ``crystal``; ``sevennet0`` features come from
-    ``potential``'s own parameters when it is SevenNet-0."""
-    if model.kind == "composition" and model.features == "sevennet0" and _is_sevennet0(potential):
-        return model.scale_inputs(_nequip_structure_features(potential, crystal, state))
+    if model.kind == "composition" and model.features in POTENTIAL_FEATURES and _same_potential(model.features,
+                                                                                                 potential):
+        return model.scale_inputs(potential_features(crystal, potential))
     return model.inputs(crystal)
 
 
@@ -387,7 +367,7 @@ def _predict_relaxed(model, crystal, ok, state):
     rows = np.flatnonzero(ok)
     if len(rows):
         part = crystal if len(rows) == n else crystal[rows]
-        m, s, p = _predict(model, inputs=_model_inputs(model, part, state["potential"], state))
+        m, s, p = _predict(model, inputs=_model_inputs(model, part, state["potential"]))
         mean[rows], std[rows] = m, s
         if p_pos is not None:
             p_pos[rows] = p
