@@ -404,3 +404,42 @@ def test_roc_auc_matches_sklearn_and_known_values():
     assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
     assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_platt_scaling_recovers_a_known_overconfidence():
+    """Probabilities made 3x too sharp in logit space: Platt scaling finds a = 1/3, b = 0,
+    and improves the cross-entropy; a single-class set leaves them unchanged."""
+    from jaxinv.screening.uncertainty import apply_platt, fit_platt
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=2.0, size=20000) - 2.0
+    labels = rng.random(20000) < 1 / (1 + np.exp(-z))
+    sharp = 1 / (1 + np.exp(-3 * z))
+    a, b = fit_platt(labels, sharp)
+    assert a == pytest.approx(1 / 3, abs=0.02) and b == pytest.approx(0.0, abs=0.05)
+    ce = lambda p: -np.mean(np.where(labels, np.log(p), np.log1p(-p)))
+    assert ce(apply_platt(sharp, a, b)) < ce(np.clip(sharp, 1e-12, 1 - 1e-12))
+    assert fit_platt(np.ones(5, bool), np.full(5, 0.3)) == (1.0, 0.0)
+
+
+def test_recalibrate_fits_sigma_on_positives_and_platt_and_saves_them(tmp_path):
+    from jaxinv.screening.train import PropertyModel, TrainConfig
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(300, 2)).astype(np.float32)
+    y = np.stack([x[:, 1], np.where(x[:, 0] > 0.2, 1.0 + x[:, 1], 0.0)], 1)
+    m = PropertyModel("composition", ("a", "gap"), {"hidden": [16]}, hurdle=("gap",))
+    m.fit(x[:200], y[:200], TrainConfig(n_members=2, epochs=20, batch_size=32))
+    raw = m.predict_inputs(m.scale_inputs(x[200:]), positive=True)
+    fitted = m.recalibrate(m.scale_inputs(x[200:]), y[200:])
+    assert np.asarray(fitted["platt"]).shape == (1, 2) and len(fitted["sigma_scale"]) == 2
+    # the gap's σ scale is the one of its positive rows
+    from jaxinv.screening.uncertainty import apply_platt, fit_sigma_scale
+    pos = y[200:, 1] > 0
+    assert fitted["sigma_scale"][1] == pytest.approx(fit_sigma_scale(y[200:][pos, 1], raw[0][pos, 1], raw[1][pos, 1]))
+    mu, sd, p = m.predict_inputs(m.scale_inputs(x[200:]), positive=True)
+    np.testing.assert_allclose(p[:, 1], apply_platt(raw[2][:, 1], *fitted["platt"][0]), rtol=1e-6)
+    np.testing.assert_allclose(sd, raw[1] * np.asarray(fitted["sigma_scale"]), rtol=1e-6)
+    m.save(tmp_path / "m")
+    np.testing.assert_allclose(PropertyModel.load(tmp_path / "m").predict_inputs(m.scale_inputs(x[200:]),
+                                                                                 positive=True)[2], p, rtol=1e-6)

@@ -143,7 +143,6 @@ def _quick_model(cfg, run, targets):
     "Held-out screening: do the true hits survive the filter?"."""
     from jaxinv.data import load_dataset
     from jaxinv.screening.train import PropertyModel, TrainConfig
-    from jaxinv.screening.uncertainty import fit_sigma_scale
 
     name = cfg.candidates.prototypes.split(":")[0]
     ds = load_dataset(name)
@@ -156,15 +155,10 @@ def _quick_model(cfg, run, targets):
     model.fit(model.raw_inputs(tr.crystal()), np.stack([tr.labels[t] for t in targets], 1),
               TrainConfig(n_members=cfg.quick_model_members, epochs=cfg.quick_model_epochs, batch_size=128,
                           seed=cfg.seed), val=(x_va, y_va))
-    mean, std = model.predict_inputs(model.scale_inputs(x_va))
-    scale = np.ones(len(targets))
-    for j, t in enumerate(targets):  # a hurdle target's Gaussian is the one given y > 0: fit its scale there
-        rows = y_va[:, j] > 0 if t in hurdle else np.isfinite(y_va[:, j])
-        scale[j] = fit_sigma_scale(y_va[rows, j], mean[rows, j], std[rows, j])
-    model.sigma_scale = scale
+    fitted = model.recalibrate(model.scale_inputs(x_va), y_va)  # σ scales and P(gap > 0), on the valid split
     path = model.save(run.out_dir / "quick_model")
-    log.info("trained a quick %s model on %s (hurdle %s, sigma scale %s) -> %s", cfg.quick_model_features, name,
-             list(hurdle), np.round(scale, 3).tolist(), path)
+    log.info("trained a quick %s model on %s (hurdle %s, recalibration %s) -> %s", cfg.quick_model_features, name,
+             list(hurdle), fitted, path)
     return model
 
 

@@ -127,7 +127,7 @@ def main(cfg, run):
     from omegaconf import OmegaConf
 
     from jaxinv.data import load_dataset
-    from jaxinv.screening.uncertainty import calibration, fit_sigma_scale, roc_auc
+    from jaxinv.screening.uncertainty import calibration, roc_auc
 
     ds = load_dataset(cfg.data.name)
     missing = [t for t in cfg.targets if t not in ds.labels]
@@ -158,23 +158,29 @@ def main(cfg, run):
                "model": {"kind": model.kind, "features": model.features, **model.module_kwargs},
                "train": tc.__dict__, "seconds": {"inputs": t_inputs, "train": t_train}, "targets": {},
                "hurdle": list(model.hurdle)}
-    mean_v, std_v = model.predict_inputs(model.scale_inputs(raw["valid"]))
-    mean_t, std_t, p_t = model.predict_inputs(model.scale_inputs(raw["test"]), positive=True)
-    scale = np.ones(len(cfg.targets))
+    x_test = model.scale_inputs(raw["test"])
+    mean_t, std_t, p_t = model.predict_inputs(x_test, positive=True)
+    if cfg.recalibrate:  # σ scales and the classifiers' Platt scaling, fitted on the valid split
+        results["recalibration"] = model.recalibrate(model.scale_inputs(raw["valid"]), y["valid"])
+        _, _, p_cal = model.predict_inputs(x_test, positive=True)
+    else:
+        p_cal = p_t
+    scale = model.sigma_scale
     parity = []
     for j, t in enumerate(cfg.targets):
-        yv, yt = y["valid"][:, j].copy(), y["test"][:, j].copy()
+        yt = y["test"][:, j].copy()
         r = results["targets"][t] = {"unit": ds.units.get(t, "")}
         if t in model.hurdle:  # the Gaussian describes y given y > 0: score it there
             r["roc_auc"] = roc_auc(yt[np.isfinite(yt)] > 0, p_t[np.isfinite(yt), j])
             r["test_fraction_positive"] = float(np.mean(yt[np.isfinite(yt)] > 0))
+            ok = np.isfinite(yt)
+            # Brier score of P(y > 0), before and after Platt scaling
+            r["brier"] = float(np.mean((p_t[ok, j] - (yt[ok] > 0)) ** 2))
+            r["brier_recalibrated"] = float(np.mean((p_cal[ok, j] - (yt[ok] > 0)) ** 2))
             train_pos = y["train"][:, j][y["train"][:, j] > 0]
             r["test_positive_median_mae"] = float(np.mean(np.abs(yt[yt > 0] - np.median(train_pos)))) \
                 if len(train_pos) and np.any(yt > 0) else float("nan")
-            yv[~(yv > 0)] = np.nan
             yt[~(yt > 0)] = np.nan
-        if cfg.recalibrate:
-            scale[j] = fit_sigma_scale(yv, mean_v[:, j], std_v[:, j])
         r.update({"test": calibration(yt, mean_t[:, j], std_t[:, j]),
                   "test_recalibrated": calibration(yt, mean_t[:, j], std_t[:, j] * scale[j]),
                   "sigma_scale": float(scale[j])})
@@ -190,7 +196,6 @@ def main(cfg, run):
 
     parity_plot(parity, run.path("parity.png"), f"{model.kind} ({model.features}) on {ds.name}: test split, ±1σ "
                 + ("recalibrated" if cfg.recalibrate else "raw"))
-    model.sigma_scale = scale
     model.save(run.out_dir / "model")
     results["model_dir"] = str(run.out_dir / "model")
     results["best_val_nll"] = hist["best_val_nll"]

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
 from jaxinv.screening.finetune import PotentialHead, backbone, head_inputs
+from jaxinv.screening.uncertainty import apply_platt, fit_platt, fit_sigma_scale
 from jaxinv.screening.models import CGCNN, CompositionMLP, compact_graphs, edge_capacity, ensemble_apply, \
     ensemble_init, flat_graphs, gather_graphs, graph_inputs, mixture_moments
 
@@ -372,6 +373,7 @@ class PropertyModel:
     y_std: np.ndarray | None = None
     sigma_scale: np.ndarray | None = None
     hurdle: tuple = ()  # targets that are 0 or positive (band gaps): P(y > 0) plus a Gaussian given y > 0
+    platt: np.ndarray | None = None  # (H, 2): Platt scaling (a, b) of each hurdle target's P(y > 0), from recalibrate()
     params: Any = None
     history: dict | None = field(default=None, repr=False, compare=False)  # of the last fit (not saved)
 
@@ -442,7 +444,7 @@ class PropertyModel:
             self.x_std = np.where(std > 1e-3 * np.maximum(np.abs(self.x_mean), 1.0), std, np.inf).astype(np.float32)
         self.y_mean = np.nanmean(y, 0)
         self.y_std = np.nanstd(y, 0) + 1e-9
-        self.sigma_scale = np.ones(len(self.targets))
+        self.sigma_scale, self.platt = np.ones(len(self.targets)), None
         ys = np.concatenate([(y - self.y_mean) / self.y_std, flags], 1).astype(np.float32)
         v = None
         if val is not None:
@@ -489,6 +491,24 @@ class PropertyModel:
         delta = jax.tree_util.tree_map(lambda p: jnp.zeros((m,) + np.shape(p), jnp.float32), pot.params)
         return {"params": {**head_params, "backbone_delta": delta}}, dataclasses.replace(cfg, warmup=0.0)
 
+    def recalibrate(self, x, y) -> dict:
+        """Fit the uncertainty to held-out data (scaled inputs ``x``, labels ``y`` (N, T)):
+        a σ scale per target (:func:`~jaxinv.screening.uncertainty.fit_sigma_scale`; for
+        a hurdle target on its positive labels, where its Gaussian applies) and Platt
+        scaling of each hurdle target's P(y > 0). Returns the fitted values."""
+        self.sigma_scale, self.platt = np.ones(len(self.targets)), None
+        mean, std, p = self.predict_inputs(x, positive=True)
+        y = np.asarray(y, np.float64).reshape(len(mean), -1)
+        scale = np.ones(len(self.targets))
+        for j, t in enumerate(self.targets):
+            rows = y[:, j] > 0 if t in self.hurdle else np.isfinite(y[:, j])
+            scale[j] = fit_sigma_scale(y[rows, j], mean[rows, j], std[rows, j])
+        platt = [fit_platt(y[np.isfinite(y[:, j]), j] > 0, p[np.isfinite(y[:, j]), j])
+                 for j in (self.targets.index(t) for t in self.hurdle)]
+        self.sigma_scale = scale
+        self.platt = np.asarray(platt, np.float64).reshape(len(self.hurdle), 2) if self.hurdle else None
+        return {"sigma_scale": scale.tolist(), "platt": None if self.platt is None else self.platt.tolist()}
+
     # ----------------------------------------------------------- prediction
     def predict_inputs(self, x, batch_size: int = 4096, members: bool = False, mesh=None, positive: bool = False):
         """(mean, std) in target units, each (N, T), from scaled inputs; with
@@ -527,7 +547,8 @@ class PropertyModel:
         if positive:
             p = np.ones_like(mu)
             for i, name in enumerate(self.hurdle):
-                p[:, self.targets.index(name)] = (1.0 / (1.0 + np.exp(-member_means[:, :, t + i]))).mean(0)
+                raw = (1.0 / (1.0 + np.exp(-member_means[:, :, t + i]))).mean(0)
+                p[:, self.targets.index(name)] = raw if self.platt is None else apply_platt(raw, *self.platt[i])
             out += (p,)
         if members:
             out += (member_means[:, :, :t] * self.y_std + self.y_mean,)
@@ -547,7 +568,7 @@ class PropertyModel:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "targets": list(self.targets), "module_kwargs": self.module_kwargs,
                 "features": self.features, "cutoff": self.cutoff, "hurdle": list(self.hurdle)}
-        for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale"):
+        for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale", "platt"):
             v = getattr(self, k)
             meta[k] = None if v is None else np.asarray(v).tolist()
         ck = Checkpointer(directory / "params", max_to_keep=1)
@@ -567,6 +588,7 @@ class PropertyModel:
         meta = json.loads((directory / "model.json").read_text())
         arrays = {k: (None if meta[k] is None else np.asarray(meta[k], np.float32 if k.startswith("x") else np.float64))
                   for k in ("x_mean", "x_std", "y_mean", "y_std", "sigma_scale")}
+        arrays["platt"] = None if meta.get("platt") is None else np.asarray(meta["platt"], np.float64)
         model = cls(meta["kind"], tuple(meta["targets"]), meta["module_kwargs"], meta["features"], meta["cutoff"],
                     hurdle=tuple(meta.get("hurdle", ())), **arrays)
         ck = Checkpointer(directory / "params", max_to_keep=1)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["calibration", "expected_coverage", "fit_sigma_scale", "roc_auc"]
+__all__ = ["calibration", "expected_coverage", "fit_sigma_scale", "roc_auc", "fit_platt", "apply_platt"]
 
 
 def expected_coverage(k: float) -> float:
@@ -56,3 +56,36 @@ def roc_auc(labels, scores) -> float:
         return float("nan")
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_platt(p, a: float, b: float):
+    """Recalibrated probabilities sigmoid(a logit(p) + b)."""
+    return 1.0 / (1.0 + np.exp(-(a * _logit(p) + b)))
+
+
+def fit_platt(labels, p) -> tuple[float, float]:
+    """Platt scaling of predicted probabilities on held-out data: (a, b) minimizing the
+    cross-entropy of sigmoid(a logit(p) + b), with Platt's smoothed targets
+    (N+ + 1)/(N+ + 2) and 1/(N- + 2), which keep a small validation set with few
+    positives from driving the probabilities to 0 or 1 (Platt 1999). (1, 0) = unchanged;
+    also when either class is missing."""
+    from scipy.optimize import minimize
+
+    labels, z = np.asarray(labels, bool).ravel(), _logit(p).ravel()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 1.0, 0.0
+    t = np.where(labels, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+    def loss(ab):
+        u = ab[0] * z + ab[1]
+        # cross-entropy with soft targets, log(1 + e^u) written stably
+        return float(np.mean(np.logaddexp(0.0, u) - t * u))
+
+    res = minimize(loss, np.array([1.0, 0.0]), method="L-BFGS-B")
+    return float(res.x[0]), float(res.x[1])
