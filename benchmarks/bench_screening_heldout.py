@@ -7,16 +7,19 @@ Protocol: all 3,787 perov_5 structures (jaxinv's copy of CDVAE's ``val.csv``; ja
 train/valid/test split is ignored) are cut into ``--folds`` folds by a permutation drawn
 from ``default_rng(--seed)``. For each fold, the other folds are the training pool: a
 further ``default_rng(--seed + 1 + fold)`` permutation puts 10% of it aside as a valid part
-(each member keeps its best epoch on it; the σ scale per target is fitted on it with
-``fit_sigma_scale``, on the positive labels only for a hurdle target), the rest trains.
-The fold itself is predicted, so every structure gets one out-of-fold prediction.
+(each member keeps its best epoch on it, then ``PropertyModel.recalibrate`` fits on it the
+σ scale per target (on the positive labels only for a hurdle target) and Platt scaling of
+each hurdle target's P(y > 0)), the rest trains. The fold itself is predicted, before and
+after recalibration, so every structure gets one out-of-fold prediction of each kind.
 
 Then the funnel's property stage is replayed on the 3,787 out-of-fold predictions
 (``jaxinv.screening.stages.window_decision``: the kσ rule, hurdle-aware) with the
 Castelli window heat_ref <= 1 eV/cell, 1.5 <= dir_gap <= 3 eV, and the survivors are
-ranked by ``p_window`` as the rank stage does. Reported per setting, with raw and with
-valid-recalibrated σ: true hits, hits surviving the k = 2 filter, survivors, hits in the
-top 100 (precision) and top 200 of the survivors, and training seconds per fold.
+ranked by ``p_window`` as the rank stage does. Reported per setting, with raw σ and P,
+valid-recalibrated σ and raw P, and (hurdle settings) recalibrated σ and Platt-scaled P:
+true hits, hits surviving the k = 2 filter, survivors, hits in the top 100 (precision) and
+top 200 of the survivors, training seconds per fold; Platt's (a, b) per fold, the
+out-of-fold calibration of P(dir_gap > 0) by bin, and floors ``p_min`` other than Φ(-k).
 
 Features are cached under ``--cache`` (default /tmp/jaxinv_heldout). Writes
 ``benchmarks/results/screening_heldout.json`` and prints a Markdown table.
@@ -66,15 +69,23 @@ def features(ds, kind: str, cache: Path) -> tuple[np.ndarray, float]:
 
 
 def out_of_fold(x, y, targets, hurdle, hidden, epochs, folds, seed, members, log):
-    """Out-of-fold (mean, std raw, std recalibrated, p_positive) and seconds per fold."""
-    from jaxinv.screening.train import PropertyModel, TrainConfig
-    from jaxinv.screening.uncertainty import fit_sigma_scale
+    """Out-of-fold predictions (a dict of (N, T) arrays: mean, std (raw), std_cal (σ scale
+    fitted on valid), p_pos (raw P(y > 0)), p_platt (Platt-scaled on valid), p_max) and
+    per-fold records (seconds, σ scales, Platt (a, b), valid-part diagnostics).
+
+    Recalibration is ``PropertyModel.recalibrate`` on the fold's valid part, the library
+    method the screen's quick model calls: σ scales (a hurdle target's on its positive
+    labels) and Platt scaling of each hurdle target's P(y > 0). The scored fold never
+    enters it."""
+    from jaxinv.screening.castelli import castelli_windows
+    from jaxinv.screening.train import PropertyModel, TrainConfig, _predict_fn
 
     n, t = y.shape
     order = np.random.default_rng(seed).permutation(n)
     parts = np.array_split(order, folds)
-    mean, std, std_cal, p_pos, p_max = (np.full((n, t), np.nan) for _ in range(5))
-    seconds, scales = [], []
+    out = {k: np.full((n, t), np.nan) for k in ("mean", "std", "std_cal", "p_pos", "p_platt", "p_max")}
+    rec = {"fold_seconds": [], "sigma_scales": [], "platt_ab": [], "valid": []}
+    lo, hi = castelli_windows("dir_gap")["dir_gap"]
     for k, test in enumerate(parts):
         pool = np.concatenate([p for j, p in enumerate(parts) if j != k])
         pool = pool[np.random.default_rng(seed + 1 + k).permutation(len(pool))]
@@ -84,24 +95,44 @@ def out_of_fold(x, y, targets, hurdle, hidden, epochs, folds, seed, members, log
         t0 = time.perf_counter()
         model.fit(x[tr], y[tr], TrainConfig(n_members=members, epochs=epochs, batch_size=128, seed=k),
                   val=(x[val], y[val]))
-        seconds.append(time.perf_counter() - t0)
-        mv, sv, _ = model.predict_inputs(model.scale_inputs(x[val]), positive=True)
-        scale = np.ones(t)
-        for j, name in enumerate(targets):
-            rows = y[val, j] > 0 if name in hurdle else np.isfinite(y[val, j])
-            scale[j] = fit_sigma_scale(y[val, j][rows], mv[rows, j], sv[rows, j])
-        scales.append(scale.tolist())
-        m, s, p = model.predict_inputs(model.scale_inputs(x[test]), positive=True)
-        mean[test], std[test], std_cal[test], p_pos[test] = m, s, s * scale, p
-        if hurdle:  # diagnostic: the most optimistic member's P(y > 0)
-            from jaxinv.screening.train import _predict_fn
-
-            logits = np.asarray(_predict_fn(model.module)(model.params, model.scale_inputs(x[test]))[2])[:, :, t:]
+        rec["fold_seconds"].append(time.perf_counter() - t0)
+        xs_test, xs_val = model.scale_inputs(x[test]), model.scale_inputs(x[val])
+        _, s_raw, p_raw = model.predict_inputs(xs_test, positive=True)  # before recalibration
+        _, _, pv_raw = model.predict_inputs(xs_val, positive=True)
+        fitted = model.recalibrate(xs_val, y[val])  # σ scales + Platt, on the valid part only
+        m, s, p = model.predict_inputs(xs_test, positive=True)
+        _, _, pv = model.predict_inputs(xs_val, positive=True)
+        out["mean"][test], out["std"][test], out["std_cal"][test] = m, s_raw, s
+        out["p_pos"][test], out["p_platt"][test] = p_raw, p
+        rec["sigma_scales"].append(fitted["sigma_scale"])
+        rec["platt_ab"].append(fitted["platt"])
+        v = {"n": int(len(val))}
+        for i, name in enumerate(hurdle):
+            j = targets.index(name)
+            yv = y[val, j]
+            inwin = (yv >= lo) & (yv <= hi) if name == "dir_gap" else yv > 0
+            # the largest floor that keeps every valid-part structure whose gap is in the window
+            v[name] = {"positives": int((yv > 0).sum()), "in_window": int(inwin.sum()),
+                       "min_p_in_window_raw": float(pv_raw[inwin, j].min()) if inwin.any() else None,
+                       "min_p_in_window_platt": float(pv[inwin, j].min()) if inwin.any() else None}
+        rec["valid"].append(v)
+        if hurdle:  # diagnostic: the most optimistic member's raw P(y > 0)
+            logits = np.asarray(_predict_fn(model.module)(model.params, xs_test)[2])[:, :, t:]
             for i, name in enumerate(hurdle):
-                p_max[test, targets.index(name)] = (1.0 / (1.0 + np.exp(-logits[:, :, i]))).max(0)
-        log.info("fold %d: %d train, %d valid, %d test, %.1f s, sigma scale %s", k, len(tr), len(val), len(test),
-                 seconds[-1], np.round(scale, 3).tolist())
-    return mean, std, std_cal, p_pos, p_max, seconds, scales
+                out["p_max"][test, targets.index(name)] = (1.0 / (1.0 + np.exp(-logits[:, :, i]))).max(0)
+        log.info("fold %d: %d train, %d valid, %d test, %.1f s, recalibration %s, valid %s", k, len(tr), len(val),
+                 len(test), rec["fold_seconds"][-1], fitted, v)
+    return out, rec
+
+
+def calibration_bins(labels, p, edges=(0, 0.001, 0.003, 0.01, 0.023, 0.1, 0.5, 1.0001)):
+    """Per bin of predicted P(y > 0): count, mean predicted, observed fraction positive."""
+    rows = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        m = (p >= a) & (p < b)
+        rows.append({"bin": [a, min(b, 1.0)], "n": int(m.sum()), "predicted": float(p[m].mean()) if m.any() else None,
+                     "observed": float(labels[m].mean()) if m.any() else None})
+    return rows
 
 
 def screen_scores(model_like, mean, std, p_pos, windows, hits, k=2.0, tops=(100, 200), p_min=None):
@@ -153,25 +184,32 @@ def main() -> None:
         x, t_feat = features(ds, feat, Path(args.cache))
         y = np.stack([ds.labels[t] for t in targets], 1)
         cached = Path(args.cache) / f"oof_{name}.npz"
-        if args.rescore and cached.exists() and name in res["settings"]:
-            z = np.load(cached)
-            mean, std, std_cal, p_pos = (z[k] for k in ("mean", "std", "std_cal", "p_pos"))
-            p_max = z["p_max"] if "p_max" in z.files else np.full_like(mean, np.nan)
-            secs, scales = res["settings"][name]["fold_seconds"], res["settings"][name]["sigma_scales"]
+        z = np.load(cached) if args.rescore and cached.exists() and name in res["settings"] else None
+        if z is not None and "p_platt" in z.files:
+            o = {k: z[k] for k in ("mean", "std", "std_cal", "p_pos", "p_platt", "p_max")}
+            rec = {k: res["settings"][name][k] for k in ("fold_seconds", "sigma_scales", "platt_ab", "valid")}
         else:
-            mean, std, std_cal, p_pos, p_max, secs, scales = out_of_fold(x, y, targets, hurdle, hidden, epochs,
-                                                                         args.folds, args.seed, members, log)
-        np.savez(Path(args.cache) / f"oof_{name}.npz", mean=mean, std=std, std_cal=std_cal, p_pos=p_pos, p_max=p_max,
-                 targets=np.array(targets))
+            o, rec = out_of_fold(x, y, targets, hurdle, hidden, epochs, args.folds, args.seed, members, log)
+        np.savez(cached, **o, targets=np.array(targets))
+        mean, std, std_cal, p_pos, p_platt = (o[k] for k in ("mean", "std", "std_cal", "p_pos", "p_platt"))
         like = SimpleNamespace(targets=tuple(targets), hurdle=tuple(hurdle))
         entry = {"features": feat, "n_features": int(x.shape[1]), "hurdle": list(hurdle), "targets": list(targets),
-                 "hidden": list(hidden), "epochs": epochs, "members": members, "feature_seconds": t_feat, "fold_seconds": secs,
-                 "sigma_scales": scales,
+                 "hidden": list(hidden), "epochs": epochs, "members": members, "feature_seconds": t_feat, **rec,
                  "raw": screen_scores(like, mean, std, p_pos, windows, hits, args.k),
                  "recalibrated": screen_scores(like, mean, std_cal, p_pos, windows, hits, args.k)}
         if hurdle:  # the floor on P(gap > 0) below which the positive part counts as impossible
             entry["p_min"] = {f"{q:g}": screen_scores(like, mean, std_cal, p_pos, windows, hits, args.k, p_min=q)
                               for q in (0.01, 0.005, 0.003)}
+            # σ scales and Platt scaling both from recalibrate() on the valid part; default floor Φ(-k)
+            entry["platt"] = screen_scores(like, mean, std_cal, p_platt, windows, hits, args.k)
+            entry["platt_p_min"] = {f"{q:g}": screen_scores(like, mean, std_cal, p_platt, windows, hits, args.k, p_min=q)
+                                    for q in (0.01, 0.005, 0.003)}
+            g = targets.index("dir_gap")
+            miss = entry["platt"]["missed"]
+            entry["platt_missed_p"] = {"raw": p_pos[miss, g].tolist(), "platt": p_platt[miss, g].tolist()}
+            gapped = y[:, g] > 0
+            entry["calibration"] = {"raw": calibration_bins(gapped, p_pos[:, g]),
+                                    "platt": calibration_bins(gapped, p_platt[:, g])}
         j = targets.index("heat_ref")
         entry["heat_ref_mae"] = float(np.nanmean(np.abs(mean[:, j] - y[:, j])))
         g = targets.index("dir_gap")
@@ -188,14 +226,21 @@ def main() -> None:
         out_path.write_text(json.dumps(res, indent=1))
         log.info("%s: %s", name, {k: v for k, v in entry.items() if k in ("raw", "recalibrated")})
     for name, e in res["settings"].items():
-        for q, r in e.get("p_min", {}).items():
-            print(f"{name}, recalibrated, p_min {q}: {r['hits_kept']} hits kept, {r['kept']:,} survivors, "
-                  f"{r['hits_top100']} in the top 100, {r['hits_top200']} in the top 200")
+        for key, label in (("p_min", "recalibrated σ, raw P"), ("platt_p_min", "recalibrated σ, Platt P")):
+            for q, r in e.get(key, {}).items():
+                print(f"{name}, {label}, p_min {q}: {r['hits_kept']} hits kept, {r['kept']:,} survivors, "
+                      f"{r['hits_top100']} in the top 100, {r['hits_top200']} in the top 200")
+        if e.get("platt_ab") and e["platt_ab"][0] is not None:
+            print(f"{name}: Platt (a, b) of P(dir_gap > 0) per fold {np.round(np.reshape(e['platt_ab'], (-1, 2)), 3).tolist()}; "
+                  f"hits lost with Platt at Φ(-k) {e['platt']['missed']}, their P raw / Platt "
+                  f"{np.round(e['platt_missed_p']['raw'], 4).tolist()} / {np.round(e['platt_missed_p']['platt'], 4).tolist()}")
     print(f"| setting | σ | hits kept at {args.k:g}σ (of {int(hits.sum())}) | survivors | hits in top 100 | "
           "top 200 | s per fold (first / median) |")
     print("|---|---|---|---|---|---|---|")
     for name, e in res["settings"].items():
-        for kind in ("raw", "recalibrated"):
+        for kind in ("raw", "recalibrated", "platt"):
+            if not isinstance(e.get(kind), dict):
+                continue
             r = e[kind]
             fs = e["fold_seconds"]
             print(f"| {name} | {kind} | {r['hits_kept']} ({r['hits_kept'] / r['hits']:.0%}) | {r['kept']:,} | "
