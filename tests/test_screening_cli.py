@@ -35,6 +35,7 @@ def test_screen_with_the_quick_hurdle_model(tmp_path):
     from jaxinv.screening.train import PropertyModel
 
     out = tmp_path / "run"
+    # p_min 0.005 (not the default Φ(-2)): a 2-epoch, 2-member model leaves no candidate above Φ(-2) here
     summary = run_experiment("screen", ["candidates.n_prototypes=3", "candidates.threshold=0.01", f"out_dir={out}",
                                         "progress=false", "quick_model_epochs=2", "quick_model_members=2", "n_cif=0",
                                         "stages=[{type:composition},{type:property,windows:{heat_ref:[null,1.0],"
@@ -43,6 +44,7 @@ def test_screen_with_the_quick_hurdle_model(tmp_path):
     assert model.features == "magpie_site_oxi" and model.hurdle == ("dir_gap",)
     assert model.targets == ("dir_gap", "heat_ref") and np.all(model.sigma_scale > 0)
     assert not np.allclose(model.sigma_scale, 1.0)  # fitted on the valid split
+    assert model.platt is not None and model.platt.shape == (1, 2)  # Platt scaling of P(dir_gap > 0), on valid
     with open(out / "ranked.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and {"p_positive_dir_gap", "pred_dir_gap", "sigma_heat_ref", "p_window"} <= set(rows[0])
@@ -71,4 +73,6 @@ def test_quickstart_is_the_screen_experiment_with_small_defaults():
     assert cfg.quick_model_features == screen.quick_model_features == "magpie_site_oxi"
     assert list(cfg.quick_model_hurdle) == ["dir_gap", "ind_gap"]
     assert [s["type"] for s in cfg.stages] == [s["type"] for s in screen.stages] == ["composition", "property", "rank"]
+    # the property stage's floor on P(dir_gap > 0) is the default Φ(-k) (the quick model's P is Platt-scaled)
+    assert all("p_min" not in s for s in list(cfg.stages) + list(screen.stages))
 
