@@ -1,0 +1,492 @@
+"""A periodic, E(3)-invariant joint diffusion model of crystals (DiffCSP-style).
+
+Three quantities are noised together, with one time step t in 1..T per crystal:
+
+* **fractional coordinates**: variance-exploding score diffusion on the torus with
+  a wrapped-normal kernel (:mod:`jaxinv.generative.torus`); sampled by
+  predictor-corrector (ancestral VE predictor, Langevin corrector);
+* **the lattice**: DDPM (cosine schedule, epsilon prediction) on the 3x3 matrix of
+  row vectors, divided by (n_atoms * mean volume per atom)^(1/3) so that cells of
+  any atom count have rows of length ~1. The matrix, not six lattice parameters,
+  is noised because Gaussian noise on L is isotropic: with a network whose output
+  is ``C(invariants) @ L`` (a mix of the lattice vectors, equivariant under
+  L -> L R^T for any orthogonal R) the learned distribution of cells is exactly
+  O(3)-invariant whatever orientation the data came in, and no angle ever leaves
+  its valid range;
+* **atom types** (de novo mode only): absorbing-state discrete diffusion (D3PM /
+  masked diffusion) with a linear keep probability 1 - t/T. Element identities are
+  categories without order or metric, so a discrete process fits them better than
+  Gaussian noise on one-hot vectors: every intermediate state is a real element or
+  [MASK], there is no rounding at the end, and the reverse step has a closed form
+  (a masked atom is revealed with probability 1/t, drawn from the network).
+
+In **CSP** mode the composition (atom count and types) is given and fixed; in
+**de novo** mode the atom count is drawn from the training distribution and the
+types are generated.
+
+The denoiser (:class:`CSPNet`, written for one crystal and vmapped over a batch)
+is fully connected among the atoms of the cell. Its edge features are the Gram
+matrix L L^T (rotation invariant) and sin/cos(2 pi k (f_j - f_i)) for integer k
+(periodic, translation invariant); messages are averaged over the other atoms.
+So, exactly: the coordinate score (an output in fractional units) is invariant
+to atom order (equivariant as a per-atom output), to a common translation of the
+fractional coordinates, to replacing f by f + integer (the periodic image), and
+to rotations and reflections of the lattice; the lattice output rotates with it.
+What does not hold, as in DiffCSP: invariance to the choice of unit cell. The
+noise itself is defined in fractional units of the given cell, and a supercell
+or another basis changes both the Gram matrix and the Fourier features. What
+holds on a supercell is that the copies of one atom get identical outputs (a
+translation by a primitive vector permutes them); ``tests/test_diffusion.py``
+checks that and the exact invariances above. Cells are Niggli-reduced before
+training (``niggli``) so that a crystal is seen in one standard cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+from flax import struct
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxinv.crystal import Crystal
+from jaxinv.generative.coords import CoordSpec, encode_coords, params_to_lattice
+from jaxinv.generative.species import Vocabulary
+from jaxinv.generative.torus import (geometric_sigmas, langevin_corrector_step, score_norm, ve_predictor_step,
+                                     wrapped_normal_score)
+
+__all__ = ["DiffusionConfig", "NoiseSchedule", "make_schedule", "CSPNet", "NoisyCrystal", "noise_crystal",
+           "DiffusionLoss", "CrystalDiffusion", "make_train_step", "ddpm_step", "unmask_step", "make_sampler", "fit"]
+
+MODES = ("csp", "de_novo")
+
+
+@dataclass
+class DiffusionConfig:
+    """Hyperparameters of the diffusion model (the CPU preset's values by default)."""
+
+    mode: str = "csp"  # csp (composition given) | de_novo (atom types generated too)
+    hidden: int = 128  # node and message width
+    layers: int = 4  # message-passing layers
+    n_frequencies: int = 8  # Fourier features per axis: sin/cos(2 pi k df), k = 1..n
+    time_dim: int = 32  # sinusoidal embedding of t / T
+    n_steps: int = 1000  # diffusion steps T
+    sigma_min: float = 0.005  # fractional-coordinate noise at t = 1
+    sigma_max: float = 0.5  # ... at t = T (nearly uniform on the circle)
+    cosine_offset: float = 0.008  # lattice DDPM cosine schedule offset s
+    n_images: int = 10  # images either side in the wrapped-normal sums
+    corrector_steps: int = 1  # Langevin corrector steps per time step (0: predictor only)
+    corrector_lr: float = 1e-5  # corrector step size at sigma_min; it scales as (sigma / sigma_min)^2
+    w_lattice: float = 1.0  # loss weights
+    w_frac: float = 1.0
+    w_types: float = 1.0
+    lr: float = 1e-3  # Adam learning rate
+    grad_clip: float = 1.0  # global gradient-norm clip
+    niggli: bool = True  # Niggli-reduce the training cells
+
+    def validate(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError("need 0 < sigma_min < sigma_max")
+
+
+# ------------------------------------------------------------------ schedules
+@struct.dataclass
+class NoiseSchedule:
+    """Per-step noise levels, index t in 0..T (index 0: no noise)."""
+
+    sigma: jax.Array  # (T+1,) fractional-coordinate noise
+    score_norm: jax.Array  # (T+1,) E[score^2] at sigma (1 at t = 0)
+    alpha_bar: jax.Array  # (T+1,) lattice signal fraction, 1 at t = 0
+    keep: jax.Array  # (T+1,) probability that an atom type is still unmasked, 1 - t/T
+
+    @property
+    def n_steps(self) -> int:
+        return self.sigma.shape[0] - 1
+
+
+def make_schedule(config: DiffusionConfig) -> NoiseSchedule:
+    return _schedule(config.n_steps, config.sigma_min, config.sigma_max, config.cosine_offset, config.n_images)
+
+
+@functools.lru_cache(maxsize=16)
+def _schedule(T: int, sigma_min: float, sigma_max: float, s: float, n_images: int) -> NoiseSchedule:
+    sigma = geometric_sigmas(sigma_min, sigma_max, T)
+    norm = np.concatenate([[1.0], score_norm(sigma[1:], n_images=n_images)])
+    f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    beta = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0.0, 0.999)  # clipped as in Nichol & Dhariwal
+    alpha_bar = np.concatenate([[1.0], np.cumprod(1 - beta)])
+    keep = 1.0 - np.arange(T + 1) / T
+    return NoiseSchedule(*(jnp.asarray(a, jnp.float32) for a in (sigma, norm, alpha_bar, keep)))
+
+
+# -------------------------------------------------------------------- network
+def _time_embedding(t, dim: int):
+    """Sinusoidal embedding of a time in [0, 1]."""
+    freqs = jnp.exp(jnp.linspace(0.0, jnp.log(1000.0), dim // 2))
+    return jnp.concatenate([jnp.sin(t * freqs), jnp.cos(t * freqs)])
+
+
+class CSPNet(nn.Module):
+    """The denoiser, for one crystal: (lattice (3, 3), frac (N, 3), types (N,),
+    mask (N,), t in [0, 1]) -> (coordinate score / its rms (N, 3), lattice epsilon
+    (3, 3), type logits (N, n_elements) or None)."""
+
+    n_tokens: int  # embedding rows: 0 padding, 1..V elements, V + 1 [MASK]
+    n_elements: int  # type logits emitted (0 in CSP mode)
+    hidden: int = 128
+    layers: int = 4
+    n_frequencies: int = 8
+    time_dim: int = 32
+
+    @nn.compact
+    def __call__(self, lattice, frac, types, mask, t):
+        n = frac.shape[0]
+        gram = lattice @ lattice.T
+        gram6 = gram[jnp.triu_indices(3)]  # invariant under L -> L R^T
+        k = jnp.arange(1, self.n_frequencies + 1, dtype=frac.dtype)
+        diff = frac[None, :, :] - frac[:, None, :]  # (N, N, 3): f_j - f_i
+        phase = 2 * jnp.pi * diff[..., None] * k  # integer k: blind to images, translations cancel in diff
+        fourier = jnp.concatenate([jnp.sin(phase), jnp.cos(phase)], -1).reshape(n, n, -1)
+        senders = (mask[:, None] & mask[None, :] & ~jnp.eye(n, dtype=bool)).astype(frac.dtype)
+        n_senders = jnp.maximum(senders.sum(1, keepdims=True), 1.0)
+        edge_static = jnp.concatenate([fourier, jnp.broadcast_to(gram6, (n, n, 6))], -1)
+
+        h = nn.Embed(self.n_tokens, self.hidden)(types)
+        h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(_time_embedding(t, self.time_dim))))
+        for _ in range(self.layers):
+            hn = nn.LayerNorm()(h)
+            e = jnp.concatenate([jnp.broadcast_to(hn[:, None], (n, n, self.hidden)),
+                                 jnp.broadcast_to(hn[None, :], (n, n, self.hidden)), edge_static], -1)
+            m = nn.silu(nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(e))))
+            agg = (m * senders[..., None]).sum(1) / n_senders  # mean over the other atoms of the cell
+            h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(jnp.concatenate([hn, agg], -1))))
+        h = nn.LayerNorm()(h)
+        frac_out = nn.Dense(3)(h)
+        w = mask.astype(h.dtype)[:, None]
+        pooled = (h * w).sum(0) / jnp.maximum(w.sum(), 1.0)
+        coef = nn.Dense(9)(nn.silu(nn.Dense(self.hidden)(pooled))).reshape(3, 3)
+        lattice_out = coef @ lattice  # mixes the lattice vectors: rotates with the lattice
+        logits = nn.Dense(self.n_elements)(h) if self.n_elements else None
+        return frac_out, lattice_out, logits
+
+
+# ---------------------------------------------------------------- forward noise
+@struct.dataclass
+class NoisyCrystal:
+    """One crystal at step t of the forward process, with the regression targets."""
+
+    lattice: jax.Array  # (3, 3) L_t
+    frac: jax.Array  # (N, 3) f_t
+    types: jax.Array  # (N,) tokens (masked atoms hold the [MASK] token)
+    lattice_noise: jax.Array  # (3, 3) epsilon
+    frac_target: jax.Array  # (N, 3) wrapped-normal score / its rms
+    masked: jax.Array  # (N,) bool: type hidden at step t
+
+
+def noise_crystal(key, schedule: NoiseSchedule, lattice, frac, types, mask, t, mask_token: int | None,
+                  n_images: int = 10) -> NoisyCrystal:
+    """Sample q(x_t | x_0) for one crystal; ``mask_token`` None keeps the types (CSP)."""
+    k_lat, k_frac, k_type = jax.random.split(key, 3)
+    eps = jax.random.normal(k_lat, (3, 3))
+    ab = schedule.alpha_bar[t]
+    lattice_t = jnp.sqrt(ab) * lattice + jnp.sqrt(1 - ab) * eps
+    sigma = schedule.sigma[t]
+    frac_t = jnp.mod(frac + sigma * jax.random.normal(k_frac, frac.shape), 1.0)
+    target = wrapped_normal_score(frac_t - frac, sigma, n_images) / jnp.sqrt(schedule.score_norm[t])
+    if mask_token is None:
+        masked = jnp.zeros(types.shape, bool)
+    else:
+        masked = mask & (jax.random.uniform(k_type, types.shape) >= schedule.keep[t])
+    types_t = types if mask_token is None else jnp.where(masked, mask_token, types)
+    return NoisyCrystal(lattice_t, frac_t, types_t, eps, target, masked)
+
+
+@struct.dataclass
+class DiffusionLoss:
+    """Batch losses: the weighted total and its three denoising terms."""
+
+    total: jax.Array
+    lattice: jax.Array  # mean squared error of the lattice epsilon
+    frac: jax.Array  # mean squared error of the normalized coordinate score, over real atoms
+    types: jax.Array  # cross-entropy over masked atoms (0 in CSP mode)
+
+
+# ---------------------------------------------------------------------- model
+class CrystalDiffusion:
+    """Vocabulary, normalization, schedule and network of one diffusion model.
+
+    ``params`` are passed explicitly (jax style). Data enter as host arrays from
+    :meth:`arrays`: normalized lattices (M, 3, 3), fractional coordinates
+    (M, n_max, 3), element classes 1..V (0 = padding) and masks.
+    """
+
+    def __init__(self, config: DiffusionConfig, vocab: Vocabulary, n_max: int, volume_per_atom: float,
+                 atom_count_probs, dataset: str = ""):
+        config.validate()
+        self.config, self.vocab, self.n_max = config, vocab, int(n_max)
+        self.volume_per_atom = float(volume_per_atom)
+        self.atom_count_probs = np.asarray(atom_count_probs, np.float64)  # (n_max + 1,) over atom counts
+        self.dataset = dataset
+        self.schedule = make_schedule(config)
+        self.mask_token = len(vocab) + 1 if config.mode == "de_novo" else None
+        c = config
+        self.net = CSPNet(len(vocab) + 2, len(vocab) if c.mode == "de_novo" else 0, c.hidden, c.layers,
+                          c.n_frequencies, c.time_dim)
+
+    @classmethod
+    def from_dataset(cls, config: DiffusionConfig, dataset, vocab: Vocabulary | None = None,
+                     n_max: int | None = None) -> "CrystalDiffusion":
+        crystal = dataset.crystal(bucket=False)
+        n = np.asarray(crystal.n_atoms)
+        n_max = int(n_max or n.max())
+        vpa = float(np.mean(np.abs(np.linalg.det(crystal.lattice)) / n))
+        probs = np.bincount(n, minlength=n_max + 1)[:n_max + 1] / len(n)
+        return cls(config, vocab or Vocabulary.from_dataset(dataset), n_max, vpa, probs, dataset.name)
+
+    def init(self, key):
+        n = self.n_max  # jitted: op-by-op initialization compiles every small primitive separately
+        return jax.jit(self.net.init)(key, jnp.eye(3), jnp.zeros((n, 3)), jnp.ones(n, jnp.int32), jnp.ones(n, bool),
+                                      0.5)
+
+    def lattice_scale(self, n_atoms):
+        """Å per normalized lattice unit for a crystal of ``n_atoms`` atoms."""
+        return (np.maximum(n_atoms, 1) * self.volume_per_atom) ** (1 / 3)
+
+    def arrays(self, crystal: Crystal) -> dict:
+        """Host training arrays of a crystal batch (or a Dataset): the cell of lattice
+        parameters after optional Niggli reduction (orientation is irrelevant to an
+        equivariant model), normalized by :meth:`lattice_scale`."""
+        if not isinstance(crystal, Crystal):
+            crystal = crystal.crystal(bucket=False)
+        rep = encode_coords(crystal, CoordSpec(self.n_max, self.vocab, self.config.niggli))
+        mask = rep["species"] > 0
+        scale = self.lattice_scale(mask.sum(1))[:, None, None]
+        return {"lattice": (params_to_lattice(rep["lattice"]) / scale).astype(np.float32),
+                "frac": rep["frac"].astype(np.float32), "types": rep["species"].astype(np.int32), "mask": mask}
+
+    def denoise(self, params, lattice, frac, types, mask, t):
+        """The network on a batch: t (B,) integer steps."""
+        apply = lambda L, f, a, m, s: self.net.apply(params, L, f, a, m, s)
+        return jax.vmap(apply)(lattice, frac, types, mask, t / self.schedule.n_steps)
+
+    def loss(self, params, batch: dict, key) -> DiffusionLoss:
+        """Denoising score-matching losses of a batch at uniformly drawn steps."""
+        c, B = self.config, batch["frac"].shape[0]
+        k_t, k_noise = jax.random.split(key)
+        t = jax.random.randint(k_t, (B,), 1, self.schedule.n_steps + 1)
+        noise = lambda k, L, f, a, m, s: noise_crystal(k, self.schedule, L, f, a, m, s, self.mask_token, c.n_images)
+        x = jax.vmap(noise)(jax.random.split(k_noise, B), batch["lattice"], batch["frac"], batch["types"],
+                            batch["mask"], t)
+        frac_out, lattice_out, logits = self.denoise(params, x.lattice, x.frac, x.types, batch["mask"], t)
+        w = batch["mask"].astype(frac_out.dtype)
+        l_lat = jnp.mean((lattice_out - x.lattice_noise) ** 2)
+        l_frac = (((frac_out - x.frac_target) ** 2).sum(-1) * w).sum() / (3 * jnp.maximum(w.sum(), 1.0))
+        l_types = jnp.zeros(())
+        if logits is not None:
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(batch["types"] - 1, 0))
+            hidden = x.masked.astype(ce.dtype)
+            l_types = (ce * hidden).sum() / jnp.maximum(hidden.sum(), 1.0)
+        total = c.w_lattice * l_lat + c.w_frac * l_frac + c.w_types * l_types
+        return DiffusionLoss(total, l_lat, l_frac, l_types)
+
+    # -------------------------------------------------------------- sampling
+    def csp_inputs(self, compositions) -> tuple[np.ndarray, np.ndarray]:
+        """Formulas (or pymatgen Compositions, or a Crystal) -> (types (B, n_max), mask)."""
+        if isinstance(compositions, Crystal):
+            c = compositions.to_host()
+            numbers = [c.numbers[b][c.mask[b]] for b in range(len(c))]
+        else:
+            from pymatgen.core import Composition
+
+            numbers = []
+            for comp in compositions:
+                comp = Composition(comp)
+                if abs(comp.num_atoms - round(comp.num_atoms)) > 1e-8:
+                    raise ValueError(f"{comp} has a fractional atom count")
+                numbers.append(np.concatenate([[el.Z] * int(round(a)) for el, a in comp.items()]))
+        types = np.zeros((len(numbers), self.n_max), np.int32)
+        for b, z in enumerate(numbers):
+            if len(z) > self.n_max:
+                raise ValueError(f"{len(z)} atoms; the model holds at most {self.n_max}")
+            types[b, :len(z)] = self.vocab.classes(np.asarray(z))
+        return types, types > 0
+
+    def de_novo_inputs(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Atom counts drawn from the training distribution, all types [MASK]."""
+        counts = rng.choice(len(self.atom_count_probs), n, p=self.atom_count_probs)
+        mask = np.arange(self.n_max)[None, :] < counts[:, None]
+        return np.where(mask, self.mask_token, 0).astype(np.int32), mask
+
+    def to_crystals(self, lattice, frac, types, mask) -> Crystal:
+        """Normalized network-space arrays -> a host Crystal (right-handed cells)."""
+        lattice, frac = np.asarray(lattice, np.float64).copy(), np.asarray(frac, np.float64).copy()
+        types, mask = np.asarray(types), np.asarray(mask, bool)
+        lattice *= self.lattice_scale(mask.sum(1))[:, None, None]
+        # a left-handed sample: flip the first lattice vector and its coordinate (same positions)
+        left = np.linalg.det(lattice) < 0
+        lattice[left, 0] *= -1
+        frac[left, :, 0] *= -1
+        frac = np.where(mask[..., None], np.mod(frac, 1.0), 0.0)
+        numbers = np.where(mask, self.vocab.atomic_numbers(np.where(mask, np.clip(types, 0, len(self.vocab)), 0)), 0)
+        return Crystal(lattice, frac, numbers, mask)
+
+    @functools.cached_property
+    def sampler(self):
+        """The jitted reverse process (:func:`make_sampler`), built once per model."""
+        return make_sampler(self)
+
+    def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0) -> Crystal:
+        """CSP: crystals of the given ``compositions`` (formulas or a Crystal);
+        de novo: ``n`` new crystals. Returns a host :class:`Crystal`."""
+        if self.config.mode == "csp":
+            if compositions is None:
+                raise ValueError("a CSP model needs compositions")
+            types, mask = self.csp_inputs(compositions)
+        else:
+            if n is None:
+                raise ValueError("a de novo model needs n")
+            types, mask = self.de_novo_inputs(np.random.default_rng(seed), n)
+        lattice, frac, types = self.sampler(params, key, jnp.asarray(types), jnp.asarray(mask))
+        return self.to_crystals(lattice, frac, types, mask)
+
+    # ------------------------------------------------------------ save/load
+    def to_dict(self) -> dict:
+        return {"config": dataclasses.asdict(self.config), "vocab": self.vocab.to_list(), "n_max": self.n_max,
+                "volume_per_atom": self.volume_per_atom, "atom_count_probs": self.atom_count_probs.tolist(),
+                "dataset": self.dataset}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrystalDiffusion":
+        return cls(DiffusionConfig(**d["config"]), Vocabulary.from_list(d["vocab"]), d["n_max"], d["volume_per_atom"],
+                   d["atom_count_probs"], d.get("dataset", ""))
+
+    def save(self, directory, params) -> Path:
+        from flax import serialization
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "diffusion.json").write_text(json.dumps(self.to_dict(), indent=2))
+        (directory / "params.msgpack").write_bytes(serialization.to_bytes(params))
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> tuple["CrystalDiffusion", Any]:
+        from flax import serialization
+
+        directory = Path(directory)
+        model = cls.from_dict(json.loads((directory / "diffusion.json").read_text()))
+        params = serialization.from_bytes(model.init(jax.random.PRNGKey(0)),
+                                          (directory / "params.msgpack").read_bytes())
+        return model, params
+
+
+# --------------------------------------------------------------- jitted steps
+def make_optimizer(config: DiffusionConfig):
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.lr))
+
+
+def make_train_step(model: CrystalDiffusion):
+    """``step(params, opt_state, batch, key) -> (params, opt_state, DiffusionLoss)``, jitted."""
+    tx = make_optimizer(model.config)
+
+    def step(params, opt_state, batch, key):
+        grad_fn = jax.value_and_grad(lambda p: (lambda l: (l.total, l))(model.loss(p, batch, key)), has_aux=True)
+        (_, losses), grads = grad_fn(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, losses
+
+    return jax.jit(step)
+
+
+def ddpm_step(key, schedule: NoiseSchedule, lattice, eps, t):
+    """One DDPM posterior step of the lattice from t to t - 1, given the predicted
+    noise: variance beta-tilde (zero at t = 1, so the last step is the mean)."""
+    ab, ab_prev = schedule.alpha_bar[t], schedule.alpha_bar[t - 1]
+    alpha = ab / ab_prev
+    mean = (lattice - (1 - alpha) / jnp.sqrt(1 - ab) * eps) / jnp.sqrt(alpha)
+    var = (1 - alpha) * (1 - ab_prev) / (1 - ab)
+    return mean + jnp.sqrt(var) * jax.random.normal(key, lattice.shape)
+
+
+def unmask_step(key, schedule: NoiseSchedule, types, mask, logits, t, mask_token: int):
+    """One reverse step of the absorbing type process: a masked atom is revealed with
+    probability (keep_{t-1} - keep_t) / (1 - keep_t) (1/t for the linear schedule, 1
+    at t = 1), its element drawn from the network's logits; revealed atoms stay."""
+    k_reveal, k_draw = jax.random.split(key)
+    p_reveal = (schedule.keep[t - 1] - schedule.keep[t]) / (1 - schedule.keep[t])
+    reveal = (types == mask_token) & mask & (jax.random.uniform(k_reveal, types.shape) < p_reveal)
+    return jnp.where(reveal, jax.random.categorical(k_draw, logits) + 1, types)
+
+
+def make_sampler(model: CrystalDiffusion):
+    """``sample(params, key, types (B, N), mask (B, N)) -> (lattice, frac, types)`` in
+    network space, jitted: T reverse steps, each a Langevin corrector on the
+    coordinates (``corrector_steps``) then one predictor step of all three parts."""
+    c, sch = model.config, model.schedule
+    T, mask_token = sch.n_steps, model.mask_token
+
+    def reverse_step(params, carry, t):
+        key, lattice, frac, types, mask = carry
+        key, k_corr, k_frac, k_lat, k_type = jax.random.split(key, 5)
+        tb = jnp.full(frac.shape[:1], t)
+        sigma, sigma_prev = sch.sigma[t], sch.sigma[t - 1]
+        rms = jnp.sqrt(sch.score_norm[t])
+        step_size = c.corrector_lr * (sigma / c.sigma_min) ** 2
+        for k in jax.random.split(k_corr, c.corrector_steps):
+            frac_out, _, _ = model.denoise(params, lattice, frac, types, mask, tb)
+            frac = langevin_corrector_step(k, frac, frac_out * rms, step_size)
+        frac_out, eps, logits = model.denoise(params, lattice, frac, types, mask, tb)
+        frac = ve_predictor_step(k_frac, frac, frac_out * rms, sigma, sigma_prev)
+        lattice = ddpm_step(k_lat, sch, lattice, eps, t)
+        if mask_token is not None:
+            types = unmask_step(k_type, sch, types, mask, logits, t, mask_token)
+        return (key, lattice, frac, types, mask), None
+
+    def sample(params, key, types, mask):
+        k_lat, k_frac, key = jax.random.split(key, 3)
+        B, N = types.shape
+        lattice = jax.random.normal(k_lat, (B, 3, 3))
+        frac = jax.random.uniform(k_frac, (B, N, 3))  # the wrapped normal at sigma_max is nearly uniform
+        carry = (key, lattice, frac, types, mask)
+        carry, _ = jax.lax.scan(lambda cr, t: reverse_step(params, cr, t), carry, jnp.arange(T, 0, -1))
+        _, lattice, frac, types, _ = carry
+        return lattice, frac, types
+
+    return jax.jit(sample)
+
+
+def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64, seed: int = 0, params=None,
+        log_every: int = 100, callback=None) -> tuple[Any, list[dict]]:
+    """Train for ``steps`` steps on host ``arrays``; batches are drawn by
+    ``default_rng((seed, step))`` (as :class:`jaxinv.generative.train.Batcher` does).
+    Returns the parameters and the means of the losses over blocks of ``log_every`` steps."""
+    from jaxinv.generative.train import Batcher
+
+    key = jax.random.PRNGKey(seed)
+    params = model.init(jax.random.split(key)[1]) if params is None else params
+    opt_state = make_optimizer(model.config).init(params)
+    step_fn = make_train_step(model)
+    batcher = Batcher(arrays, batch_size, seed)
+    history, block = [], []
+    for step in range(steps):
+        batch = {k: jnp.asarray(v) for k, v in batcher(step).items()}
+        params, opt_state, losses = step_fn(params, opt_state, batch, jax.random.fold_in(key, step))
+        block.append(losses)
+        if len(block) == log_every or step + 1 == steps:
+            means = {f.name: float(np.mean([getattr(l, f.name) for l in block])) for f in dataclasses.fields(losses)}
+            history.append({"step": step + 1, **means})
+            block = []
+            if callback is not None:
+                callback(history[-1])
+    return params, history

@@ -1,0 +1,268 @@
+"""The periodic joint diffusion model: torus kernel, forward marginals, reverse-step
+math, invariances of the denoiser, training and sampling."""
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+import jax
+import jax.numpy as jnp
+
+from jaxinv.generative.diffusion import (CrystalDiffusion, DiffusionConfig, ddpm_step, fit, make_schedule,
+                                         noise_crystal, unmask_step)
+from jaxinv.generative.torus import (geometric_sigmas, score_norm, ve_predictor_step, wrap,
+                                     wrapped_normal_log_density, wrapped_normal_score)
+
+SIGMAS = [0.005, 0.03, 0.1, 0.3, 0.5]
+TINY = dict(hidden=32, layers=2, n_frequencies=4, time_dim=16)
+
+
+def _brute_force(x, sigma, n_images=200):
+    """log density and score of the wrapped normal by a direct float64 sum of Gaussians."""
+    k = np.arange(-n_images, n_images + 1)
+    y = x[:, None] + k
+    g = np.exp(-0.5 * (y / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    return np.log(g.sum(1)), (-y / sigma ** 2 * g).sum(1) / g.sum(1)
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_wrapped_normal_against_brute_force_and_finite_differences(float64, sigma):
+    # points within a few sigma of 0 (where the density is not underflowing in the brute force)
+    # and across the whole circle, including outside [-1/2, 1/2) to exercise the wrapping
+    x = np.concatenate([np.linspace(-4, 4, 41) * sigma, np.linspace(-1.7, 1.7, 41)])
+    x_wrapped = x - np.floor(x + 0.5)
+    logp_ref, score_ref = _brute_force(x_wrapped, sigma)
+    logp = np.asarray(wrapped_normal_log_density(jnp.asarray(x), sigma))
+    score = np.asarray(wrapped_normal_score(jnp.asarray(x), sigma))
+    ok = np.isfinite(logp_ref)
+    np.testing.assert_allclose(logp[ok], logp_ref[ok], rtol=1e-9, atol=1e-9)
+    finite = np.isfinite(score_ref)
+    np.testing.assert_allclose(score[finite], score_ref[finite], rtol=1e-7, atol=1e-6 / sigma)
+    # the score is the derivative of the log density (central differences)
+    h = 1e-4 * sigma
+    fd = (np.asarray(wrapped_normal_log_density(jnp.asarray(x + h), sigma))
+          - np.asarray(wrapped_normal_log_density(jnp.asarray(x - h), sigma))) / (2 * h)
+    np.testing.assert_allclose(score, fd, rtol=1e-5, atol=1e-4 / sigma)
+    # and the density integrates to one over the circle
+    grid = (np.arange(20000) + 0.5) / 20000 - 0.5
+    assert abs(np.exp(np.asarray(wrapped_normal_log_density(jnp.asarray(grid), sigma))).mean() - 1) < 1e-8
+
+
+def test_score_norm(float64):
+    norm = score_norm(np.array(SIGMAS))
+    # small sigma: the Gaussian's Fisher information 1 / sigma^2
+    assert abs(norm[0] * SIGMAS[0] ** 2 - 1) < 1e-6
+    # at every sigma: Monte Carlo E[score^2] over wrapped normal draws
+    rng = np.random.default_rng(0)
+    for s, n in zip(SIGMAS, norm):
+        x = wrap(jnp.asarray(rng.normal(0, s, 200_000)))
+        mc = float(jnp.mean(wrapped_normal_score(x, s) ** 2))
+        assert abs(mc / n - 1) < 0.02, (s, mc, n)
+    # the wrapped normal flattens out: at sigma = 0.5 its Fisher information is far below 1 / sigma^2
+    assert norm[-1] * 0.5 ** 2 < 0.2
+
+
+def test_forward_marginals_match_closed_forms():
+    cfg = DiffusionConfig(mode="de_novo", n_steps=100)
+    sch = make_schedule(cfg)
+    rng = np.random.default_rng(1)
+    lattice0 = jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)
+    frac0 = jnp.asarray(rng.uniform(size=(4, 3)), jnp.float32)
+    types0 = jnp.array([1, 2, 3, 0])
+    mask = types0 > 0
+    n = 20000
+    for t in (1, 30, 70, 100):
+        noisy = jax.vmap(lambda k: noise_crystal(k, sch, lattice0, frac0, types0, mask, t, 9))(
+            jax.random.split(jax.random.PRNGKey(t), n))
+        ab = float(sch.alpha_bar[t])
+        # lattice: N(sqrt(ab) L0, (1 - ab) I)
+        np.testing.assert_allclose(noisy.lattice.mean(0), np.sqrt(ab) * lattice0, atol=4 * np.sqrt((1 - ab) / n) + 1e-6)
+        np.testing.assert_allclose(noisy.lattice.var(0), 1 - ab, rtol=0.05, atol=1e-6)
+        # coordinates: wrapped normal around f0, first circular moment exp(-2 pi^2 sigma^2)
+        s = float(sch.sigma[t])
+        d = np.asarray(noisy.frac - frac0)
+        np.testing.assert_allclose(np.cos(2 * np.pi * d).mean(0), np.exp(-2 * np.pi ** 2 * s ** 2), atol=0.02)
+        np.testing.assert_allclose(np.sin(2 * np.pi * d).mean(0), 0.0, atol=0.02)
+        # the normalized score target has unit mean square at every step
+        assert abs(float((noisy.frac_target ** 2).mean()) - 1) < 0.03
+        # types: each real atom hidden with probability 1 - keep_t = t / T; padding never
+        hidden = np.asarray(noisy.masked)
+        np.testing.assert_allclose(hidden[:, :3].mean(0), t / 100, atol=0.015)
+        assert not hidden[:, 3].any()
+        assert (np.asarray(noisy.types)[hidden] == 9).all()
+    # the end of the process: frac nearly uniform, lattice nearly pure noise
+    assert float(sch.alpha_bar[-1]) < 1e-4 and abs(sch.sigma[-1] - 0.5) < 1e-6
+
+
+def test_reverse_steps_recover_a_point_mass_with_the_exact_score():
+    """With the exact score / noise of a point-mass data distribution, the reverse
+    chains end at the point: checks the predictor and DDPM step formulas."""
+    cfg = DiffusionConfig(n_steps=200)
+    sch = make_schedule(cfg)
+    f0 = jnp.array([0.1, 0.55, 0.97])
+    L0 = jnp.array([[1.0, 0.1, 0.0], [0.0, 0.9, 0.2], [0.3, 0.0, 1.1]])
+
+    def chain(key):
+        k0, k1, key = jax.random.split(key, 3)
+        frac = jax.random.uniform(k0, (3,))
+        lattice = jax.random.normal(k1, (3, 3))
+
+        def step(carry, t):
+            key, frac, lattice = carry
+            key, kf, kl = jax.random.split(key, 3)
+            frac = ve_predictor_step(kf, frac, wrapped_normal_score(frac - f0, sch.sigma[t]), sch.sigma[t],
+                                     sch.sigma[t - 1])
+            eps = (lattice - jnp.sqrt(sch.alpha_bar[t]) * L0) / jnp.sqrt(1 - sch.alpha_bar[t])
+            return (key, frac, ddpm_step(kl, sch, lattice, eps, t)), None
+
+        (_, frac, lattice), _ = jax.lax.scan(step, (key, frac, lattice), jnp.arange(200, 0, -1))
+        return frac, lattice
+
+    frac, lattice = jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(0), 64))
+    assert float(jnp.abs(wrap(frac - f0)).max()) < 1e-3
+    np.testing.assert_allclose(lattice, jnp.broadcast_to(L0, lattice.shape), atol=1e-3)
+    # the wrong sign of the score would diverge: the test can fail
+    assert geometric_sigmas(0.005, 0.5, 200)[1] == pytest.approx(0.005)
+
+
+def test_unmask_step_reveals_all_atoms_by_the_end():
+    sch = make_schedule(DiffusionConfig(mode="de_novo", n_steps=50))
+    types = jnp.full((200, 6), 7).at[:, 5].set(0)
+    mask = types > 0
+    logits = jnp.log(jnp.array([0.7, 0.2, 0.1, 1e-9, 1e-9, 1e-9]))[None, None].repeat(6, 1).repeat(200, 0)
+    revealed_at = []
+    for t in range(50, 0, -1):
+        types = unmask_step(jax.random.PRNGKey(t), sch, types, mask, logits, t, 7)
+        revealed_at.append(float(((types != 7) & mask).mean() / mask.mean()))
+    assert revealed_at[-1] == 1.0 and abs(revealed_at[24] - 0.5) < 0.06  # linear: half revealed half-way
+    t = np.asarray(types)[:, :5]
+    np.testing.assert_allclose([(t == k).mean() for k in (1, 2, 3)], [0.7, 0.2, 0.1], atol=0.04)
+    assert (np.asarray(types)[:, 5] == 0).all()
+
+
+# ------------------------------------------------------------- invariances
+@pytest.fixture(scope="module")
+def net():
+    model = CrystalDiffusion(DiffusionConfig(mode="de_novo", **TINY), _vocab(), 12, 12.0, np.ones(13) / 13)
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.init(jax.random.PRNGKey(0)))
+    return model, params
+
+
+def _vocab():
+    from jaxinv.generative.species import Vocabulary
+
+    return Vocabulary((6, 8, 22, 38))
+
+
+def _apply(model, params, lattice, frac, types, mask, t=0.37):
+    out = model.net.apply(params, jnp.asarray(lattice), jnp.asarray(frac), jnp.asarray(types), jnp.asarray(mask), t)
+    return [np.asarray(o) for o in out]
+
+
+def _crystal(rng, n=5, pad=2):
+    lattice = rng.normal(size=(3, 3)) + 1.5 * np.eye(3)
+    frac = np.concatenate([rng.uniform(size=(n, 3)), np.zeros((pad, 3))])
+    types = np.concatenate([rng.integers(1, 6, n), np.zeros(pad, int)])  # 5 = [MASK]
+    return lattice, frac, types, types > 0
+
+
+def test_denoiser_invariances(float64, net):
+    model, params = net
+    rng = np.random.default_rng(3)
+    lattice, frac, types, mask = _crystal(rng)
+    f_out, l_out, logits = _apply(model, params, lattice, frac, types, mask)
+    real = mask
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    # permutation of the real atoms (padding stays at the end): outputs permute with them
+    perm = np.concatenate([rng.permutation(5), [5, 6]])
+    out = _apply(model, params, lattice, frac[perm], types[perm], mask[perm])
+    close(out[0][real], f_out[perm][real]), close(out[1], l_out), close(out[2][real], logits[perm][real])
+    # a common translation of the fractional coordinates
+    out = _apply(model, params, lattice, frac + rng.uniform(size=3), types, mask)
+    close(out[0][real], f_out[real]), close(out[1], l_out), close(out[2][real], logits[real])
+    # another periodic image of each atom
+    out = _apply(model, params, lattice, frac + rng.integers(-3, 4, size=frac.shape), types, mask)
+    close(out[0][real], f_out[real]), close(out[1], l_out)
+    # rotation and reflection of the lattice (rows rotate: L -> L R^T): coordinates invariant, lattice equivariant
+    for R in (Rotation.random(random_state=4).as_matrix(), -Rotation.random(random_state=5).as_matrix()):
+        out = _apply(model, params, lattice @ R.T, frac, types, mask)
+        close(out[0][real], f_out[real]), close(out[1], l_out @ R.T), close(out[2][real], logits[real])
+    # whatever sits in the padding slots
+    out = _apply(model, params, lattice, np.where(mask[:, None], frac, rng.uniform(size=frac.shape)),
+                 np.where(mask, types, 3), mask)
+    close(out[0][real], f_out[real]), close(out[1], l_out)
+    # and the check can fail: moving one atom changes the others' outputs
+    moved = frac.copy()
+    moved[0] += 0.1
+    assert np.abs(_apply(model, params, lattice, moved, types, mask)[0][1:5] - f_out[1:5]).max() > 1e-6
+
+
+def test_supercell_copies_get_identical_scores(float64, net):
+    """Cell choice: the model is *not* invariant to it (its noise lives in the fractional
+    units of the given cell, as in DiffCSP), but on a 2x supercell both copies of an
+    atom get the same coordinate score and types, because a translation by the
+    primitive vector (1/2 along a in the supercell) only permutes the copies."""
+    model, params = net
+    rng = np.random.default_rng(7)
+    lattice, frac, types, mask = _crystal(rng, n=5, pad=0)
+    super_lattice = np.diag([2.0, 1.0, 1.0]) @ lattice
+    super_frac = np.concatenate([frac * [0.5, 1, 1], frac * [0.5, 1, 1] + [0.5, 0, 0]])
+    super_types = np.concatenate([types, types])
+    f_out, l_out, logits = _apply(model, params, super_lattice, super_frac, super_types, super_types > 0)
+    np.testing.assert_allclose(f_out[:5], f_out[5:], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(logits[:5], logits[5:], rtol=1e-9, atol=1e-10)
+    # the copies differ from each other only by the translation, so a broken translation
+    # invariance would show here: shift one copy by a non-primitive vector and they differ
+    broken = super_frac.copy()
+    broken[5:] += [0.25, 0, 0]
+    f_b = _apply(model, params, super_lattice, broken, super_types, super_types > 0)[0]
+    assert np.abs(f_b[:5] - f_b[5:]).max() > 1e-6
+
+
+# ------------------------------------------------------ training, sampling
+@pytest.fixture(scope="module")
+def perov_small(perov):
+    return perov.subset("train").subset(np.arange(32))
+
+
+def test_training_reduces_the_loss(perov_small):
+    # de novo: all three terms (lattice, coordinates, types); CSP is the same loss without the last
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", n_steps=100, **TINY), perov_small)
+    arrays = model.arrays(perov_small)
+    batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+    loss = jax.jit(jax.vmap(lambda p, k: model.loss(p, batch, k), (None, 0)))
+    keys = jax.random.split(jax.random.PRNGKey(5), 16)  # the same noise draws before and after
+    mean_loss = lambda p: jax.tree_util.tree_map(lambda x: float(x.mean()), loss(p, keys))
+    params0 = model.init(jax.random.PRNGKey(0))
+    params, history = fit(model, arrays, 100, batch_size=16, params=params0, log_every=50)
+    before, after = mean_loss(params0), mean_loss(params)
+    print(before, after)
+    assert after.total < 0.8 * before.total, (before, after, history)
+    assert after.lattice < before.lattice and after.types < before.types and after.frac < before.frac
+
+
+@pytest.mark.parametrize("mode", ["csp", "de_novo"])
+def test_sampling_returns_valid_crystals(perov_small, mode, tmp_path):
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode=mode, n_steps=20, **TINY), perov_small)
+    params = model.init(jax.random.PRNGKey(0))
+    if mode == "csp":
+        given = perov_small.crystal(np.arange(6), bucket=False)
+        out = model.sample(params, jax.random.PRNGKey(1), compositions=given)
+        assert out.formulas() == given.formulas()  # the composition is kept, atom for atom
+        np.testing.assert_array_equal(out.numbers, given.numbers)
+        types, mask = model.csp_inputs(["SrZrO3"])  # formulas work too, up to n_max atoms
+        assert sorted(model.vocab.atomic_numbers(types[0][mask[0]])) == [8, 8, 8, 38, 40]
+        with pytest.raises(ValueError, match="at most 5"):
+            model.csp_inputs(["Sr2Zr2O6"])
+    else:
+        out = model.sample(params, jax.random.PRNGKey(1), n=6)
+        assert set(np.unique(out.numbers[out.mask])) <= set(model.vocab.numbers)
+        assert (out.n_atoms == 5).all()  # perov_5 has 5 atoms per cell, so does every draw
+    assert out.lattice.shape == (6, 3, 3) and out.frac.shape == (6, 5, 3)
+    assert np.isfinite(out.lattice).all() and np.isfinite(out.frac).all()
+    assert (np.linalg.det(out.lattice) > 0).all() and ((out.frac >= 0) & (out.frac < 1)).all()
+    # save / load round trip gives the same samples
+    model.save(tmp_path, params)
+    loaded, params2 = CrystalDiffusion.load(tmp_path)
+    again = loaded.sample(params2, jax.random.PRNGKey(1), **({"compositions": given} if mode == "csp" else {"n": 6}))
+    np.testing.assert_allclose(again.lattice, out.lattice)
