@@ -172,25 +172,33 @@ def test_denoiser_invariances(float64, net):
     lattice, frac, types, mask = _crystal(rng)
     f_out, l_out, logits = _apply(model, params, lattice, frac, types, mask)
     real = mask
-    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10, err_msg=what)
     # permutation of the real atoms (padding stays at the end): outputs permute with them
     perm = np.concatenate([rng.permutation(5), [5, 6]])
     out = _apply(model, params, lattice, frac[perm], types[perm], mask[perm])
-    close(out[0][real], f_out[perm][real]), close(out[1], l_out), close(out[2][real], logits[perm][real])
+    close(out[0][real], f_out[perm][real], "permutation: coordinates")
+    close(out[1], l_out, "permutation: lattice")
+    close(out[2][real], logits[perm][real], "permutation: types")
     # a common translation of the fractional coordinates
     out = _apply(model, params, lattice, frac + rng.uniform(size=3), types, mask)
-    close(out[0][real], f_out[real]), close(out[1], l_out), close(out[2][real], logits[real])
+    close(out[0][real], f_out[real], "translation: coordinates")
+    close(out[1], l_out, "translation: lattice")
+    close(out[2][real], logits[real], "translation: types")
     # another periodic image of each atom
     out = _apply(model, params, lattice, frac + rng.integers(-3, 4, size=frac.shape), types, mask)
-    close(out[0][real], f_out[real]), close(out[1], l_out)
+    close(out[0][real], f_out[real], "images: coordinates")
+    close(out[1], l_out, "images: lattice")
     # rotation and reflection of the lattice (rows rotate: L -> L R^T): coordinates invariant, lattice equivariant
     for R in (Rotation.random(random_state=4).as_matrix(), -Rotation.random(random_state=5).as_matrix()):
         out = _apply(model, params, lattice @ R.T, frac, types, mask)
-        close(out[0][real], f_out[real]), close(out[1], l_out @ R.T), close(out[2][real], logits[real])
+        close(out[0][real], f_out[real], "rotation: coordinates invariant")
+        close(out[1], l_out @ R.T, "rotation: lattice equivariant")
+        close(out[2][real], logits[real], "rotation: types invariant")
     # whatever sits in the padding slots
     out = _apply(model, params, lattice, np.where(mask[:, None], frac, rng.uniform(size=frac.shape)),
                  np.where(mask, types, 3), mask)
-    close(out[0][real], f_out[real]), close(out[1], l_out)
+    close(out[0][real], f_out[real], "padding: coordinates")
+    close(out[1], l_out, "padding: lattice")
     # and the check can fail: moving one atom changes the others' outputs
     moved = frac.copy()
     moved[0] += 0.1
