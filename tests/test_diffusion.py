@@ -274,3 +274,20 @@ def test_sampling_returns_valid_crystals(perov_small, mode, tmp_path):
     loaded, params2 = CrystalDiffusion.load(tmp_path)
     again = loaded.sample(params2, jax.random.PRNGKey(1), **({"compositions": given} if mode == "csp" else {"n": 6}))
     np.testing.assert_allclose(again.lattice, out.lattice)
+
+
+def test_cli_train_and_generate(tmp_path):
+    from jaxinv.cli import run_experiment
+
+    run = tmp_path / "train"
+    res = run_experiment("train_generative", [
+        "model=diffcsp", "diffusion.hidden=16", "diffusion.layers=1", "diffusion.n_steps=10", "data.limit=32",
+        "train.steps=3", "train.batch_size=8", "n_samples=4", "n_cif=1", "progress=false", "n_jobs=1",
+        f"out_dir={run}"])
+    assert res["steps"] == 3 and res["csp"]["csp"]["n_targets"] == 4 and len(res["history"]) == 3
+    assert (run / "checkpoint" / "diffusion.json").exists() and (run / "samples" / "samples.extxyz").exists()
+    gen = run_experiment("generate", [f"model={run}", "n=3", "batch_size=2", "composition=SrZrO3",
+                                      "metrics=[validity]", "progress=false", "n_jobs=1", f"out_dir={tmp_path / 'gen'}"])
+    assert gen["n"] == 3 and gen["atoms_per_cell"] == {5: 3} and 0 <= gen["metrics"]["validity"]["valid"] <= 1
+    with pytest.raises(ValueError, match="composition"):
+        run_experiment("generate", [f"model={run}", "n=2", "progress=false", f"out_dir={tmp_path / 'gen2'}"])

@@ -30,6 +30,8 @@ import numpy as np
 
 from jaxinv.config import (CONFIG_DIR, DataConfig, Rule, RunConfig, at_least, checked, constrain, non_negative,
                            one_of, positive)
+from jaxinv.generative.diffusion import MODES as DIFFUSION_MODES
+from jaxinv.generative.diffusion import DiffusionConfig
 from jaxinv.generative.model import CONDITIONS, KINDS, ModelConfig
 from jaxinv.generative.train import TrainConfig
 
@@ -44,7 +46,7 @@ log = logging.getLogger("jaxinv.generative")
 # The model and train sections are library dataclasses; their rules are declared here.
 constrain(
     ModelConfig,
-    kind=one_of(*KINDS),
+    kind=one_of(*KINDS, "diffcsp"),  # diffcsp: the diffusion model, configured by the diffusion section
     condition=(one_of(*CONDITIONS), Rule(lambda v, m: "composition conditioning is implemented for coord_gan only"
                                          if v == "composition" and m.kind != "coord_gan" else None,
                                          "composition: coord_gan only")),
@@ -54,6 +56,16 @@ constrain(
     w_lattice=non_negative, w_frac=non_negative, w_species=non_negative, w_image=non_negative,
     w_property=non_negative, gp_weight=non_negative, n_critic=at_least(1), lr=positive, lr_critic=positive,
     grad_clip=positive,
+)
+constrain(
+    DiffusionConfig,
+    mode=one_of(*DIFFUSION_MODES), hidden=at_least(1), layers=at_least(1), n_frequencies=at_least(1),
+    time_dim=(at_least(2), Rule(lambda v, m: f"must be even (got {v})" if v % 2 else None, "even")),
+    n_steps=at_least(2), sigma_min=positive,
+    sigma_max=(positive, Rule(lambda v, m: f"must exceed sigma_min ({m.sigma_min})" if v <= m.sigma_min else None,
+                              "> sigma_min")),
+    cosine_offset=positive, n_images=at_least(1), corrector_steps=non_negative, corrector_lr=positive,
+    w_lattice=non_negative, w_frac=non_negative, w_types=non_negative, lr=positive, grad_clip=positive,
 )
 constrain(TrainConfig, steps=non_negative, batch_size=at_least(1), eval_every=non_negative, eval_size=at_least(1),
           checkpoint_every_s=positive, time_limit_min=non_negative)
@@ -65,6 +77,7 @@ class Config(RunConfig):
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used by model=diffcsp only
     train: TrainConfig = field(default_factory=TrainConfig)
     check_samples: int = checked(256, non_negative)
     check_recon: int = checked(128, non_negative)
@@ -89,6 +102,8 @@ def main(cfg, run):
 
     if cfg.data.split not in (None, "train"):
         raise ValueError("train_generative trains on the train split and validates on valid; leave data.split unset")
+    if cfg.model.kind == "diffcsp":
+        return train_diffusion(cfg, run)
     ds = load_dataset(cfg.data.name)
     splits = {s: ds.subset(s) for s in ("train", "valid", "test")}
     if cfg.data.limit:
@@ -150,5 +165,80 @@ def main(cfg, run):
             results["reconstruction"] = rec
             print(f"reconstruction of the test split: match rate {100 * rec['match_rate']:.2f} %, "
                   f"RMSE {rec['rmse']:.4f}")
+    run.save_json(results)
+    return results
+
+
+def train_diffusion(cfg, run):
+    """model=diffcsp: train the periodic diffusion model (:mod:`jaxinv.generative.diffusion`)
+    on the train split, save it to ``checkpoint/`` (``diffusion.json``, ``params.msgpack``),
+    sample ``n_samples`` crystals (CSP: the compositions of test crystals; de novo: new ones)
+    and score them: CSP match rate and RMSE at k=1 against those test crystals, or the
+    CDVAE generation metrics. No validation losses or resume yet (issue 26)."""
+    import json
+
+    import jax
+    from omegaconf import OmegaConf
+
+    from jaxinv.data import load_dataset
+    from jaxinv.generative.diffusion import CrystalDiffusion, fit
+    from jaxinv.generative.species import Vocabulary
+    from jaxinv.io import write_cifs, write_extxyz
+
+    ds = load_dataset(cfg.data.name)
+    full_train = ds.subset("train")
+    train_ds = full_train
+    if cfg.data.limit:
+        train_ds = full_train.subset(np.sort(np.random.default_rng(cfg.seed).permutation(len(full_train))[:cfg.data.limit]))
+    dcfg = DiffusionConfig(**OmegaConf.to_container(cfg.diffusion, resolve=True))
+    model = CrystalDiffusion.from_dataset(dcfg, train_ds, vocab=Vocabulary.from_dataset(full_train),
+                                          n_max=int(full_train.n_atoms.max()))
+    arrays = model.arrays(train_ds)
+    print(f"diffcsp ({dcfg.mode}) on {ds.name}: {len(train_ds)} training crystals, {len(model.vocab)} elements, "
+          f"up to {model.n_max} atoms")
+    t0 = time.perf_counter()
+    with open(run.path("train_losses.jsonl"), "w") as fh:
+        def record(rec):
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            log.info("step %d: %s", rec["step"], ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
+
+        tcfg = cfg.train
+        params, history = fit(model, arrays, tcfg.steps, tcfg.batch_size, cfg.seed,
+                              log_every=max(1, min(100, tcfg.steps // 20)), callback=record,
+                              time_limit_min=tcfg.time_limit_min)
+    train_s = time.perf_counter() - t0
+    model.save(run.out_dir / "checkpoint", params)
+    results = {"model": model.to_dict(), "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+               "train_seconds": train_s, "steps": history[-1]["step"] if history else 0, "history": history}
+
+    test = ds.subset("test")
+    supported = np.isin(test.numbers, model.vocab.numbers)
+    ok = np.array([supported[a:b].all() for a, b in zip(test.offsets[:-1], test.offsets[1:])], bool)
+    ok &= test.n_atoms <= model.n_max
+    given = test.subset(np.flatnonzero(ok)[:cfg.n_samples]).crystal(bucket=False) if dcfg.mode == "csp" else None
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    n = len(given) if given is not None else cfg.n_samples
+    t0 = time.perf_counter()
+    samples = model.sample(params, key, compositions=given, n=n, seed=cfg.seed)
+    dt = time.perf_counter() - t0
+    results["sampling"] = {"n": n, "seconds": dt, "crystals_per_second": n / dt, "compilation_included": True}
+    print(f"sampled {n} crystals in {dt:.1f} s (compilation included)")
+    write_extxyz(samples, run.path("samples", "samples.extxyz"))
+    write_cifs(samples[:cfg.n_cif], run.out_dir / "samples" / "cif")
+    if cfg.evaluate:
+        if dcfg.mode == "csp":
+            from jaxinv.metrics import score_csp
+
+            csp, _ = score_csp(samples, given, k=1, n_jobs=cfg.n_jobs, progress=cfg.progress)
+            results["csp"] = csp
+            print(f"CSP on {n} test compositions, k=1: match rate {100 * csp['csp']['match_rate']:.2f} %, "
+                  f"RMSE {csp['csp']['rmse']:.4f}")
+        else:
+            from jaxinv.generative.evaluation import generation_metrics
+
+            gen, _ = generation_metrics(samples, ds.name, reference=test.structures(), train=train_ds.structures(),
+                                        n_jobs=cfg.n_jobs, progress=cfg.progress)
+            results["generation"] = gen
     run.save_json(results)
     return results

@@ -346,9 +346,11 @@ class CrystalDiffusion:
         """The jitted reverse process (:func:`make_sampler`), built once per model."""
         return make_sampler(self)
 
-    def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0) -> Crystal:
+    def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0,
+               batch_size: int = 256) -> Crystal:
         """CSP: crystals of the given ``compositions`` (formulas or a Crystal);
-        de novo: ``n`` new crystals. Returns a host :class:`Crystal`."""
+        de novo: ``n`` new crystals. Runs in chunks of ``batch_size`` (the last one
+        padded, so one compiled shape serves all). Returns a host :class:`Crystal`."""
         if self.config.mode == "csp":
             if compositions is None:
                 raise ValueError("a CSP model needs compositions")
@@ -357,8 +359,16 @@ class CrystalDiffusion:
             if n is None:
                 raise ValueError("a de novo model needs n")
             types, mask = self.de_novo_inputs(np.random.default_rng(seed), n)
-        lattice, frac, types = self.sampler(params, key, jnp.asarray(types), jnp.asarray(mask))
-        return self.to_crystals(lattice, frac, types, mask)
+        total, size = len(types), min(batch_size, len(types))
+        parts = []
+        for start in range(0, total, size):
+            t, m = types[start:start + size], mask[start:start + size]
+            pad = size - len(t)
+            t, m = np.pad(t, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
+            out = self.sampler(params, jax.random.fold_in(key, start), jnp.asarray(t), jnp.asarray(m))
+            lattice, frac, new_types = (np.asarray(x)[:size - pad] for x in out)
+            parts.append(self.to_crystals(lattice, frac, new_types, m[:size - pad]))
+        return Crystal.concatenate(parts) if len(parts) > 1 else parts[0]
 
     # ------------------------------------------------------------ save/load
     def to_dict(self) -> dict:
@@ -467,10 +477,13 @@ def make_sampler(model: CrystalDiffusion):
 
 
 def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64, seed: int = 0, params=None,
-        log_every: int = 100, callback=None) -> tuple[Any, list[dict]]:
+        log_every: int = 100, callback=None, time_limit_min: float = 0.0) -> tuple[Any, list[dict]]:
     """Train for ``steps`` steps on host ``arrays``; batches are drawn by
     ``default_rng((seed, step))`` (as :class:`jaxinv.generative.train.Batcher` does).
-    Returns the parameters and the means of the losses over blocks of ``log_every`` steps."""
+    Returns the parameters and the means of the losses over blocks of ``log_every`` steps
+    (``callback`` gets each block's record); stops early after ``time_limit_min`` (0: none)."""
+    import time
+
     from jaxinv.generative.train import Batcher
 
     key = jax.random.PRNGKey(seed)
@@ -479,14 +492,18 @@ def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64,
     step_fn = make_train_step(model)
     batcher = Batcher(arrays, batch_size, seed)
     history, block = [], []
+    t0 = time.monotonic()
     for step in range(steps):
         batch = {k: jnp.asarray(v) for k, v in batcher(step).items()}
         params, opt_state, losses = step_fn(params, opt_state, batch, jax.random.fold_in(key, step))
         block.append(losses)
-        if len(block) == log_every or step + 1 == steps:
+        out_of_time = bool(time_limit_min) and time.monotonic() - t0 > 60 * time_limit_min
+        if len(block) == log_every or step + 1 == steps or out_of_time:
             means = {f.name: float(np.mean([getattr(l, f.name) for l in block])) for f in dataclasses.fields(losses)}
             history.append({"step": step + 1, **means})
             block = []
             if callback is not None:
                 callback(history[-1])
+        if out_of_time:
+            break
     return params, history
