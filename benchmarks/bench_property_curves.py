@@ -304,7 +304,7 @@ def plot(rows: list, path: Path = PLOT, seed: int = 0) -> Path:
 
     rows = distinct(rows, seed)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 6.2))
     colors = dict(zip(MODELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, name in zip(axes, TARGETS):
         rs = [r for r in rows if r["dataset"] == name and int(r["seed"]) == seed]
@@ -316,7 +316,9 @@ def plot(rows: list, path: Path = PLOT, seed: int = 0) -> Path:
             x, y = map(np.asarray, zip(*pts))
             style = {"ls": "--", "color": "k", "marker": None} if model == "median" else \
                 {"ls": "-", "color": colors[model], "marker": "o"}
-            ax.plot(x, y, label=LABELS[model], lw=1.5, ms=4, **style)
+            if model == "finetune":  # one or few points, often on top of the frozen head's
+                style.update(marker="*", ms=11, mfc="none")
+            ax.plot(x, y, label=LABELS[model], lw=1.5, **{"ms": 4, **style})
             xs.append(x)
             ys.append(y)
         unit = rs[0]["unit"] if rs else ""
@@ -337,7 +339,7 @@ def plot(rows: list, path: Path = PLOT, seed: int = 0) -> Path:
         ax.set_ylabel(f"test MAE of {TARGETS[name]} ({unit})")
         ax.set_title(f"{name}: {TARGETS[name]}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper right" if name == "perov_5" else "best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.suptitle("Property models: test MAE against training-set size (jaxinv's 80/10/10 split of CDVAE val.csv)",
                  fontsize=10)
     fig.tight_layout()
