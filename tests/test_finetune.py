@@ -48,6 +48,8 @@ def test_pooled_features_equal_the_frozen_kind_and_are_invariant(perov, small):
     np.testing.assert_allclose(np.asarray(alone), np.repeat(np.asarray(batch)[2:3], 2, 0), rtol=1e-4, atol=1e-4)
 
 
+# slow (31 s): the training test below already shows the potential moving
+@pytest.mark.slow
 def test_gradient_reaches_the_potential_through_its_step_scale(small):
     from jaxinv.screening.finetune import PotentialHead, feature_statistics, head_inputs
 

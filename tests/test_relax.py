@@ -304,6 +304,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# slow (58 s): tests/test_resume.py kills and resumes the same queue checkpoint through `jaxinv run relax`
+@pytest.mark.slow
 def test_checkpoint_resume_after_kill(tmp_path):
     ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "final.npy")
     script = tmp_path / "run.py"

@@ -24,6 +24,9 @@ def test_sevennet_relaxation_agrees_with_ase(sevennet):
         assert r["de_mev_atom"] < 2.0 and r["da"] < 0.02, r
 
 
+# slow (114 s on two workers): batch independence runs in the default suite with cheap potentials
+# (test_relax.py: refilled and compacted batches); this is the SevenNet-0 float64 check
+@pytest.mark.slow
 def test_a_structure_ends_the_same_alone_or_in_any_batch(sevennet):
     """Issue 22: float32 rounding depends on the batch (the flattened graph orders XLA's sums
     differently), and FIRE amplified it: the same perov_5 input converged up to 2.6 eV per cell

@@ -85,9 +85,9 @@ class DiffusionConfig:
     n_images: int = 10  # images either side in the wrapped-normal sums
     corrector_steps: int = 1  # Langevin corrector steps per time step (0: predictor only)
     corrector_lr: float = 1e-5  # corrector step size at sigma_min; it scales as (sigma / sigma_min)^2
-    w_lattice: float = 1.0  # loss weights
-    w_frac: float = 1.0
-    w_types: float = 1.0
+    w_lattice: float = 1.0  # loss weight of the lattice noise prediction
+    w_frac: float = 1.0  # loss weight of the fractional-coordinate score
+    w_types: float = 1.0  # loss weight of the atom-type prediction (de novo)
     lr: float = 1e-3  # Adam learning rate
     grad_clip: float = 1.0  # global gradient-norm clip
     niggli: bool = True  # Niggli-reduce the training cells
