@@ -13,6 +13,7 @@ from typing import List
 
 import numpy as np
 
+from jaxinv.experiments.train_property import feature_kinds
 from jaxinv.config import Rule, RunConfig, at_least, checked, each, fraction, non_negative, nonempty, one_of
 from jaxinv.experiments.train_property import TrainConfig  # with its rules
 
@@ -23,11 +24,6 @@ def _acquisitions():
     return ACQUISITIONS
 
 
-def _feature_kinds():
-    from jaxinv.screening.features import FEATURE_KINDS
-
-    return FEATURE_KINDS
-
 
 @dataclass
 class Config(RunConfig):
@@ -36,7 +32,7 @@ class Config(RunConfig):
     seeds: int = checked(10, at_least(1))
     strategies: List[str] = checked(["p_window", "random"], nonempty, each(one_of(_acquisitions)))
     gap: str = checked("dir_gap", one_of("dir_gap", "ind_gap"))
-    features: str = checked("magpie_site_oxi", one_of(_feature_kinds))
+    features: str = checked("magpie_site_oxi", one_of(feature_kinds))
     initial_fraction: float = checked(0.02, fraction)
     batch_fraction: float = checked(0.01, fraction)
     budget_fraction: float = checked(0.2, fraction, Rule(

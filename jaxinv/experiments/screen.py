@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from jaxinv.experiments.train_property import feature_kinds
 from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, existing_path,
                            fraction, load_configured_potential, non_negative, one_of)
 
@@ -99,9 +100,7 @@ class Config(RunConfig):
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     model: Optional[str] = checked(None, existing_path())
     quick_model_epochs: int = checked(100, at_least(1))
-    quick_model_features: str = checked("magpie_site_oxi", one_of("magpie", "magpie_site", "magpie_ionic",
-                                                                  "magpie_site_ionic", "magpie_oxi",
-                                                                  "magpie_site_oxi", "sevennet0"))
+    quick_model_features: str = checked("magpie_site_oxi", one_of(feature_kinds))
     quick_model_hurdle: List[str] = field(default_factory=lambda: ["dir_gap", "ind_gap"])
     quick_model_members: int = checked(10, at_least(1))
     potential: OptionalPotentialConfig = checked(OptionalPotentialConfig(), Rule(_needs_potential, "not none with "

@@ -30,7 +30,7 @@ from jaxinv.config import (DataConfig, Rule, RunConfig, at_least, between, check
 from jaxinv.screening.train import TrainConfig
 
 
-def _feature_kinds():
+def feature_kinds():
     from jaxinv.screening.features import FEATURE_KINDS
 
     return FEATURE_KINDS
@@ -60,7 +60,7 @@ def _finetune_problem(kind, model):
 class ModelConfig:
     kind: str = checked("composition", one_of("composition", "cgcnn", "finetune"),
                         Rule(lambda v, m: _finetune_problem(v, m), "finetune needs features = a potential's"))
-    features: str = checked("magpie_site", one_of(_feature_kinds))
+    features: str = checked("magpie_site", one_of(feature_kinds))
     hidden: List[int] = checked([128, 64], each(at_least(1)))
     cgcnn_features: int = checked(64, at_least(1))
     n_conv: int = checked(3, at_least(1))
