@@ -13,16 +13,14 @@ from typing import List
 
 import numpy as np
 
-from jaxinv.experiments.train_property import feature_kinds
 from jaxinv.config import Rule, RunConfig, at_least, checked, each, fraction, non_negative, nonempty, one_of
-from jaxinv.experiments.train_property import TrainConfig  # with its rules
+from jaxinv.experiments.train_property import TrainConfig, feature_kinds  # TrainConfig with its rules
 
 
 def _acquisitions():
     from jaxinv.screening.acquisition import ACQUISITIONS
 
     return ACQUISITIONS
-
 
 
 @dataclass
