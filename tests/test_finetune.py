@@ -25,7 +25,7 @@ def test_pooled_features_equal_the_frozen_kind_and_are_invariant(perov, small):
     from jaxinv.screening.finetune import PotentialHead, backbone, feature_statistics, head_inputs
 
     crystal, _ = small
-    mean, std = feature_statistics(crystal)
+    mean, std = feature_statistics(potential_features(crystal, backbone("sevennet0")))
     frozen = potential_features(crystal[np.arange(4)], backbone("sevennet0"))
     head = PotentialHead(1, tuple(mean), tuple(std), hidden=(8,))
     x = head_inputs(crystal[np.arange(4)])
@@ -51,10 +51,11 @@ def test_pooled_features_equal_the_frozen_kind_and_are_invariant(perov, small):
 # slow (31 s): the training test below already shows the potential moving
 @pytest.mark.slow
 def test_gradient_reaches_the_potential_through_its_step_scale(small):
-    from jaxinv.screening.finetune import PotentialHead, feature_statistics, head_inputs
+    from jaxinv.screening.features import potential_features
+    from jaxinv.screening.finetune import PotentialHead, backbone, feature_statistics, head_inputs
 
     crystal, _ = small
-    mean, std = feature_statistics(crystal[np.arange(4)])
+    mean, std = feature_statistics(potential_features(crystal[np.arange(4)], backbone("sevennet0")))
     x = head_inputs(crystal[np.arange(4)])
 
     def grad_norms(backbone_lr):

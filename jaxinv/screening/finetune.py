@@ -73,13 +73,12 @@ def _pool(x, mask):
     return jnp.concatenate([mean, spread], axis=-1)
 
 
-def feature_statistics(crystal, potential: str = "sevennet0", batch_size: int = 64) -> tuple[list, list]:
-    """Mean and standard deviation of the frozen potential's pooled features over a
-    batch (the training set): the head's fixed input standardization. Columns that
-    barely vary get an infinite deviation, so they enter as 0."""
-    from jaxinv.screening.features import potential_features
-
-    x = potential_features(crystal, backbone(potential), batch_size).astype(np.float64)
+def feature_statistics(features) -> tuple[list, list]:
+    """Mean and standard deviation of the frozen potential's pooled features over the
+    training set (:func:`~jaxinv.screening.features.potential_features`): the head's
+    fixed input standardization. Columns that barely vary get an infinite deviation, so
+    they enter as 0 (the same rule as the frozen composition head's scaler)."""
+    x = np.asarray(features, np.float64)
     mean, std = x.mean(0), x.std(0)
     std = np.where(std > 1e-3 * np.maximum(np.abs(mean), 1.0), std, np.inf)
     return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.distributed import AXIS, data_mesh, replicate, shard_rows, to_host, training_mesh
-from jaxinv.screening.finetune import PotentialHead, backbone, head_inputs
+from jaxinv.screening.finetune import PotentialHead, backbone, feature_statistics, head_inputs
 from jaxinv.screening.uncertainty import apply_platt, fit_platt, fit_sigma_scale
 from jaxinv.screening.models import CGCNN, CompositionMLP, compact_graphs, edge_capacity, ensemble_apply, \
     ensemble_init, flat_graphs, gather_graphs, graph_inputs, mixture_moments
@@ -473,11 +473,9 @@ class PropertyModel:
         from jaxinv.screening.features import potential_features
 
         pot = backbone(self.features)
-        frozen = potential_features(raw_x["crystal"], pot).astype(np.float64)
-        mean, std = frozen.mean(0), frozen.std(0)
-        std = np.where(std > 1e-3 * np.maximum(np.abs(mean), 1.0), std, np.inf)
-        self.module_kwargs.update(potential=self.features, feature_mean=mean.astype(np.float32).tolist(),
-                                  feature_std=std.astype(np.float32).tolist())
+        frozen = potential_features(raw_x["crystal"], pot)
+        mean, std = feature_statistics(frozen)
+        self.module_kwargs.update(potential=self.features, feature_mean=mean, feature_std=std)
         if not cfg.head_epochs:
             return None, cfg
         head = PropertyModel("composition", self.targets, {"hidden": list(self.module_kwargs.get("hidden", (128, 64)))},
