@@ -407,7 +407,8 @@ def parity_figure(panels: Sequence[dict], title: str | None = None, max_bars: in
     left out), the y = x line, and n, MAE and ±1σ / ±2σ coverage in the corner."""
     plt = pyplot()
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    # at least 6 inches wide: one panel's title line must fit
+    fig, axes = plt.subplots(1, n, figsize=(max(4.2 * n, 6.0), 4.2), squeeze=False)
     rng = np.random.default_rng(seed)
     for ax, p in zip(axes[0], panels):
         y, mu, sd = (np.asarray(p[k], float).ravel() for k in ("y", "mean", "std"))
@@ -434,7 +435,9 @@ def parity_figure(panels: Sequence[dict], title: str | None = None, max_bars: in
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     if title:
-        fig.suptitle(title, fontsize=11)
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, 80), fontsize=10)
     fig.tight_layout()
     return fig
 

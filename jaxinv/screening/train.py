@@ -322,7 +322,7 @@ def fit(module, x, y, cfg: TrainConfig = TrainConfig(), val: tuple | None = None
         records.append(to_host(rec))
         bar.update(min(chunk, cfg.epochs - bar.n))
         bar.set_postfix(best_val_nll=f"{float(np.mean(np.asarray(carry[3]))):.3f}")
-        if log_every:
+        if log_every and not progress:  # the bar shows the same; a log line would break it
             log.info("epoch %d: train loss %.4f, best val NLL %s", epoch, float(rec["train_loss"][-1].mean()),
                      np.round(np.asarray(carry[3]), 3).tolist())
         if ckpt is not None:
