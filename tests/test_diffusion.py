@@ -124,6 +124,28 @@ def test_reverse_steps_recover_a_point_mass_with_the_exact_score():
     assert geometric_sigmas(0.005, 0.5, 200)[1] == pytest.approx(0.005)
 
 
+def test_clipped_lattice_step():
+    """The x0 form of the DDPM mean equals the epsilon form when nothing is clipped,
+    and a wild noise prediction cannot push the lattice past the clip."""
+    sch = make_schedule(DiffusionConfig(n_steps=100))
+    rng = np.random.default_rng(0)
+    lattice, eps = jnp.asarray(rng.normal(size=(3, 3))), jnp.asarray(rng.normal(size=(3, 3)))
+    key = jax.random.PRNGKey(0)
+    for t in (100, 50, 2):
+        ab, ab_prev = sch.alpha_bar[t], sch.alpha_bar[t - 1]
+        alpha = ab / ab_prev
+        eps_form = (lattice - (1 - alpha) / jnp.sqrt(1 - ab) * eps) / jnp.sqrt(alpha)
+        noise = jnp.sqrt((1 - alpha) * (1 - ab_prev) / (1 - ab)) * jax.random.normal(key, (3, 3))
+        np.testing.assert_allclose(ddpm_step(key, sch, lattice, eps, t), eps_form + noise, rtol=2e-4, atol=2e-4)
+    # the last step returns the predicted clean lattice: clipped, whatever eps was
+    wild = 1e4 * eps
+    x0 = (lattice - jnp.sqrt(1 - sch.alpha_bar[1]) * wild) / jnp.sqrt(sch.alpha_bar[1])
+    assert float(jnp.abs(x0).max()) > 100
+    np.testing.assert_allclose(ddpm_step(key, sch, lattice, wild, 1, clip=4.0), jnp.clip(x0, -4, 4), atol=1e-5)
+    # from pure noise at t = T with a wild eps, the next state stays of order one
+    assert float(jnp.abs(ddpm_step(key, sch, lattice, wild, 100, clip=4.0)).max()) < 10
+
+
 def test_unmask_step_reveals_all_atoms_by_the_end():
     sch = make_schedule(DiffusionConfig(mode="de_novo", n_steps=50))
     types = jnp.full((200, 6), 7).at[:, 5].set(0)
@@ -225,6 +247,37 @@ def test_supercell_copies_get_identical_scores(float64, net):
     broken[5:] += [0.25, 0, 0]
     f_b = _apply(model, params, super_lattice, broken, super_types, super_types > 0)[0]
     assert np.abs(f_b[:5] - f_b[5:]).max() > 1e-6
+
+
+def test_classifier_free_guidance(float64, perov_small):
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", condition="dir_gap", **TINY), perov_small)
+    gaps = perov_small.labels["dir_gap"]
+    assert model.condition_stats == pytest.approx((gaps.mean(), gaps.std()))
+    arrays = model.arrays(perov_small)
+    np.testing.assert_allclose(arrays["y"], (gaps - gaps.mean()) / gaps.std(), rtol=1e-5, atol=1e-6)
+    assert (arrays["has_y"] == 1).all()
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.init(jax.random.PRNGKey(0)))
+        b = {k: jnp.asarray(v[:4]) for k, v in arrays.items()}
+        t = jnp.array([10, 300, 600, 900])
+        args = (params, b["lattice"], b["frac"], b["types"], b["mask"], t)
+        cond = model.denoise(*args, b["y"], b["has_y"])
+        free = model.denoise(*args)
+        # the null condition ignores y; a real label changes the output
+        np.testing.assert_allclose(model.denoise(*args, b["y"] + 5.0, jnp.zeros(4))[0], free[0], rtol=1e-12)
+        assert np.abs(np.asarray(cond[0] - free[0])).max() > 1e-6
+        for w in (0.0, 2.0):
+            guided = model.guided_denoise(*args, b["y"], b["has_y"], w)
+            for g, c, u in zip(guided, cond, free):
+                np.testing.assert_allclose(g, c + w * (c - u), rtol=1e-10, atol=1e-12)
+    # targets: a window draws labels inside it; an unconditional model refuses one
+    y, has_y = model._targets(np.random.default_rng(0), 1000, (1.5, 3.0))
+    raw = y * model.condition_stats[1] + model.condition_stats[0]
+    assert (has_y == 1).all() and raw.min() >= 1.5 - 1e-5 and raw.max() <= 3.0 + 1e-5 and raw.std() > 0.3
+    with pytest.raises(ValueError, match="unconditional"):
+        CrystalDiffusion.from_dataset(DiffusionConfig(**TINY), perov_small)._targets(np.random.default_rng(0), 2, 1.0)
+    with pytest.raises(ValueError, match="no label 'band_gap'"):
+        CrystalDiffusion.from_dataset(DiffusionConfig(condition="band_gap", **TINY), perov_small)
 
 
 # ------------------------------------------------------ training, sampling

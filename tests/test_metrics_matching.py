@@ -78,6 +78,20 @@ def test_score_csp_requires_valid_candidates(batio3, rng):
         score_csp([batio3], [batio3, batio3], k=1)
 
 
+def test_runaway_cells_match_nothing_and_cost_nothing(batio3, rng):
+    """A generated cell ~1e9 Å across made StructureMatcher allocate tens of GB; it is
+    now refused before pymatgen sees it (as an unmatched candidate), also without
+    the validity requirement."""
+    runaway = batio3.copy()
+    runaway.scale_lattice(batio3.volume * 1e27)
+    assert rms_dist(runaway, batio3) is None
+    m, _ = score_csp([runaway, _permuted_translated(batio3, rng)], [batio3], k=2, require_valid=False, n_jobs=1,
+                     progress=False)
+    assert m["csp"]["match_rate"] == 1.0
+    un = uniqueness_novelty([runaway, batio3], train=[batio3], n_jobs=1)
+    assert un["novel"].tolist() == [True, False]
+
+
 def test_uniqueness_and_novelty(batio3, rocksalt, cscl, rng):
     a = batio3
     structures = [a, _permuted_translated(a, rng), rocksalt, _rattled(a, 0.01, rng), cscl,

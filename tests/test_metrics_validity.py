@@ -46,6 +46,15 @@ def test_volume_threshold_and_broken_cells():
     assert np.isnan(v.min_distance[0]) and np.isnan(v.min_distance[1])
 
 
+def test_runaway_cells_are_invalid():
+    """jaxinv's cap of 1,000 Å^3 per atom (not in CDVAE): a two-atom cell of 1,990 Å^3
+    passes, 2,010 Å^3 does not, nor a runaway generated cell of ~1e26 Å^3."""
+    for a, ok in ((12.58, True), (12.62, False), (6e8, False)):
+        s = Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        assert structure_validity([s]).valid[0] == ok, a
+        assert structure_validity([s], max_volume_per_atom=None).valid[0]  # CDVAE's rule alone
+
+
 def test_min_distances_agree_with_pymatgen(perov, carbon, rng):
     structures = perov.structures(np.arange(0, 3000, 120)) + carbon.structures(np.arange(0, 2000, 80))
     # rattled and squeezed copies have short, awkward distances, some across cell faces

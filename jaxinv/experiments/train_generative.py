@@ -66,6 +66,8 @@ constrain(
                               "> sigma_min")),
     cosine_offset=positive, n_images=at_least(1), corrector_steps=non_negative, corrector_lr=positive,
     w_lattice=non_negative, w_frac=non_negative, w_types=non_negative, lr=positive, grad_clip=positive,
+    lattice_clip=positive,
+    p_uncond=Rule(lambda v, m: f"must be in [0, 1) (got {v})" if not 0 <= v < 1 else None, "in [0, 1)"),
 )
 constrain(TrainConfig, steps=non_negative, batch_size=at_least(1), eval_every=non_negative, eval_size=at_least(1),
           checkpoint_every_s=positive, time_limit_min=non_negative)

@@ -91,12 +91,17 @@ class DiffusionConfig:
     lr: float = 1e-3  # Adam learning rate
     grad_clip: float = 1.0  # global gradient-norm clip
     niggli: bool = True  # Niggli-reduce the training cells
+    lattice_clip: float = 4.0  # bound on each entry of the predicted clean normalized lattice while sampling
+    condition: str = ""  # a dataset label to condition on (classifier-free guidance); "" for none
+    p_uncond: float = 0.1  # fraction of training crystals shown without their label (the null condition)
 
     def validate(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError("need 0 < sigma_min < sigma_max")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError("p_uncond must be in [0, 1)")
 
 
 # ------------------------------------------------------------------ schedules
@@ -139,8 +144,13 @@ def _time_embedding(t, dim: int):
 
 class CSPNet(nn.Module):
     """The denoiser, for one crystal: (lattice (3, 3), frac (N, 3), types (N,),
-    mask (N,), t in [0, 1]) -> (coordinate score / its rms (N, 3), lattice epsilon
-    (3, 3), type logits (N, n_elements) or None)."""
+    mask (N,), t in [0, 1], and for a conditional model the standardized label y
+    with ``has_y`` 0 for the null condition) -> (coordinate score / its rms (N, 3),
+    lattice epsilon (3, 3), type logits (N, n_elements) or None).
+
+    The first Dense of each edge MLP acts on [h_i, h_j, edge features]; it is
+    applied as W_i h_i + W_j h_j + W_e e (the same function), so the wide node
+    part costs N products per layer instead of N^2."""
 
     n_tokens: int  # embedding rows: 0 padding, 1..V elements, V + 1 [MASK]
     n_elements: int  # type logits emitted (0 in CSP mode)
@@ -148,9 +158,10 @@ class CSPNet(nn.Module):
     layers: int = 4
     n_frequencies: int = 8
     time_dim: int = 32
+    conditional: bool = False
 
     @nn.compact
-    def __call__(self, lattice, frac, types, mask, t):
+    def __call__(self, lattice, frac, types, mask, t, y=0.0, has_y=0.0):
         n = frac.shape[0]
         gram = lattice @ lattice.T
         gram6 = gram[jnp.triu_indices(3)]  # invariant under L -> L R^T
@@ -164,11 +175,14 @@ class CSPNet(nn.Module):
 
         h = nn.Embed(self.n_tokens, self.hidden)(types)
         h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(_time_embedding(t, self.time_dim))))
+        if self.conditional:  # has_y = 0 zeroes the label's features: the null condition is a learned constant
+            y_feats = jnp.concatenate([has_y * _time_embedding(y / 4.0, self.time_dim), jnp.atleast_1d(has_y)])
+            h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(y_feats)))
         for _ in range(self.layers):
             hn = nn.LayerNorm()(h)
-            e = jnp.concatenate([jnp.broadcast_to(hn[:, None], (n, n, self.hidden)),
-                                 jnp.broadcast_to(hn[None, :], (n, n, self.hidden)), edge_static], -1)
-            m = nn.silu(nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(e))))
+            pre = (nn.Dense(self.hidden, use_bias=False)(hn)[:, None] + nn.Dense(self.hidden, use_bias=False)(hn)[None]
+                   + nn.Dense(self.hidden)(edge_static))
+            m = nn.silu(nn.Dense(self.hidden)(nn.silu(pre)))
             agg = (m * senders[..., None]).sum(1) / n_senders  # mean over the other atoms of the cell
             h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(jnp.concatenate([hn, agg], -1))))
         h = nn.LayerNorm()(h)
@@ -232,8 +246,9 @@ class CrystalDiffusion:
     """
 
     def __init__(self, config: DiffusionConfig, vocab: Vocabulary, n_max: int, volume_per_atom: float,
-                 atom_count_probs, dataset: str = ""):
+                 atom_count_probs, dataset: str = "", condition_stats: tuple[float, float] = (0.0, 1.0)):
         config.validate()
+        self.condition_stats = (float(condition_stats[0]), float(condition_stats[1]))  # label mean, std
         self.config, self.vocab, self.n_max = config, vocab, int(n_max)
         self.volume_per_atom = float(volume_per_atom)
         self.atom_count_probs = np.asarray(atom_count_probs, np.float64)  # (n_max + 1,) over atom counts
@@ -242,7 +257,7 @@ class CrystalDiffusion:
         self.mask_token = len(vocab) + 1 if config.mode == "de_novo" else None
         c = config
         self.net = CSPNet(len(vocab) + 2, len(vocab) if c.mode == "de_novo" else 0, c.hidden, c.layers,
-                          c.n_frequencies, c.time_dim)
+                          c.n_frequencies, c.time_dim, bool(c.condition))
 
     @classmethod
     def from_dataset(cls, config: DiffusionConfig, dataset, vocab: Vocabulary | None = None,
@@ -252,12 +267,26 @@ class CrystalDiffusion:
         n_max = int(n_max or n.max())
         vpa = float(np.mean(np.abs(np.linalg.det(crystal.lattice)) / n))
         probs = np.bincount(n, minlength=n_max + 1)[:n_max + 1] / len(n)
-        return cls(config, vocab or Vocabulary.from_dataset(dataset), n_max, vpa, probs, dataset.name)
+        stats = (0.0, 1.0)
+        if config.condition:
+            y = _labels(dataset, config.condition)
+            y = y[np.isfinite(y)]
+            stats = (float(y.mean()), float(max(y.std(), 1e-8)))
+        return cls(config, vocab or Vocabulary.from_dataset(dataset), n_max, vpa, probs, dataset.name, stats)
 
     def init(self, key):
         n = self.n_max  # jitted: op-by-op initialization compiles every small primitive separately
         return jax.jit(self.net.init)(key, jnp.eye(3), jnp.zeros((n, 3)), jnp.ones(n, jnp.int32), jnp.ones(n, bool),
-                                      0.5)
+                                      0.5, 0.0, 1.0)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.condition)
+
+    def standardize(self, y):
+        """Label values (the dataset's units) -> the network's standardized y."""
+        mean, std = self.condition_stats
+        return (np.asarray(y, np.float64) - mean) / std
 
     def lattice_scale(self, n_atoms):
         """Å per normalized lattice unit for a crystal of ``n_atoms`` atoms."""
@@ -266,19 +295,45 @@ class CrystalDiffusion:
     def arrays(self, crystal: Crystal) -> dict:
         """Host training arrays of a crystal batch (or a Dataset): the cell of lattice
         parameters after optional Niggli reduction (orientation is irrelevant to an
-        equivariant model), normalized by :meth:`lattice_scale`."""
+        equivariant model), normalized by :meth:`lattice_scale`. A conditional model
+        also gets ``y`` (standardized label) and ``has_y`` (0 where the label is missing)
+        from a Dataset's labels."""
+        labels = None
         if not isinstance(crystal, Crystal):
+            labels = _labels(crystal, self.config.condition) if self.conditional else None
             crystal = crystal.crystal(bucket=False)
         rep = encode_coords(crystal, CoordSpec(self.n_max, self.vocab, self.config.niggli))
         mask = rep["species"] > 0
         scale = self.lattice_scale(mask.sum(1))[:, None, None]
-        return {"lattice": (params_to_lattice(rep["lattice"]) / scale).astype(np.float32),
-                "frac": rep["frac"].astype(np.float32), "types": rep["species"].astype(np.int32), "mask": mask}
+        out = {"lattice": (params_to_lattice(rep["lattice"]) / scale).astype(np.float32),
+               "frac": rep["frac"].astype(np.float32), "types": rep["species"].astype(np.int32), "mask": mask}
+        if self.conditional:
+            if labels is None:
+                raise ValueError(f"a model conditioned on {self.config.condition!r} trains on a Dataset with that label")
+            known = np.isfinite(labels)
+            out["y"] = np.where(known, self.standardize(np.where(known, labels, 0.0)), 0.0).astype(np.float32)
+            out["has_y"] = known.astype(np.float32)
+        return out
 
-    def denoise(self, params, lattice, frac, types, mask, t):
-        """The network on a batch: t (B,) integer steps."""
-        apply = lambda L, f, a, m, s: self.net.apply(params, L, f, a, m, s)
-        return jax.vmap(apply)(lattice, frac, types, mask, t / self.schedule.n_steps)
+    def denoise(self, params, lattice, frac, types, mask, t, y=None, has_y=None):
+        """The network on a batch: t (B,) integer steps; y, has_y (B,) for a conditional
+        model (None: the null condition)."""
+        B = frac.shape[0]
+        y = jnp.zeros(B) if y is None else y
+        has_y = jnp.zeros(B) if has_y is None else has_y
+        apply = lambda L, f, a, m, s, yy, hy: self.net.apply(params, L, f, a, m, s, yy, hy)
+        return jax.vmap(apply)(lattice, frac, types, mask, t / self.schedule.n_steps, y, has_y)
+
+    def guided_denoise(self, params, lattice, frac, types, mask, t, y, has_y, guidance):
+        """Classifier-free guidance: (1 + w) D(x, y) - w D(x, null) for all three
+        outputs (type logits too: a product of the conditional and unconditional
+        distributions' powers). An unconditional model, or w = 0, is one plain call."""
+        cond = self.denoise(params, lattice, frac, types, mask, t, y, has_y)
+        if not self.conditional:
+            return cond
+        free = self.denoise(params, lattice, frac, types, mask, t)
+        mix = lambda c, u: None if c is None else c + guidance * (c - u)
+        return tuple(mix(c, u) for c, u in zip(cond, free))
 
     def loss(self, params, batch: dict, key) -> DiffusionLoss:
         """Denoising score-matching losses of a batch at uniformly drawn steps."""
@@ -288,7 +343,11 @@ class CrystalDiffusion:
         noise = lambda k, L, f, a, m, s: noise_crystal(k, self.schedule, L, f, a, m, s, self.mask_token, c.n_images)
         x = jax.vmap(noise)(jax.random.split(k_noise, B), batch["lattice"], batch["frac"], batch["types"],
                             batch["mask"], t)
-        frac_out, lattice_out, logits = self.denoise(params, x.lattice, x.frac, x.types, batch["mask"], t)
+        y = has_y = None
+        if self.conditional:  # drop the label of a p_uncond fraction: they train the null condition
+            keep = jax.random.uniform(jax.random.fold_in(key, 1), (B,)) >= c.p_uncond
+            y, has_y = batch["y"], batch["has_y"] * keep
+        frac_out, lattice_out, logits = self.denoise(params, x.lattice, x.frac, x.types, batch["mask"], t, y, has_y)
         w = batch["mask"].astype(frac_out.dtype)
         l_lat = jnp.mean((lattice_out - x.lattice_noise) ** 2)
         l_frac = (((frac_out - x.frac_target) ** 2).sum(-1) * w).sum() / (3 * jnp.maximum(w.sum(), 1.0))
@@ -347,10 +406,15 @@ class CrystalDiffusion:
         return make_sampler(self)
 
     def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0,
-               batch_size: int = 256) -> Crystal:
+               batch_size: int = 256, target=None, guidance: float = 0.0) -> Crystal:
         """CSP: crystals of the given ``compositions`` (formulas or a Crystal);
         de novo: ``n`` new crystals. Runs in chunks of ``batch_size`` (the last one
-        padded, so one compiled shape serves all). Returns a host :class:`Crystal`."""
+        padded, so one compiled shape serves all). Returns a host :class:`Crystal`.
+
+        A conditional model takes a ``target`` in the label's units: a value, or a
+        window (lo, hi) from which each sample's label is drawn uniformly, or None
+        for the null condition; ``guidance`` is the classifier-free weight w (0: the
+        conditional model as trained)."""
         if self.config.mode == "csp":
             if compositions is None:
                 raise ValueError("a CSP model needs compositions")
@@ -360,26 +424,41 @@ class CrystalDiffusion:
                 raise ValueError("a de novo model needs n")
             types, mask = self.de_novo_inputs(np.random.default_rng(seed), n)
         total, size = len(types), min(batch_size, len(types))
+        y, has_y = self._targets(np.random.default_rng((seed, 1)), total, target)
         parts = []
         for start in range(0, total, size):
             t, m = types[start:start + size], mask[start:start + size]
+            yy, hy = y[start:start + size], has_y[start:start + size]
             pad = size - len(t)
             t, m = np.pad(t, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
-            out = self.sampler(params, jax.random.fold_in(key, start), jnp.asarray(t), jnp.asarray(m))
+            yy, hy = np.pad(yy, (0, pad)), np.pad(hy, (0, pad))
+            out = self.sampler(params, jax.random.fold_in(key, start), jnp.asarray(t), jnp.asarray(m),
+                               jnp.asarray(yy), jnp.asarray(hy), jnp.float32(guidance))
             lattice, frac, new_types = (np.asarray(x)[:size - pad] for x in out)
             parts.append(self.to_crystals(lattice, frac, new_types, m[:size - pad]))
         return Crystal.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _targets(self, rng, n: int, target) -> tuple[np.ndarray, np.ndarray]:
+        """Standardized labels (n,) and has_y flags for a target value or window."""
+        if target is None:
+            return np.zeros(n, np.float32), np.zeros(n, np.float32)
+        if not self.conditional:
+            raise ValueError("this model is unconditional: train it with diffusion.condition=<label> to give a target")
+        lo, hi = (target, target) if np.isscalar(target) else map(float, target)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise ValueError(f"target must be a value or a window lo <= hi, not {target!r}")
+        return self.standardize(rng.uniform(lo, hi, n)).astype(np.float32), np.ones(n, np.float32)
 
     # ------------------------------------------------------------ save/load
     def to_dict(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "vocab": self.vocab.to_list(), "n_max": self.n_max,
                 "volume_per_atom": self.volume_per_atom, "atom_count_probs": self.atom_count_probs.tolist(),
-                "dataset": self.dataset}
+                "dataset": self.dataset, "condition_stats": list(self.condition_stats)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CrystalDiffusion":
         return cls(DiffusionConfig(**d["config"]), Vocabulary.from_list(d["vocab"]), d["n_max"], d["volume_per_atom"],
-                   d["atom_count_probs"], d.get("dataset", ""))
+                   d["atom_count_probs"], d.get("dataset", ""), tuple(d.get("condition_stats", (0.0, 1.0))))
 
     def save(self, directory, params) -> Path:
         from flax import serialization
@@ -402,6 +481,12 @@ class CrystalDiffusion:
 
 
 # --------------------------------------------------------------- jitted steps
+def _labels(dataset, name: str) -> np.ndarray:
+    if name not in dataset.labels:
+        raise ValueError(f"diffusion.condition: {dataset.name} has no label {name!r} (it has {sorted(dataset.labels)})")
+    return np.asarray(dataset.labels[name], np.float64)
+
+
 def make_optimizer(config: DiffusionConfig):
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.lr))
 
@@ -419,12 +504,20 @@ def make_train_step(model: CrystalDiffusion):
     return jax.jit(step)
 
 
-def ddpm_step(key, schedule: NoiseSchedule, lattice, eps, t):
+def ddpm_step(key, schedule: NoiseSchedule, lattice, eps, t, clip: float = jnp.inf):
     """One DDPM posterior step of the lattice from t to t - 1, given the predicted
-    noise: variance beta-tilde (zero at t = 1, so the last step is the mean)."""
+    noise: variance beta-tilde (zero at t = 1, so the last step is the mean).
+
+    The posterior mean is written through the predicted clean lattice
+    x0 = (L_t - sqrt(1 - abar) eps) / sqrt(abar), clipped to [-clip, clip]
+    entrywise (Ho et al.'s clipped sampler). Unclipped it is the usual epsilon
+    form. Without the clip a few samples ran away: near t = T, sqrt(abar) is ~1e-2,
+    so a modest error in eps becomes a huge x0 and the chain never recovers (2 of
+    369 perov_5 samples ended at ~5e25 Å^3 per atom)."""
     ab, ab_prev = schedule.alpha_bar[t], schedule.alpha_bar[t - 1]
     alpha = ab / ab_prev
-    mean = (lattice - (1 - alpha) / jnp.sqrt(1 - ab) * eps) / jnp.sqrt(alpha)
+    x0 = jnp.clip((lattice - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -clip, clip)
+    mean = (jnp.sqrt(ab_prev) * (1 - alpha) * x0 + jnp.sqrt(alpha) * (1 - ab_prev) * lattice) / (1 - ab)
     var = (1 - alpha) * (1 - ab_prev) / (1 - ab)
     return mean + jnp.sqrt(var) * jax.random.normal(key, lattice.shape)
 
@@ -440,36 +533,40 @@ def unmask_step(key, schedule: NoiseSchedule, types, mask, logits, t, mask_token
 
 
 def make_sampler(model: CrystalDiffusion):
-    """``sample(params, key, types (B, N), mask (B, N)) -> (lattice, frac, types)`` in
-    network space, jitted: T reverse steps, each a Langevin corrector on the
-    coordinates (``corrector_steps``) then one predictor step of all three parts."""
+    """``sample(params, key, types (B, N), mask (B, N), y (B,), has_y (B,), guidance)
+    -> (lattice, frac, types)`` in network space, jitted: T reverse steps, each a
+    Langevin corrector on the coordinates (``corrector_steps``) then one predictor
+    step of all three parts, every network call classifier-free guided
+    (:meth:`CrystalDiffusion.guided_denoise`)."""
     c, sch = model.config, model.schedule
     T, mask_token = sch.n_steps, model.mask_token
 
-    def reverse_step(params, carry, t):
+    def reverse_step(params, y, has_y, guidance, carry, t):
         key, lattice, frac, types, mask = carry
+        denoise = lambda L, f, a: model.guided_denoise(params, L, f, a, mask, tb, y, has_y, guidance)
         key, k_corr, k_frac, k_lat, k_type = jax.random.split(key, 5)
         tb = jnp.full(frac.shape[:1], t)
         sigma, sigma_prev = sch.sigma[t], sch.sigma[t - 1]
         rms = jnp.sqrt(sch.score_norm[t])
         step_size = c.corrector_lr * (sigma / c.sigma_min) ** 2
         for k in jax.random.split(k_corr, c.corrector_steps):
-            frac_out, _, _ = model.denoise(params, lattice, frac, types, mask, tb)
+            frac_out, _, _ = denoise(lattice, frac, types)
             frac = langevin_corrector_step(k, frac, frac_out * rms, step_size)
-        frac_out, eps, logits = model.denoise(params, lattice, frac, types, mask, tb)
+        frac_out, eps, logits = denoise(lattice, frac, types)
         frac = ve_predictor_step(k_frac, frac, frac_out * rms, sigma, sigma_prev)
-        lattice = ddpm_step(k_lat, sch, lattice, eps, t)
+        lattice = ddpm_step(k_lat, sch, lattice, eps, t, c.lattice_clip)
         if mask_token is not None:
             types = unmask_step(k_type, sch, types, mask, logits, t, mask_token)
         return (key, lattice, frac, types, mask), None
 
-    def sample(params, key, types, mask):
+    def sample(params, key, types, mask, y, has_y, guidance):
         k_lat, k_frac, key = jax.random.split(key, 3)
         B, N = types.shape
         lattice = jax.random.normal(k_lat, (B, 3, 3))
         frac = jax.random.uniform(k_frac, (B, N, 3))  # the wrapped normal at sigma_max is nearly uniform
         carry = (key, lattice, frac, types, mask)
-        carry, _ = jax.lax.scan(lambda cr, t: reverse_step(params, cr, t), carry, jnp.arange(T, 0, -1))
+        carry, _ = jax.lax.scan(lambda cr, t: reverse_step(params, y, has_y, guidance, cr, t), carry,
+                                jnp.arange(T, 0, -1))
         _, lattice, frac, types, _ = carry
         return lattice, frac, types
 

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["MATCHER_KWARGS", "make_matcher", "rms_dist", "reconstruction_metrics", "uniqueness_novelty",
+__all__ = ["MATCHER_KWARGS", "make_matcher", "matchable", "rms_dist", "reconstruction_metrics", "uniqueness_novelty",
            "formula_key"]
 
 log = logging.getLogger("jaxinv.metrics")
@@ -49,9 +49,25 @@ def formula_key(structure) -> str:
     return structure.composition.reduced_formula
 
 
+def matchable(structure) -> bool:
+    """Whether StructureMatcher may be given this structure: a finite cell with
+    1e-3 to 1e6 Å^3 per atom. pymatgen's lattice search allocates arrays that grow
+    with the cell's size in Å, so a runaway generated cell (lengths ~1e9 Å) makes it
+    try to allocate tens of GB; such a structure matches nothing."""
+    try:
+        m = np.asarray(structure.lattice.matrix, np.float64)
+        v = abs(float(np.linalg.det(m))) / max(len(structure), 1)
+    except Exception:
+        return False
+    return bool(np.isfinite(m).all() and 1e-3 <= v <= 1e6)
+
+
 def rms_dist(pred, target, matcher=None) -> float | None:
     """Normalized RMS displacement of ``pred`` onto ``target``, None when they do
-    not match or pymatgen raises (CDVAE treats both as no match)."""
+    not match, cannot be matched (:func:`matchable`) or pymatgen raises (CDVAE
+    treats these as no match)."""
+    if not (matchable(pred) and matchable(target)):
+        return None
     matcher = matcher or make_matcher()
     try:
         with warnings.catch_warnings():
@@ -121,6 +137,8 @@ def _reduce(matcher, s):
     Niggli and primitive reduction), done once."""
     from pymatgen.core import Structure
 
+    if not matchable(s):
+        return None
     s = Structure.from_sites(s)
     try:
         with warnings.catch_warnings():
@@ -135,6 +153,8 @@ def _reduce_task(structures):
 
 
 def _fit(matcher, a, b, ra, rb) -> bool:
+    if not (matchable(a) and matchable(b)):
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

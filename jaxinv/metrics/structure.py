@@ -1,4 +1,5 @@
-"""Structural validity: no two atoms closer than 0.5 Å, and a cell of at least 0.1 Å^3.
+"""Structural validity: no two atoms closer than 0.5 Å, a cell of at least 0.1 Å^3,
+and (jaxinv's addition) at most 1,000 Å^3 per atom.
 
 CDVAE checks ``Structure.distance_matrix`` (pymatgen's minimum-image distance
 between *distinct* sites) against 0.5 Å. Here the shortest distance is taken
@@ -6,6 +7,12 @@ over *all* periodic images with jaxinv's all-image neighbor graph, including an
 atom and its own images, so a lattice vector shorter than 0.5 Å also makes a
 structure invalid, and strongly skewed cells (where the minimum-image search of
 +-1 cells can miss the closest image) are handled exactly.
+
+The volume cap is not in CDVAE. A cell with more than 1,000 Å^3 per atom has atoms
+at least ~10 Å apart, with no bonds at all: a gas, not a crystal (the loosest
+inorganic crystals have well under 100 Å^3 per atom). Diffusion samples whose
+lattice ran away reached ~1e25 Å^3 per atom, which CDVAE's rule calls valid and on
+which pymatgen's StructureMatcher exhausts memory.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ __all__ = ["StructureValidity", "structure_validity", "min_distances", "as_array
 
 MIN_DISTANCE = 0.5  # Å, CDVAE's structure_validity cutoff
 MIN_VOLUME = 0.1  # Å^3, CDVAE's 'unrealistically_small_lattice'
+MAX_VOLUME_PER_ATOM = 1000.0  # Å^3; jaxinv's addition (see above)
 
 
 @dataclass
@@ -146,9 +154,11 @@ def lll_reduced(lattice, frac) -> tuple[np.ndarray, np.ndarray]:
 
 
 def structure_validity(structures, min_distance: float = MIN_DISTANCE, min_volume: float = MIN_VOLUME,
-                       report_cutoff: float | None = 3.0) -> StructureValidity:
+                       report_cutoff: float | None = 3.0,
+                       max_volume_per_atom: float | None = MAX_VOLUME_PER_ATOM) -> StructureValidity:
     """CDVAE's structural validity: every interatomic distance (all periodic images)
-    at least ``min_distance`` and a cell volume at least ``min_volume``.
+    at least ``min_distance`` and a cell volume at least ``min_volume``; and at most
+    ``max_volume_per_atom`` (None: CDVAE's rule alone).
 
     The pair search for validity only reaches ``min_distance``; for valid
     structures the shortest distance is then looked up to ``report_cutoff`` (a
@@ -160,6 +170,8 @@ def structure_validity(structures, min_distance: float = MIN_DISTANCE, min_volum
     dmin = min_distances(structures, min_distance)
     has_atoms = np.array([len(z) > 0 for z in numbers], bool)
     valid = has_atoms & np.isfinite(volume) & (volume >= min_volume) & ~np.isnan(dmin) & (dmin >= min_distance)
+    if max_volume_per_atom is not None:
+        valid &= volume <= max_volume_per_atom * np.array([max(len(z), 1) for z in numbers])
     if report_cutoff is not None and report_cutoff > min_distance and valid.any():
         # valid cells are not collapsed, so a wider search stays cheap there
         idx = np.flatnonzero(valid)
