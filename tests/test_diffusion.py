@@ -344,3 +344,40 @@ def test_cli_train_and_generate(tmp_path):
     assert gen["n"] == 3 and gen["atoms_per_cell"] == {5: 3} and 0 <= gen["metrics"]["validity"]["valid"] <= 1
     with pytest.raises(ValueError, match="composition"):
         run_experiment("generate", [f"model={run}", "n=2", "progress=false", f"out_dir={tmp_path / 'gen2'}"])
+    # structure prediction: k candidates, ranked (unrelaxed: by how often proposed; relaxed: by energy)
+    for pot in ("none", "lj"):
+        res = run_experiment("predict_structure", [f"model={run}", "composition=[SrZrO3, BaTiO3]", "k=4", "n_cif=2",
+                                                   f"potential={pot}", "max_steps=20", "progress=false",
+                                                   f"out_dir={tmp_path / pot}"])
+        assert set(res["compositions"]) == {"SrZrO3", "BaTiO3"}
+        import csv
+
+        rows = list(csv.DictReader(open(tmp_path / pot / "candidates.csv")))
+        assert len(rows) == 8 and {r["formula"] for r in rows} == {"SrZrO3", "BaTiO3"}
+        for f in ("SrZrO3", "BaTiO3"):
+            ranked = [r for r in rows if r["given"] == f and r["rank"]]
+            assert [int(r["rank"]) for r in ranked] == sorted(int(r["rank"]) for r in ranked)
+            assert res["compositions"][f]["distinct"] == max((int(r["rank"]) for r in ranked), default=0)
+            if pot == "lj":  # ranked candidates have energies, in rising order of their group's best
+                e = [float(r["energy_per_atom"]) for r in ranked]
+                assert np.isfinite(e).all() and e[0] == min(e)
+        assert all(r["status"] == ("sampled" if pot == "none" else r["status"]) for r in rows)
+    with pytest.raises(Exception, match="composition"):
+        run_experiment("predict_structure", [f"model={run}", "composition=SrXx3", f"out_dir={tmp_path / 'bad'}"])
+
+
+@pytest.mark.slow  # 90 s; the guidance arithmetic is test_classifier_free_guidance's
+def test_cli_conditional_generation(tmp_path):
+    from jaxinv.cli import run_experiment
+
+    run = tmp_path / "train"
+    run_experiment("train_generative", [
+        "model=diffcsp", "diffusion.mode=de_novo", "diffusion.condition=dir_gap", "diffusion.hidden=16",
+        "diffusion.layers=1", "diffusion.n_steps=10", "data.limit=32", "train.steps=2", "train.batch_size=8",
+        "n_samples=2", "evaluate=false", "progress=false", f"out_dir={run}"])
+    gen = run_experiment("generate", [f"model={run}", "n=3", "batch_size=3", "targets={dir_gap: [1.5, 3.0]}",
+                                      "guidance=2", "evaluate=false", "progress=false", f"out_dir={tmp_path / 'gen'}"])
+    assert gen["n"] == 3 and gen["targets"] == {"dir_gap": [1.5, 3.0]}
+    for bad, why in (("targets={heat_ref: 1.0}", "conditioned on 'dir_gap'"), ("targets={dir_gap: [3, 1]}", "window")):
+        with pytest.raises(Exception, match=why):
+            run_experiment("generate", [f"model={run}", "n=2", bad, "progress=false", f"out_dir={tmp_path / 'bad'}"])

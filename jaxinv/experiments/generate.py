@@ -4,6 +4,7 @@
     jaxinv run generate model=<cvae run> n=1000 'targets={heat_ref: 0.3, dir_gap: 2.0}'
     jaxinv run generate model=<gan_comp run> n=100 composition=SrTiO3
     jaxinv run generate model=<run> n=10000 evaluate=false
+    jaxinv run generate model=<diffcsp de novo run, condition dir_gap> n=1000 'targets={dir_gap: [1.5, 3]}' guidance=2
     jaxinv run generate model=<carbon run> relax.potential=tersoff_c relax.pressure_gpa=10
 
 ``model`` is a ``train_generative`` run folder (its ``checkpoint/`` holds the
@@ -18,16 +19,21 @@ scored (CDVAE scores the decoder's output unrelaxed; say so when comparing). Wit
 ``symmetrize`` (a tolerance in Å) each sample, after any relaxation, is replaced by
 the idealised primitive cell of the symmetry spglib finds at that tolerance (also
 outside CDVAE's protocol).
+
+A diffusion model trained with ``diffusion.condition=<label>`` takes a target for
+that label: a value or a window [lo, hi] (each sample's label drawn uniformly in
+it), and ``guidance``, the classifier-free weight w (0: the conditional model as
+trained; larger w trades diversity for hitting the target).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
 from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, dataset_spec, each,
-                           existing_path, formula, load_configured_potential, one_of, positive)
+                           existing_path, formula, load_configured_potential, non_negative, one_of, positive)
 
 
 def _metric_names():
@@ -50,7 +56,8 @@ class Config(RunConfig):
     model: str = checked(MISSING, existing_path("dir"))
     n: int = checked(1000, at_least(1))
     batch_size: int = checked(1024, at_least(1))
-    targets: Dict[str, float] = field(default_factory=dict)
+    targets: Dict[str, Any] = checked({}, Rule(lambda v, c: _targets_problem(v), "label -> value, or [lo, hi]"))
+    guidance: float = checked(0.0, non_negative)
     composition: Optional[str] = checked(None, formula, Rule(
         lambda v, c: "give either targets (property conditioning) or composition, not both" if c.targets else None,
         "not with targets"))
@@ -65,6 +72,15 @@ class Config(RunConfig):
     symmetrize: Optional[float] = checked(None, positive)
 
 
+def _targets_problem(targets) -> Optional[str]:
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    for k, v in (targets or {}).items():
+        window = list(v) if not (number(v) or isinstance(v, str)) and hasattr(v, "__iter__") else None
+        if not (number(v) or (window and len(window) == 2 and all(map(number, window)) and window[0] <= window[1])):
+            return f"{k}: {v!r} is neither a number nor a window [lo, hi] with lo <= hi"
+    return None
+
+
 def main(cfg, run):
     import jax
     import numpy as np
@@ -76,9 +92,11 @@ def main(cfg, run):
 
     from pathlib import Path
 
+    from omegaconf import OmegaConf
+
     targets = None
     if cfg.targets:
-        targets = dict(cfg.targets)
+        targets = OmegaConf.to_container(cfg.targets) if OmegaConf.is_config(cfg.targets) else dict(cfg.targets)
     if cfg.composition:
         if targets:
             raise ValueError("give either targets (property conditioning) or composition, not both")
@@ -88,11 +106,17 @@ def main(cfg, run):
 
         model, params = CrystalDiffusion.load(Path(cfg.model) / "checkpoint")
         kind = f"diffcsp ({model.config.mode})"
-        if cfg.targets or (model.config.mode == "csp") != bool(cfg.composition):
-            raise ValueError("a CSP diffusion model takes composition=<formula> (and no targets); a de novo one "
-                             "takes neither")
-        print(f"{kind} trained on {model.dataset}; sampling {cfg.n}" + (f" of {targets}" if targets else ""))
-        samples, dt, rate = _sample_diffusion(model, params, jax.random.PRNGKey(cfg.seed), cfg, targets)
+        if (model.config.mode == "csp") != bool(cfg.composition):
+            raise ValueError("composition: a CSP diffusion model takes composition=<formula>; a de novo one does not")
+        label = model.config.condition
+        if cfg.targets and set(cfg.targets) != {label}:
+            raise ValueError(f"targets: this model is conditioned on {label!r}; give targets={{{label}: <value or "
+                             f"[lo, hi]>}}" if label else "targets: this diffusion model is unconditional")
+        target = targets.get(label) if cfg.targets else None
+        composition = cfg.composition
+        print(f"{kind} trained on {model.dataset}; sampling {cfg.n}" + (f" of {composition}" if composition else "")
+              + (f", {label} target {target}, guidance {cfg.guidance}" if target is not None else ""))
+        samples, dt, rate = _sample_diffusion(model, params, jax.random.PRNGKey(cfg.seed), cfg, composition, target)
     else:
         model, params = load_model(cfg.model)
         kind = model.config.kind
@@ -155,7 +179,7 @@ def main(cfg, run):
     return results
 
 
-def _sample_diffusion(model, params, key, cfg, composition):
+def _sample_diffusion(model, params, key, cfg, composition, target=None):
     """(crystals, seconds, crystals per second) of a diffusion model; compilation is done
     on one small batch beforehand and not timed, as for the other models."""
     import time
@@ -165,8 +189,9 @@ def _sample_diffusion(model, params, key, cfg, composition):
     size = min(cfg.n, cfg.batch_size)
     kw = {"compositions": [composition] * cfg.n} if composition else {"n": cfg.n}
     warm = {"compositions": [composition] * size} if composition else {"n": size}
-    model.sample(params, jax.random.fold_in(key, 99), batch_size=size, seed=cfg.seed, **warm)
+    guide = {"target": target, "guidance": cfg.guidance}
+    model.sample(params, jax.random.fold_in(key, 99), batch_size=size, seed=cfg.seed, **warm, **guide)
     t0 = time.perf_counter()
-    crystals = model.sample(params, key, batch_size=size, seed=cfg.seed, **kw)
+    crystals = model.sample(params, key, batch_size=size, seed=cfg.seed, **kw, **guide)
     dt = time.perf_counter() - t0
     return crystals, dt, cfg.n / dt

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["MATCHER_KWARGS", "make_matcher", "matchable", "rms_dist", "reconstruction_metrics", "uniqueness_novelty",
+__all__ = ["MATCHER_KWARGS", "make_matcher", "matchable", "structures_match", "rms_dist", "reconstruction_metrics", "uniqueness_novelty",
            "formula_key"]
 
 log = logging.getLogger("jaxinv.metrics")
@@ -150,6 +150,12 @@ def _reduce(matcher, s):
 
 def _reduce_task(structures):
     return [_reduce(_MATCHER, s) for s in structures]
+
+
+def structures_match(a, b, matcher=None) -> bool:
+    """StructureMatcher.fit with the metrics' settings; False where pymatgen raises or
+    a structure cannot be matched (:func:`matchable`)."""
+    return _fit(matcher or make_matcher(), a, b, None, None)
 
 
 def _fit(matcher, a, b, ra, rb) -> bool:
