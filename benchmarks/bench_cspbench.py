@@ -167,8 +167,9 @@ class Recorder:
             self.tick(**extra)
             return False
         self.best = e
-        self._write({"t": time.time() - self.t0, "energy_per_atom": e, "seen": self.seen, **extra,
-                     "structure": structure.as_dict()})
+        bare = type(structure)(structure.lattice, structure.species, structure.frac_coords)  # no site properties:
+        self._write({"t": time.time() - self.t0, "energy_per_atom": e, "seen": self.seen, **extra,  # ASE's are arrays
+                     "structure": bare.as_dict()})
         return True
 
 

@@ -1,0 +1,273 @@
+"""Evaluation of the periodic diffusion model (issue 26) on the field's protocols.
+
+Subcommands (each writes one JSON under ``benchmarks/results/diffusion/``):
+
+* ``csp``: crystal structure prediction on the test compositions of our split.
+  k = 1 on every test composition and k = 20 on the first ``--limit-k20`` of
+  them, beside the random baseline: pyxtal random structures of the same
+  composition (``jaxinv.search.seeds.random_crystals``: a random compatible space
+  group, P1 one time in ten), the same number per composition. Match rate and
+  RMSE by ``jaxinv.metrics.score_csp`` (StructureMatcher stol 0.5, angle_tol 10,
+  ltol 0.3; a candidate must be CDVAE-valid to match, as in CDVAE and DiffCSP).
+* ``guidance``: a de novo model trained with ``diffusion.condition=<label>``:
+  ``--n`` samples unconditioned (the null condition) and targeted at a window
+  with each classifier-free weight in ``--weights``. Two independent checks of
+  where the samples land, neither of which steered them: (1) a property model
+  trained separately (``--verifier``: a ``train_property`` model folder) gives
+  each valid sample's probability of lying in the window (hurdle model: P(gap >
+  0) times the truncated Gaussian) and its point prediction; (2) samples that
+  StructureMatcher matches to a structure of the dataset (any split) take that
+  structure's DFT label.
+* ``denovo``: CDVAE generation metrics of ``--n`` unconditioned samples
+  (``jaxinv.generative.evaluation.generation_metrics``: validity, COV-R / COV-P in
+  both coverage rules, density and #elements EMD, uniqueness and novelty).
+* ``energy``: ``--n`` samples relaxed with SevenNet-0 by the batched relaxer:
+  energy per atom (single point) and CDVAE validity before and after, relaxation
+  statuses; a histogram PNG.
+
+    OPENBLAS_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_diffusion.py csp --model <csp run> --k20-limit 100
+    python benchmarks/bench_diffusion.py guidance --model <de novo run> --verifier <train_property run>/model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "diffusion"
+
+
+def _load(run):
+    from jaxinv.generative.diffusion import CrystalDiffusion
+
+    return CrystalDiffusion.load(Path(run) / "checkpoint")
+
+
+def _sample(model, params, seed, **kw):
+    import jax
+
+    t0 = time.perf_counter()
+    out = model.sample(params, jax.random.PRNGKey(seed), seed=seed, **kw)
+    return out, time.perf_counter() - t0
+
+
+def _formula(numbers) -> str:
+    from pymatgen.core import Element
+
+    z, c = np.unique(numbers, return_counts=True)
+    return "".join(f"{Element.from_Z(int(a)).symbol}{int(b)}" for a, b in zip(z, c))
+
+
+def pyxtal_random(targets, k: int, seed: int):
+    """k pyxtal random crystals per target composition, run-major like the model's."""
+    from jaxinv.crystal import Crystal
+    from jaxinv.search.composition import SearchSpace
+    from jaxinv.search.seeds import random_crystals
+
+    host = targets.to_host()
+    rng = np.random.default_rng(seed)
+    per_target = []
+    for b in range(len(host)):
+        space = SearchSpace.fixed(_formula(host.numbers[b][host.mask[b]]))
+        per_target.append(random_crystals(space, k, rng)[0])
+    rows = [per_target[i][j:j + 1] for j in range(k) for i in range(len(per_target))]
+    return Crystal.concatenate([r.pad(int(host.mask.shape[1])) for r in rows])
+
+
+def cmd_csp(args):
+    from jaxinv.data import load_dataset
+    from jaxinv.crystal import Crystal
+    from jaxinv.metrics import score_csp
+
+    model, params = _load(args.model)
+    ds = load_dataset(model.dataset)
+    test = ds.subset("test")
+    targets = test.crystal(bucket=False)
+    out = {"model": str(args.model), "dataset": model.dataset, "split": "jaxinv's 80/10/10 hash split of val.csv",
+           "n_test": len(test), "runs": []}
+    for k, n in ((1, len(test)), (args.k, min(args.k20_limit, len(test)))):
+        given = targets[np.arange(n)]
+        for method in ("jaxinv_diffusion", "pyxtal_random"):
+            t0 = time.perf_counter()
+            if method == "pyxtal_random":
+                preds = pyxtal_random(given, k, args.seed)
+            else:
+                preds, _ = _sample(model, params, args.seed, compositions=Crystal.concatenate([given] * k),
+                                   batch_size=args.batch_size)
+            dt = time.perf_counter() - t0
+            m, _ = score_csp(preds, given, k=k, n_jobs=args.n_jobs, progress=False)
+            rec = {"method": method, "k": k, "n_targets": n, "generate_s": dt, "crystals_per_s": k * n / dt,
+                   **m["csp"], "validity": m["validity"]}
+            out["runs"].append(rec)
+            print(f"{method} k={k} on {n}: match {100 * rec['match_rate']:.1f} %, RMSE {rec['rmse']:.4f} "
+                  f"({dt:.0f} s to generate)", flush=True)
+            _save(args, out)
+    return out
+
+
+def cmd_guidance(args):
+    from jaxinv.data import load_dataset
+    from jaxinv.metrics import structure_validity
+    from jaxinv.metrics.matching import make_matcher, structures_match
+    from jaxinv.screening.stages import window_probability
+    from jaxinv.screening.train import PropertyModel
+
+    model, params = _load(args.model)
+    label = model.config.condition
+    lo, hi = args.window
+    ds = load_dataset(model.dataset)
+    verifier = PropertyModel.load(args.verifier) if args.verifier else None
+    known: dict = {}  # reduced formula -> [(structure, label)] over every split
+    for s, y in zip(ds.structures(), ds.labels[label]):
+        known.setdefault(s.composition.reduced_formula, []).append((s, float(y)))
+    matcher = make_matcher()
+    base = float(np.mean((ds.subset("train").labels[label] >= lo) & (ds.subset("train").labels[label] <= hi)))
+    out = {"model": str(args.model), "label": label, "window": [lo, hi], "n": args.n, "train_rate": base,
+           "verifier": str(args.verifier), "runs": []}
+    settings = [("unconditioned", None, 0.0)] + [(f"w={w:g}", (lo, hi), w) for w in args.weights]
+    for name, target, w in settings:
+        samples, dt = _sample(model, params, args.seed, n=args.n, target=target, guidance=w, batch_size=args.batch_size)
+        valid = structure_validity(samples).valid
+        rec = {"setting": name, "guidance": w, "sample_s": dt, "valid": float(valid.mean())}
+        idx = np.flatnonzero(valid)
+        if verifier is not None and len(idx):
+            j = verifier.targets.index(label)
+            mean, std, p = verifier.predict(samples[idx], positive=True)
+            pw = window_probability(mean[:, [j]], std[:, [j]], {label: (lo, hi)}, [label], p[:, [j]],
+                                    hurdle=[label] if label in verifier.hurdle else [])
+            point = np.where(p[:, j] > 0.5, mean[:, j], 0.0) if label in verifier.hurdle else mean[:, j]
+            rec.update(p_window_mean=float(pw.sum() / args.n),
+                       point_in_window=float(((point >= lo) & (point <= hi)).sum() / args.n))
+        structures = samples[idx].to_structures() if len(idx) else []
+        matched = []
+        for s in structures:
+            y = next((y for t, y in known.get(s.composition.reduced_formula, []) if structures_match(s, t, matcher)),
+                     None)
+            matched.append(y)
+        ys = np.array([y for y in matched if y is not None])
+        rec.update(matched_known=len(ys), matched_in_window=int(((ys >= lo) & (ys <= hi)).sum()),
+                   formulas_in_window=_formula_rate(structures, known, lo, hi) / args.n)
+        out["runs"].append(rec)
+        print(json.dumps(rec), flush=True)
+        _save(args, out)
+    return out
+
+
+def _formula_rate(structures, known, lo, hi) -> float:
+    """How many samples have a formula whose dataset structures all lie in the window
+    (the label in perov_5 is nearly a function of the formula)."""
+    n = 0
+    for s in structures:
+        ys = [y for _, y in known.get(s.composition.reduced_formula, [])]
+        n += bool(ys) and all(lo <= y <= hi for y in ys)
+    return float(n)
+
+
+def cmd_denovo(args):
+    from jaxinv.data import load_dataset
+    from jaxinv.generative.evaluation import generation_metrics
+
+    model, params = _load(args.model)
+    ds = load_dataset(model.dataset)
+    samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    metrics, _ = generation_metrics(samples, model.dataset, ds.subset("test").structures(),
+                                    ds.subset("train").structures(), n_jobs=args.n_jobs, progress=False)
+    out = {"model": str(args.model), "n": args.n, "sample_s": dt, "crystals_per_s": args.n / dt,
+           "metrics_s": time.perf_counter() - t0, "metrics": metrics}
+    print(json.dumps(out, indent=1, default=float), flush=True)
+    _save(args, out)
+    return out
+
+
+def cmd_energy(args):
+    from jaxinv.metrics import structure_validity
+    from jaxinv.potentials.registry import load_potential
+    from jaxinv.relax import energy_per_atom, failed, relax, status_names
+    from jaxinv.metrics.stability import potential_energy_fn
+
+    model, params = _load(args.model)
+    kw = {"n": args.n} if model.config.mode == "de_novo" else {}
+    if model.config.mode == "csp":
+        from jaxinv.data import load_dataset
+
+        test = load_dataset(model.dataset).subset("test")
+        kw = {"compositions": test.crystal(np.arange(min(args.n, len(test))), bucket=False)}
+    samples, dt = _sample(model, params, args.seed, batch_size=args.batch_size, **kw)
+    pot = load_potential("sevennet0")
+    energy = potential_energy_fn(pot)
+    v0 = structure_validity(samples).valid
+    e0 = np.asarray(energy(samples.to_structures())) / samples.n_atoms
+    t0 = time.perf_counter()
+    relaxed = relax(samples, pot, max_steps=args.max_steps, progress=False)
+    relax_s = time.perf_counter() - t0
+    ok = ~failed(relaxed)
+    e1 = np.where(ok, energy_per_atom(relaxed), np.nan)
+    v1 = structure_validity(relaxed).valid & ok
+    statuses = {s: status_names(relaxed).count(s) for s in set(status_names(relaxed))}
+    q = lambda e: {p: float(np.nanpercentile(e, p)) for p in (5, 25, 50, 75, 95)} if np.isfinite(e).any() else {}
+    out = {"model": str(args.model), "n": len(samples), "sample_s": dt, "relax_s": relax_s, "statuses": statuses,
+           "valid_before": float(v0.mean()), "valid_after": float(v1.mean()),
+           "energy_before": q(np.where(v0, e0, np.nan)), "energy_after": q(e1),
+           "drop_median": float(np.nanmedian(np.where(ok & v0, e0 - e1, np.nan)))}
+    print(json.dumps(out, indent=1), flush=True)
+    _save(args, out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finite = np.concatenate([e0[np.isfinite(e0) & v0], e1[np.isfinite(e1)]])
+    bins = np.linspace(np.percentile(finite, 1), np.percentile(finite, 99), 40)
+    ax.hist(np.clip(e0[np.isfinite(e0) & v0], bins[0], bins[-1]), bins, alpha=0.6, label="as sampled (valid)")
+    ax.hist(np.clip(e1[np.isfinite(e1)], bins[0], bins[-1]), bins, alpha=0.6, label="relaxed (SevenNet-0)")
+    ax.set_xlabel("SevenNet-0 energy per atom (eV)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{model.dataset} {model.config.mode} samples, {len(samples)}", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(args.out).with_suffix(".png"), dpi=120)
+    return out
+
+
+def _save(args, out):
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("csp", "guidance", "denovo", "energy"):
+        s = sub.add_parser(name)
+        s.add_argument("--model", required=True, help="a train_generative model=diffcsp run folder")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--batch-size", type=int, default=256)
+        s.add_argument("--n-jobs", type=int, default=1)
+        s.add_argument("--out", default=None)
+        s.add_argument("--n", type=int, default=1000)
+        if name == "csp":
+            s.add_argument("--k", type=int, default=20)
+            s.add_argument("--k20-limit", type=int, default=100, help="test compositions given k candidates")
+        if name == "guidance":
+            s.add_argument("--window", type=float, nargs=2, default=[1.5, 3.0])
+            s.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
+            s.add_argument("--verifier", default=None, help="a train_property model folder")
+        if name == "energy":
+            s.add_argument("--max-steps", type=int, default=300)
+    args = p.parse_args(argv)
+    args.out = args.out or str(OUT / f"{args.cmd}_{Path(args.model).name}.json")
+    return globals()[f"cmd_{args.cmd}"](args)
+
+
+if __name__ == "__main__":
+    main()
