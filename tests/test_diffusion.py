@@ -7,13 +7,14 @@ from scipy.spatial.transform import Rotation
 import jax
 import jax.numpy as jnp
 
-from jaxinv.generative.diffusion import (CrystalDiffusion, DiffusionConfig, ddpm_step, fit, make_schedule,
+from jaxinv.generative.diffusion import (CrystalDiffusion, DiffusionConfig, PeriodicNet, ddpm_step, fit, make_schedule,
                                          noise_crystal, unmask_step)
 from jaxinv.generative.torus import (geometric_sigmas, score_norm, ve_predictor_step, wrap,
                                      wrapped_normal_log_density, wrapped_normal_score)
 
 SIGMAS = [0.005, 0.03, 0.1, 0.3, 0.5]
 TINY = dict(hidden=32, layers=2, n_frequencies=4, time_dim=16)
+PERIODIC = dict(TINY, denoiser="periodic", cutoff=4.0, image_range=3, n_rbf=8)  # exact for heights >= 4 / 3.5 Å
 
 
 def _brute_force(x, sigma, n_images=200):
@@ -176,8 +177,9 @@ def _vocab():
     return Vocabulary((6, 8, 22, 38))
 
 
-def _apply(model, params, lattice, frac, types, mask, t=0.37):
-    out = model.net.apply(params, jnp.asarray(lattice), jnp.asarray(frac), jnp.asarray(types), jnp.asarray(mask), t)
+def _apply(model, params, lattice, frac, types, mask, t=0.37, scale=1.0):
+    out = model.net.apply(params, jnp.asarray(lattice), jnp.asarray(frac), jnp.asarray(types), jnp.asarray(mask), t,
+                          0.0, 0.0, scale)
     return [np.asarray(o) for o in out]
 
 
@@ -249,6 +251,167 @@ def test_supercell_copies_get_identical_scores(float64, net):
     assert np.abs(f_b[:5] - f_b[5:]).max() > 1e-6
 
 
+# ------------------------------------------- the cell-invariant denoiser
+@pytest.fixture(scope="module")
+def pnet():
+    model = CrystalDiffusion(DiffusionConfig(mode="de_novo", **PERIODIC), _vocab(), 12, 12.0, np.ones(13) / 13)
+    assert isinstance(model.net, PeriodicNet)
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.init(jax.random.PRNGKey(0)))
+    return model, params
+
+
+def _heights(lattice):
+    """Distances between lattice planes: 1 / |columns of L^-1| (rows of L are the vectors)."""
+    return 1 / np.linalg.norm(np.linalg.inv(lattice), axis=0)
+
+
+def _real_crystal(rng, n=5, pad=0):
+    """A generic triclinic cell in Å whose heights (~3.5 Å) exceed cutoff / (R + 1/2)."""
+    lattice = 4.0 * np.eye(3) + 0.6 * rng.normal(size=(3, 3))
+    frac = np.concatenate([rng.uniform(size=(n, 3)), np.zeros((pad, 3))])
+    types = np.concatenate([rng.integers(1, 6, n), np.zeros(pad, int)])  # 5 = [MASK]
+    return lattice, frac, types, types > 0
+
+
+def _apply_real(model, params, lattice, frac, types, mask, net=None):
+    """PeriodicNet on a cell in Å, normalized as CrystalDiffusion.denoise does it, with the
+    Cartesian score s_i (frac_out_i = L s_i) and the lattice tensor S (out = L_norm S) recovered."""
+    scale = float(model.lattice_scale(mask.sum()))
+    out = (net or model.net).apply(params, jnp.asarray(lattice / scale), jnp.asarray(frac), jnp.asarray(types),
+                                   jnp.asarray(mask), 0.37, 0.0, 0.0, scale)
+    f_out, l_out, logits = (np.asarray(o) for o in out)
+    return {"frac": f_out, "cart": np.linalg.solve(lattice, f_out.T).T, "lattice": l_out,
+            "S": np.linalg.solve(lattice / scale, l_out), "logits": logits}
+
+
+def _close(a, b, what):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10, err_msg=what)
+
+
+def test_periodic_denoiser_invariances(float64, pnet):
+    """The checks of test_denoiser_invariances, on PeriodicNet; and the network as
+    CrystalDiffusion.denoise calls it (normalized lattice, scale from the mask)."""
+    model, params = pnet
+    rng = np.random.default_rng(3)
+    lattice, frac, types, mask = _real_crystal(rng, pad=2)
+    assert _heights(lattice).min() > 4.0 / 3.5
+    ref = _apply_real(model, params, lattice, frac, types, mask)
+    real = mask
+    s = float(model.lattice_scale(5))
+    batch = model.denoise(params, jnp.asarray(lattice / s)[None], jnp.asarray(frac)[None], jnp.asarray(types)[None],
+                          jnp.asarray(mask)[None], jnp.array([370]))  # t / T = 0.37
+    for o, key in zip(batch, ("frac", "lattice", "logits")):
+        _close(np.asarray(o[0]), ref[key], f"denoise: {key}")
+    perm = np.concatenate([rng.permutation(5), [5, 6]])
+    out = _apply_real(model, params, lattice, frac[perm], types[perm], mask[perm])
+    _close(out["frac"][real], ref["frac"][perm][real], "permutation: coordinates")
+    _close(out["lattice"], ref["lattice"], "permutation: lattice")
+    _close(out["logits"][real], ref["logits"][perm][real], "permutation: types")
+    for what, f in (("translation", frac + rng.uniform(size=3)), ("images", frac + rng.integers(-3, 4, frac.shape))):
+        out = _apply_real(model, params, lattice, f, types, mask)
+        for key in ("frac", "logits"):
+            _close(out[key][real], ref[key][real], f"{what}: {key}")
+        _close(out["lattice"], ref["lattice"], f"{what}: lattice")
+    # rotation and reflection (L -> L R^T): fractional score and types invariant, lattice output equivariant
+    for R in (Rotation.random(random_state=4).as_matrix(), -Rotation.random(random_state=5).as_matrix()):
+        out = _apply_real(model, params, lattice @ R.T, frac, types, mask)
+        _close(out["frac"][real], ref["frac"][real], "rotation: coordinates invariant")
+        _close(out["cart"][real], ref["cart"][real] @ R.T, "rotation: Cartesian score rotates")
+        _close(out["lattice"], ref["lattice"] @ R.T, "rotation: lattice equivariant")
+        _close(out["logits"][real], ref["logits"][real], "rotation: types invariant")
+    out = _apply_real(model, params, lattice, np.where(mask[:, None], frac, rng.uniform(size=frac.shape)),
+                      np.where(mask, types, 3), mask)
+    _close(out["frac"][real], ref["frac"][real], "padding: coordinates")
+    _close(out["lattice"], ref["lattice"], "padding: lattice")
+    # the check can fail: moving one atom changes the others' outputs
+    moved = frac.copy()
+    moved[0] += 0.05
+    assert np.abs(_apply_real(model, params, lattice, moved, types, mask)["frac"][1:5] - ref["frac"][1:5]).max() > 1e-6
+
+
+def _unimodular(rng, lattice, min_height):
+    """A random integer M with det +-1 and entries in [-2, 2], M != +-I, whose cell M L
+    still has every height >= min_height (so the image window covers the cutoff)."""
+    while True:
+        M = np.eye(3, dtype=int)
+        for _ in range(4):  # products of elementary shears, a sign flip and a row swap
+            a, b = rng.choice(3, 2, replace=False)
+            E = np.eye(3, dtype=int)
+            E[a, b] = rng.choice([-1, 1])
+            M = E @ M
+        M = M[rng.permutation(3)] * rng.choice([-1, 1], size=(3, 1))
+        if np.abs(M).max() <= 2 and np.abs(M).sum() > 3 and _heights(M @ lattice).min() >= min_height:
+            return M
+
+
+def test_periodic_denoiser_equivalent_cell(float64, pnet):
+    """Another basis of the same lattice, L' = M L (M unimodular), f' = f M^-1 wrapped:
+    the same atoms in space. The Cartesian scores and types are equal; the fractional
+    score d/df log p = L d/dx log p transforms as frac_out' = M frac_out (rows: frac_out
+    M^T); the lattice output L_norm S as M times itself (S is the same tensor)."""
+    model, params = pnet
+    rng = np.random.default_rng(11)
+    lattice, frac, types, mask = _real_crystal(rng)
+    ref = _apply_real(model, params, lattice, frac, types, mask)
+    for _ in range(3):
+        M = _unimodular(rng, lattice, 4.0 / 3.5)
+        assert abs(round(np.linalg.det(M))) == 1
+        new_lattice, new_frac = M @ lattice, np.mod(frac @ np.linalg.inv(M), 1.0)
+        out = _apply_real(model, params, new_lattice, new_frac, types, mask)
+        _close(out["cart"], ref["cart"], f"M={M.tolist()}: Cartesian score")
+        _close(out["frac"], ref["frac"] @ M.T, f"M={M.tolist()}: fractional score covariant")
+        _close(out["lattice"], M @ ref["lattice"], f"M={M.tolist()}: lattice output M times")
+        _close(out["S"], ref["S"], f"M={M.tolist()}: lattice tensor")
+        _close(out["logits"], ref["logits"], f"M={M.tolist()}: types")
+    # the condition matters: a window of images too small for the cutoff in a skewed cell truncates
+    # the sums, and the outputs then depend on the cell (the check can fail)
+    M = np.array([[1, 2, 0], [0, 1, 2], [0, 0, 1]])
+    assert _heights(M @ lattice).min() < 4.0 / 1.5
+    narrow = model.net.clone(image_range=1)
+    out = _apply_real(model, params, M @ lattice, np.mod(frac @ np.linalg.inv(M), 1.0), types, mask, net=narrow)
+    assert np.abs(out["cart"] - _apply_real(model, params, lattice, frac, types, mask, net=narrow)["cart"]).max() > 1e-6
+
+
+def _supercell(lattice, frac, types, M):
+    """The cell M L (det M = k > 0 copies of each atom) with the copies of atom a at
+    rows a, a + N, ..., a + (k - 1) N."""
+    k = round(abs(np.linalg.det(M)))
+    inv = np.linalg.inv(M)
+    shifts = np.array([[a, b, c] for a in range(3) for b in range(3) for c in range(3)]) @ inv
+    shifts = np.unique(np.round(np.mod(shifts, 1.0), 9) % 1.0, axis=0)
+    assert len(shifts) == k
+    new_frac = np.concatenate([np.mod(frac @ inv + s, 1.0) for s in shifts])
+    return M @ lattice, new_frac, np.tile(types, k), k
+
+
+@pytest.mark.parametrize("M", [[[2, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 1, 0], [-1, 1, 0], [0, 0, 1]]],
+                         ids=["2x1x1", "non-diagonal"])
+def test_periodic_denoiser_supercell(float64, pnet, M):
+    """A supercell: every copy of an atom gets the primitive atom's Cartesian score and
+    type logits, and the lattice tensor S is the primitive cell's (the network sees the
+    same Å geometry: scale (k N V_atom)^(1/3) for k N atoms). This holds because the
+    messages are linear in the image sums and summed over j, with a fixed divisor:
+    a nonlinearity on e, or a mean over j instead of the sum, makes it fail."""
+    model, params = pnet
+    rng = np.random.default_rng(5)
+    lattice, frac, types, mask = _real_crystal(rng)
+    ref = _apply_real(model, params, lattice, frac, types, mask)
+    M = np.array(M)
+    big_lattice, big_frac, big_types, k = _supercell(lattice, frac, types, M)
+    out = _apply_real(model, params, big_lattice, big_frac, big_types, big_types > 0)
+    for c in range(k):
+        rows = slice(5 * c, 5 * (c + 1))
+        _close(out["cart"][rows], ref["cart"], f"copy {c}: Cartesian score")
+        _close(out["frac"][rows], ref["frac"] @ M.T, f"copy {c}: fractional score")
+        _close(out["logits"][rows], ref["logits"], f"copy {c}: types")
+    _close(out["S"], ref["S"], "lattice tensor")
+    # the check can fail: move one copy of atom 0 and the primitive cell is gone
+    big_frac[5] += 0.03
+    moved = _apply_real(model, params, big_lattice, big_frac, big_types, big_types > 0)
+    assert np.abs(moved["cart"][1:5] - ref["cart"][1:5]).max() > 1e-6
+
+
 def test_classifier_free_guidance(float64, perov_small):
     model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", condition="dir_gap", **TINY), perov_small)
     gaps = perov_small.labels["dir_gap"]
@@ -286,9 +449,10 @@ def perov_small(perov):
     return perov.subset("train").subset(np.arange(32))
 
 
-def test_training_reduces_the_loss(perov_small):
+@pytest.mark.parametrize("config", [TINY, PERIODIC], ids=["cspnet", "periodic"])
+def test_training_reduces_the_loss(perov_small, config):
     # de novo: all three terms (lattice, coordinates, types); CSP is the same loss without the last
-    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", n_steps=100, **TINY), perov_small)
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", n_steps=100, **config), perov_small)
     arrays = model.arrays(perov_small)
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     loss = jax.jit(jax.vmap(lambda p, k: model.loss(p, batch, k), (None, 0)))
@@ -302,9 +466,10 @@ def test_training_reduces_the_loss(perov_small):
     assert after.lattice < before.lattice and after.types < before.types and after.frac < before.frac
 
 
-@pytest.mark.parametrize("mode", ["csp", "de_novo"])
-def test_sampling_returns_valid_crystals(perov_small, mode, tmp_path):
-    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode=mode, n_steps=20, **TINY), perov_small)
+@pytest.mark.parametrize("mode, config", [("csp", TINY), ("de_novo", TINY), ("csp", PERIODIC)],
+                         ids=["csp", "de_novo", "csp-periodic"])
+def test_sampling_returns_valid_crystals(perov_small, mode, config, tmp_path):
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode=mode, n_steps=20, **config), perov_small)
     params = model.init(jax.random.PRNGKey(0))
     if mode == "csp":
         given = perov_small.crystal(np.arange(6), bucket=False)
@@ -325,6 +490,7 @@ def test_sampling_returns_valid_crystals(perov_small, mode, tmp_path):
     # save / load round trip gives the same samples
     model.save(tmp_path, params)
     loaded, params2 = CrystalDiffusion.load(tmp_path)
+    assert type(loaded.net) is type(model.net) and loaded.net == model.net  # the config rebuilds the same net
     again = loaded.sample(params2, jax.random.PRNGKey(1), **({"compositions": given} if mode == "csp" else {"n": 6}))
     np.testing.assert_allclose(again.lattice, out.lattice)
 
@@ -381,3 +547,21 @@ def test_cli_conditional_generation(tmp_path):
     for bad, why in (("targets={heat_ref: 1.0}", "conditioned on 'dir_gap'"), ("targets={dir_gap: [3, 1]}", "window")):
         with pytest.raises(Exception, match=why):
             run_experiment("generate", [f"model={run}", "n=2", bad, "progress=false", f"out_dir={tmp_path / 'bad'}"])
+
+
+@pytest.mark.slow  # ~25 s idle, more on a busy machine; the net itself is tested above
+def test_cli_periodic_denoiser(tmp_path):
+    from jaxinv.cli import run_experiment
+
+    run = tmp_path / "train"
+    res = run_experiment("train_generative", [
+        "model=diffcsp", "diffusion.denoiser=periodic", "diffusion.hidden=16", "diffusion.layers=1",
+        "diffusion.n_steps=10", "data.limit=32", "train.steps=2", "train.batch_size=8", "n_samples=2",
+        "evaluate=false", "progress=false", f"out_dir={run}"])
+    assert res["steps"] == 2
+    model, _ = CrystalDiffusion.load(run / "checkpoint")
+    assert model.config.denoiser == "periodic" and isinstance(model.net, PeriodicNet)
+    with pytest.raises(Exception, match="denoiser"):
+        run_experiment("train_generative", ["model=diffcsp", "diffusion.denoiser=egnn", f"out_dir={tmp_path / 'bad'}"])
+    with pytest.raises(ValueError, match="denoiser"):
+        DiffusionConfig(denoiser="egnn").validate()

@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxinv.config import (CONFIG_DIR, DataConfig, Rule, RunConfig, at_least, checked, constrain, non_negative,
                            one_of, positive)
+from jaxinv.generative.diffusion import DENOISERS
 from jaxinv.generative.diffusion import MODES as DIFFUSION_MODES
 from jaxinv.generative.diffusion import DiffusionConfig
 from jaxinv.generative.model import CONDITIONS, KINDS, ModelConfig
@@ -68,6 +69,7 @@ constrain(
     w_lattice=non_negative, w_frac=non_negative, w_types=non_negative, lr=positive, grad_clip=positive,
     lattice_clip=positive,
     p_uncond=Rule(lambda v, m: f"must be in [0, 1) (got {v})" if not 0 <= v < 1 else None, "in [0, 1)"),
+    denoiser=one_of(*DENOISERS), cutoff=positive, image_range=at_least(1), n_rbf=at_least(2),
 )
 constrain(TrainConfig, steps=non_negative, batch_size=at_least(1), eval_every=non_negative, eval_size=at_least(1),
           checkpoint_every_s=positive, time_limit_min=non_negative)

@@ -24,21 +24,46 @@ In **CSP** mode the composition (atom count and types) is given and fixed; in
 **de novo** mode the atom count is drawn from the training distribution and the
 types are generated.
 
-The denoiser (:class:`CSPNet`, written for one crystal and vmapped over a batch)
-is fully connected among the atoms of the cell. Its edge features are the Gram
-matrix L L^T (rotation invariant) and sin/cos(2 pi k (f_j - f_i)) for integer k
-(periodic, translation invariant); messages are averaged over the other atoms.
-So, exactly: the coordinate score (an output in fractional units) is invariant
-to atom order (equivariant as a per-atom output), to a common translation of the
-fractional coordinates, to replacing f by f + integer (the periodic image), and
-to rotations and reflections of the lattice; the lattice output rotates with it.
-What does not hold, as in DiffCSP: invariance to the choice of unit cell. The
-noise itself is defined in fractional units of the given cell, and a supercell
-or another basis changes both the Gram matrix and the Fourier features. What
-holds on a supercell is that the copies of one atom get identical outputs (a
-translation by a primitive vector permutes them); ``tests/test_diffusion.py``
-checks that and the exact invariances above. Cells are Niggli-reduced before
-training (``niggli``) so that a crystal is seen in one standard cell.
+Two denoisers (``denoiser``), each written for one crystal and vmapped over a batch,
+with the same outputs: the coordinate score in fractional units, the lattice
+epsilon (a mix of the rows of L, so it rotates with the lattice) and type logits.
+
+:class:`CSPNet` (``cspnet``, the default) is fully connected among the atoms of the
+cell. Its edge features are the Gram matrix L L^T (rotation invariant) and
+sin/cos(2 pi k (f_j - f_i)) for integer k (periodic, translation invariant);
+messages are averaged over the other atoms. So, exactly: the coordinate score is
+invariant to atom order (equivariant as a per-atom output), to a common translation
+of the fractional coordinates, to replacing f by f + integer (the periodic image),
+and to rotations and reflections of the lattice; the lattice output rotates with
+it. What does not hold, as in DiffCSP: invariance to the choice of unit cell. A
+supercell or another basis changes both the Gram matrix and the Fourier features;
+what holds on a supercell is only that the copies of one atom get identical outputs
+(a translation by a primitive vector permutes them).
+
+:class:`PeriodicNet` (``periodic``) works in Å (L_norm times
+:meth:`CrystalDiffusion.lattice_scale`) on sums over the periodic images of each
+pair within ``cutoff``: a radial basis (scalar), the displacement vectors
+(vector) and rhat (x) rhat (tensor), all with a smooth envelope. Its messages are
+linear in these sums and summed (not averaged) over the atoms of the cell, so the k
+copies of an atom in a supercell add up to it. It has all of CSPNet's invariances
+and, besides, the choice of cell: for L' = M L, f' = f M^-1 (M integer, det +-1:
+the same atoms in space) the Cartesian score s_i and the logits are unchanged, the
+fractional score L s_i becomes M times itself (d/df = L d/dx), and the lattice
+output L_norm S (S a Cartesian tensor) becomes M times itself; on a supercell every
+copy of an atom gets the primitive atom's Cartesian score and logits and S is the
+primitive cell's. This is exact only while the image window n in [-R, R]^3
+(``image_range``, around the nearest image of f_j - f_i) holds every image within
+the cutoff, i.e. while every height of the cell (the distance between its lattice
+planes) is at least cutoff / (R + 1/2): 2.4 Å for the defaults (6 Å, R = 2), which
+perov_5's cells (heights ~4 Å) satisfy. A flatter cell (a Niggli cell with a short
+height, or a very noisy lattice early in sampling or at large t in training) gets
+truncated sums: they stay smooth in L and f and keep every other invariance, but
+then depend on the cell and miss far images. R is not enlarged automatically (the
+shapes are static and the cost grows as (2R + 1)^3); raise ``image_range`` for data
+with short heights. Neither net makes the *process* cell-invariant: the noise
+itself is defined in the given cell (fractional wrapped normal, Gaussian entries of
+L_norm), so cells are Niggli-reduced before training (``niggli``) so that a crystal
+is seen in one standard cell. ``tests/test_diffusion.py`` checks all of the above.
 """
 from __future__ import annotations
 
@@ -60,13 +85,15 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal
 from jaxinv.generative.coords import CoordSpec, encode_coords, params_to_lattice
 from jaxinv.generative.species import Vocabulary
-from jaxinv.generative.torus import (geometric_sigmas, langevin_corrector_step, score_norm, ve_predictor_step,
+from jaxinv.generative.torus import (geometric_sigmas, langevin_corrector_step, score_norm, ve_predictor_step, wrap,
                                      wrapped_normal_score)
 
-__all__ = ["DiffusionConfig", "NoiseSchedule", "make_schedule", "CSPNet", "NoisyCrystal", "noise_crystal",
+__all__ = ["DiffusionConfig", "NoiseSchedule", "make_schedule", "CSPNet", "PeriodicNet", "periodic_pair_features",
+           "NoisyCrystal", "noise_crystal",
            "DiffusionLoss", "CrystalDiffusion", "make_train_step", "ddpm_step", "unmask_step", "make_sampler", "fit"]
 
 MODES = ("csp", "de_novo")
+DENOISERS = ("cspnet", "periodic")
 
 
 @dataclass
@@ -94,6 +121,10 @@ class DiffusionConfig:
     lattice_clip: float = 4.0  # bound on each entry of the predicted clean normalized lattice while sampling
     condition: str = ""  # a dataset label to condition on (classifier-free guidance); "" for none
     p_uncond: float = 0.1  # fraction of training crystals shown without their label (the null condition)
+    denoiser: str = "cspnet"  # cspnet (Fourier features of the given cell) | periodic (cell-invariant, PeriodicNet)
+    cutoff: float = 6.0  # periodic: neighbour cutoff in Å
+    image_range: int = 2  # periodic: images n in [-R, R]^3 of each pair; exact while every cell height >= cutoff / (R + 1/2)
+    n_rbf: int = 16  # periodic: Gaussian radial basis functions of the scalar pair features
 
     def validate(self):
         if self.mode not in MODES:
@@ -102,6 +133,10 @@ class DiffusionConfig:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if not 0 <= self.p_uncond < 1:
             raise ValueError("p_uncond must be in [0, 1)")
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {DENOISERS}, not {self.denoiser!r}")
+        if not (self.cutoff > 0 and self.image_range >= 1 and self.n_rbf >= 2):
+            raise ValueError("need cutoff > 0, image_range >= 1 and n_rbf >= 2")
 
 
 # ------------------------------------------------------------------ schedules
@@ -142,6 +177,16 @@ def _time_embedding(t, dim: int):
     return jnp.concatenate([jnp.sin(t * freqs), jnp.cos(t * freqs)])
 
 
+def _node_features(types, t, y, has_y, n_tokens: int, hidden: int, time_dim: int, conditional: bool):
+    """Type embedding + time embedding (+ label embedding); call inside a compact module."""
+    h = nn.Embed(n_tokens, hidden)(types)
+    h = h + nn.Dense(hidden)(nn.silu(nn.Dense(hidden)(_time_embedding(t, time_dim))))
+    if conditional:  # has_y = 0 zeroes the label's features: the null condition is a learned constant
+        y_feats = jnp.concatenate([has_y * _time_embedding(y / 4.0, time_dim), jnp.atleast_1d(has_y)])
+        h = h + nn.Dense(hidden)(nn.silu(nn.Dense(hidden)(y_feats)))
+    return h
+
+
 class CSPNet(nn.Module):
     """The denoiser, for one crystal: (lattice (3, 3), frac (N, 3), types (N,),
     mask (N,), t in [0, 1], and for a conditional model the standardized label y
@@ -161,7 +206,8 @@ class CSPNet(nn.Module):
     conditional: bool = False
 
     @nn.compact
-    def __call__(self, lattice, frac, types, mask, t, y=0.0, has_y=0.0):
+    def __call__(self, lattice, frac, types, mask, t, y=0.0, has_y=0.0, scale=1.0):
+        del scale  # Å per lattice unit: PeriodicNet's; this net sees the normalized cell only
         n = frac.shape[0]
         gram = lattice @ lattice.T
         gram6 = gram[jnp.triu_indices(3)]  # invariant under L -> L R^T
@@ -173,11 +219,7 @@ class CSPNet(nn.Module):
         n_senders = jnp.maximum(senders.sum(1, keepdims=True), 1.0)
         edge_static = jnp.concatenate([fourier, jnp.broadcast_to(gram6, (n, n, 6))], -1)
 
-        h = nn.Embed(self.n_tokens, self.hidden)(types)
-        h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(_time_embedding(t, self.time_dim))))
-        if self.conditional:  # has_y = 0 zeroes the label's features: the null condition is a learned constant
-            y_feats = jnp.concatenate([has_y * _time_embedding(y / 4.0, self.time_dim), jnp.atleast_1d(has_y)])
-            h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(y_feats)))
+        h = _node_features(types, t, y, has_y, self.n_tokens, self.hidden, self.time_dim, self.conditional)
         for _ in range(self.layers):
             hn = nn.LayerNorm()(h)
             pre = (nn.Dense(self.hidden, use_bias=False)(hn)[:, None] + nn.Dense(self.hidden, use_bias=False)(hn)[None]
@@ -191,6 +233,113 @@ class CSPNet(nn.Module):
         pooled = (h * w).sum(0) / jnp.maximum(w.sum(), 1.0)
         coef = nn.Dense(9)(nn.silu(nn.Dense(self.hidden)(pooled))).reshape(3, 3)
         lattice_out = coef @ lattice  # mixes the lattice vectors: rotates with the lattice
+        logits = nn.Dense(self.n_elements)(h) if self.n_elements else None
+        return frac_out, lattice_out, logits
+
+
+def _gaussians(cutoff: float, *counts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and widths of consecutive Gaussian bases, each ``count`` evenly spread over [0, cutoff]."""
+    centres = np.concatenate([np.linspace(0.0, cutoff, n) for n in counts])
+    widths = np.concatenate([np.full(n, cutoff / (n - 1)) for n in counts])
+    return centres, widths
+
+
+_SYM6 = (np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 2, 1, 2, 2]))  # upper triangle of a 3x3 tensor
+_SYM6_TO_3x3 = np.array([[0, 1, 2], [1, 3, 4], [2, 4, 5]])
+
+
+def periodic_pair_features(lattice, frac, mask, cutoff: float, image_range: int, n_rbf: int, n_vector: int,
+                           n_tensor: int):
+    """Geometric pair features of one crystal, summed over the images n in
+    [-R, R]^3 of each pair (i, j) of real atoms (i = j, n = 0 left out):
+
+        e_ij[r] = sum_n phi_r(d) env(d)                    (N, N, n_rbf)
+        V_ij[r] = sum_n psi_r(d) env(d) (x_j + n L - x_i)  (N, N, n_vector, 3), Å
+        T_ij[r] = sum_n chi_r(d) env(d) rhat (x) rhat      (N, N, n_tensor, 3, 3)
+
+    with ``lattice`` in Å (rows), d = |x_j + n L - x_i|, Gaussian bases phi, psi, chi
+    on [0, cutoff] and a cosine envelope that vanishes with its slope at the cutoff.
+    The window of n is centred on the nearest image f_j - f_i wrapped into
+    [-1/2, 1/2), so it holds every image within the cutoff when each cell height is
+    at least cutoff / (R + 1/2); then the features are a function of the atoms'
+    positions in space alone, whatever the cell. Otherwise the sums are truncated."""
+    r = jnp.arange(-image_range, image_range + 1, dtype=frac.dtype)
+    images = jnp.stack(jnp.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)  # (K, 3)
+    df = wrap(frac[None, :, :] - frac[:, None, :])  # (N, N, 3): blind to f -> f + integer and to translations
+    x = df[:, :, None, :] + images  # (N, N, K, 3)
+    # x_j + n L - x_i, written out: on CPU XLA ran the (N, N, K, 3) @ (3, 3) product several times slower
+    disp = x[..., :1] * lattice[0] + x[..., 1:2] * lattice[1] + x[..., 2:] * lattice[2]
+    d = jnp.sqrt((disp ** 2).sum(-1))
+    n = frac.shape[0]
+    itself = jnp.eye(n, dtype=bool)[:, :, None] & (images == 0).all(-1)
+    keep = mask[:, None, None] & mask[None, :, None] & ~itself & (d < cutoff)
+    env = jnp.where(keep, 0.5 * (jnp.cos(jnp.pi * jnp.minimum(d, cutoff) / cutoff) + 1), 0.0)
+    centres, widths = _gaussians(cutoff, n_rbf, n_vector, n_tensor)  # one exp for all three bases
+    basis = env[..., None] * jnp.exp(-0.5 * ((d[..., None] - centres) / widths) ** 2)  # (N, N, K, all)
+    unit = disp / jnp.where(d > 0, d, 1.0)[..., None]
+    # one contraction over the images for all three (the unused blocks cost less than separate ones)
+    cols = jnp.concatenate([jnp.ones_like(d)[..., None], disp, unit[..., _SYM6[0]] * unit[..., _SYM6[1]]], -1)
+    sums = jnp.einsum("ijkr,ijkc->ijrc", basis, cols)  # (N, N, all, 10)
+    a, b = n_rbf, n_rbf + n_vector
+    return sums[:, :, :a, 0], sums[:, :, a:b, 1:4], sums[:, :, b:, 4:][..., _SYM6_TO_3x3]
+
+
+class PeriodicNet(nn.Module):
+    """A denoiser invariant to the choice of unit cell, for one crystal: the same
+    call and outputs as :class:`CSPNet`, plus ``scale`` (Å per normalized lattice
+    unit), since its features live in real space.
+
+    Everything the atoms exchange is a sum over j of something LINEAR in the image
+    sums of :func:`periodic_pair_features`, times a function of (h_i, h_j). In a
+    supercell (or another cell) each atom j of the primitive cell has k copies with
+    identical h, whose image sums add up to the primitive cell's, so every such sum
+    over j is the primitive cell's: by induction over the layers the copies of an
+    atom get the primitive atom's h and outputs. A nonlinearity on e, or a mean over
+    j, would count the copies k times and break this; the fixed divisor
+    ``neighbours`` (the expected number of atoms within the cutoff) keeps the sums O(1)."""
+
+    n_tokens: int
+    n_elements: int
+    hidden: int = 128
+    layers: int = 4
+    time_dim: int = 32
+    conditional: bool = False
+    cutoff: float = 6.0  # Å
+    image_range: int = 2
+    n_rbf: int = 16
+    n_vector: int = 8
+    n_tensor: int = 4
+    neighbours: float = 32.0  # fixed divisor of the sums over j
+
+    @nn.compact
+    def __call__(self, lattice, frac, types, mask, t, y=0.0, has_y=0.0, scale=1.0):
+        real = lattice * scale  # Å
+        e, v, tensor = periodic_pair_features(real, frac, mask, self.cutoff, self.image_range, self.n_rbf,
+                                              self.n_vector, self.n_tensor)
+        h = _node_features(types, t, y, has_y, self.n_tokens, self.hidden, self.time_dim, self.conditional)
+        for _ in range(self.layers):
+            hn = nn.LayerNorm()(h)
+            g = nn.silu(nn.Dense(self.hidden, use_bias=False)(hn)[:, None] + nn.Dense(self.hidden)(hn)[None])
+            # bias-free and linear in e: zero for padding pairs, and the supercell's copies add up exactly
+            m = nn.Dense(self.hidden, use_bias=False)(e) * nn.Dense(self.hidden)(g)
+            agg = m.sum(1) / self.neighbours
+            h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(jnp.concatenate([hn, agg], -1))))
+        h = nn.LayerNorm()(h)
+        pair = nn.silu(nn.Dense(self.hidden, use_bias=False)(h)[:, None] + nn.Dense(self.hidden)(h)[None])
+        coef = nn.Dense(self.n_vector + self.n_tensor)(pair)  # functions of (h_i, h_j) only: linear in v, tensor
+        # Cartesian score per atom; in the cell's basis it is L s_i, i.e. the rows s_i L^T: under L -> M L
+        # (f -> f M^-1) the fractional score d/df log p = L d/dx log p becomes M times itself. Not divided by
+        # the neighbour count: image sums of vectors mostly cancel, and a fixed length (the cutoff) is enough
+        # to start the output at O(1) (a tiny start is slow to grow under Adam)
+        score = jnp.einsum("ijr,ijrc->ic", coef[..., :self.n_vector], v) / self.cutoff
+        frac_out = score @ real.T
+        w = mask.astype(h.dtype)
+        n_real = jnp.maximum(w.sum(), 1.0)
+        pooled = (h * w[:, None]).sum(0) / n_real  # a mean of per-atom invariants: the copies' mean is the primitive's
+        iso = nn.Dense(1)(nn.silu(nn.Dense(self.hidden)(pooled)))  # S = a I + ...: lets eps follow L at high noise
+        s = iso * jnp.eye(3, dtype=h.dtype) + jnp.einsum("ijr,ijrcd->cd", coef[..., self.n_vector:], tensor) / (
+            n_real * self.neighbours)
+        lattice_out = lattice @ s  # S is a Cartesian tensor, the same in any cell: rows mix as L does
         logits = nn.Dense(self.n_elements)(h) if self.n_elements else None
         return frac_out, lattice_out, logits
 
@@ -256,8 +405,13 @@ class CrystalDiffusion:
         self.schedule = make_schedule(config)
         self.mask_token = len(vocab) + 1 if config.mode == "de_novo" else None
         c = config
-        self.net = CSPNet(len(vocab) + 2, len(vocab) if c.mode == "de_novo" else 0, c.hidden, c.layers,
-                          c.n_frequencies, c.time_dim, bool(c.condition))
+        tokens, elements = len(vocab) + 2, len(vocab) if c.mode == "de_novo" else 0
+        if c.denoiser == "periodic":  # the divisor: atoms expected within the cutoff at the mean density
+            neighbours = 4 / 3 * np.pi * c.cutoff ** 3 / self.volume_per_atom
+            self.net = PeriodicNet(tokens, elements, c.hidden, c.layers, c.time_dim, bool(c.condition), c.cutoff,
+                                   c.image_range, c.n_rbf, neighbours=float(neighbours))
+        else:
+            self.net = CSPNet(tokens, elements, c.hidden, c.layers, c.n_frequencies, c.time_dim, bool(c.condition))
 
     @classmethod
     def from_dataset(cls, config: DiffusionConfig, dataset, vocab: Vocabulary | None = None,
@@ -321,8 +475,10 @@ class CrystalDiffusion:
         B = frac.shape[0]
         y = jnp.zeros(B) if y is None else y
         has_y = jnp.zeros(B) if has_y is None else has_y
-        apply = lambda L, f, a, m, s, yy, hy: self.net.apply(params, L, f, a, m, s, yy, hy)
-        return jax.vmap(apply)(lattice, frac, types, mask, t / self.schedule.n_steps, y, has_y)
+        scale = (jnp.maximum(mask.sum(1), 1) * self.volume_per_atom) ** (1 / 3)  # lattice_scale, traced
+        apply = lambda L, f, a, m, s, yy, hy, sc: self.net.apply(params, L, f, a, m, s, yy, hy, sc)
+        return jax.vmap(apply)(lattice, frac, types, mask, t / self.schedule.n_steps, y, has_y,
+                               scale.astype(lattice.dtype))
 
     def guided_denoise(self, params, lattice, frac, types, mask, t, y, has_y, guidance):
         """Classifier-free guidance: (1 + w) D(x, y) - w D(x, null) for all three
