@@ -483,9 +483,10 @@ class CrystalDiffusion:
     def guided_denoise(self, params, lattice, frac, types, mask, t, y, has_y, guidance):
         """Classifier-free guidance: (1 + w) D(x, y) - w D(x, null) for all three
         outputs (type logits too: a product of the conditional and unconditional
-        distributions' powers). An unconditional model, or w = 0, is one plain call."""
+        distributions' powers). An unconditional model, or ``guidance`` None (no
+        guidance: the conditional model as trained), is one plain call."""
         cond = self.denoise(params, lattice, frac, types, mask, t, y, has_y)
-        if not self.conditional:
+        if not self.conditional or guidance is None:
             return cond
         free = self.denoise(params, lattice, frac, types, mask, t)
         mix = lambda c, u: None if c is None else c + guidance * (c - u)
@@ -556,10 +557,13 @@ class CrystalDiffusion:
         numbers = np.where(mask, self.vocab.atomic_numbers(np.where(mask, np.clip(types, 0, len(self.vocab)), 0)), 0)
         return Crystal(lattice, frac, numbers, mask)
 
-    @functools.cached_property
-    def sampler(self):
-        """The jitted reverse process (:func:`make_sampler`), built once per model."""
-        return make_sampler(self)
+    def sampler(self, guided: bool = False):
+        """The jitted reverse process (:func:`make_sampler`), built once per model and
+        flag: unguided sampling makes one network call per step, guided sampling two."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        if guided not in cache:
+            cache[guided] = make_sampler(self, guided)
+        return cache[guided]
 
     def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0,
                batch_size: int = 256, target=None, guidance: float = 0.0) -> Crystal:
@@ -581,6 +585,7 @@ class CrystalDiffusion:
             types, mask = self.de_novo_inputs(np.random.default_rng(seed), n)
         total, size = len(types), min(batch_size, len(types))
         y, has_y = self._targets(np.random.default_rng((seed, 1)), total, target)
+        sampler = self.sampler(guided=target is not None and guidance != 0)
         parts = []
         for start in range(0, total, size):
             t, m = types[start:start + size], mask[start:start + size]
@@ -588,7 +593,7 @@ class CrystalDiffusion:
             pad = size - len(t)
             t, m = np.pad(t, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
             yy, hy = np.pad(yy, (0, pad)), np.pad(hy, (0, pad))
-            out = self.sampler(params, jax.random.fold_in(key, start), jnp.asarray(t), jnp.asarray(m),
+            out = sampler(params, jax.random.fold_in(key, start), jnp.asarray(t), jnp.asarray(m),
                                jnp.asarray(yy), jnp.asarray(hy), jnp.float32(guidance))
             lattice, frac, new_types = (np.asarray(x)[:size - pad] for x in out)
             parts.append(self.to_crystals(lattice, frac, new_types, m[:size - pad]))
@@ -688,18 +693,20 @@ def unmask_step(key, schedule: NoiseSchedule, types, mask, logits, t, mask_token
     return jnp.where(reveal, jax.random.categorical(k_draw, logits) + 1, types)
 
 
-def make_sampler(model: CrystalDiffusion):
+def make_sampler(model: CrystalDiffusion, guided: bool = False):
     """``sample(params, key, types (B, N), mask (B, N), y (B,), has_y (B,), guidance)
     -> (lattice, frac, types)`` in network space, jitted: T reverse steps, each a
     Langevin corrector on the coordinates (``corrector_steps``) then one predictor
-    step of all three parts, every network call classifier-free guided
-    (:meth:`CrystalDiffusion.guided_denoise`)."""
+    step of all three parts. With ``guided`` every network call is classifier-free
+    guided with weight ``guidance`` (:meth:`CrystalDiffusion.guided_denoise`);
+    without, ``guidance`` is ignored and each call is the (conditional) network alone."""
     c, sch = model.config, model.schedule
     T, mask_token = sch.n_steps, model.mask_token
 
     def reverse_step(params, y, has_y, guidance, carry, t):
         key, lattice, frac, types, mask = carry
-        denoise = lambda L, f, a: model.guided_denoise(params, L, f, a, mask, tb, y, has_y, guidance)
+        w = guidance if guided else None
+        denoise = lambda L, f, a: model.guided_denoise(params, L, f, a, mask, tb, y, has_y, w)
         key, k_corr, k_frac, k_lat, k_type = jax.random.split(key, 5)
         tb = jnp.full(frac.shape[:1], t)
         sigma, sigma_prev = sch.sigma[t], sch.sigma[t - 1]
