@@ -436,10 +436,19 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
         softmut.update_scaling_volume(population.pop, w_adapt=0.5, n_adapt=4) if hasattr(
             softmut, "update_scaling_volume") else None
     tries = 0
+    operator_errors: dict = {}  # exception type -> offspring drawn again after an operator raised
     while n_relax < budget and hit is None:
         a1, a2 = population.get_two_candidates()
-        a3, desc = op_sel.get_new_individual([a1, a2])
         tries += 1
+        try:
+            a3, desc = op_sel.get_new_individual([a1, a2])
+        except Exception as e:  # e.g. SoftMutation's eigh of a degenerate Hessian (LinAlgError): as a
+            # careful user would, skip this offspring and draw another instead of ending the run
+            kind = type(e).__name__
+            operator_errors[kind] = operator_errors.get(kind, 0) + 1
+            print(f"ase_ga {name} seed {seed}: an operator raised {kind} ({str(e)[:80]}); drawing another "
+                  f"offspring ({sum(operator_errors.values())} so far)", flush=True)
+            a3 = None
         if a3 is None:
             if tries > 50 * budget:
                 break
@@ -451,7 +460,8 @@ def run_ase_ga(name, seed, budget=None, workdir="/tmp/ase_ga_runs"):
     best = min((-r.get("raw_score", 1e10) / r.natoms for r in da.c.select("relaxed=1")), default=np.inf)
     return {"case": name, "method": "ase-ga", "seed": seed, "hit_at": hit, "budget": budget,
             "relaxations": n_relax, "wall_s": time.perf_counter() - t0, "time_to_hit_s": hit_time,
-            "best": float(best), "reference": ref["energy_per_atom"]}
+            "best": float(best), "reference": ref["energy_per_atom"],
+            "operator_errors": sum(operator_errors.values()), "operator_error_types": operator_errors}
 
 
 def run_pyxtal_random(name, seed, budget=None):

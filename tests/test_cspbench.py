@@ -145,3 +145,32 @@ def test_smoke_gap_jaxinv_two_minutes(tmp_path):
     """jaxinv's default search (EA, batch 16) on GaP with SevenNet-0, cold XLA cache, 2 minutes:
     its first batch (compilation included) was recorded at 64 s on one core; about 2.5 minutes."""
     _smoke(tmp_path, "jaxinv", budget=120.0)
+
+
+def test_ase_ga_survives_a_raising_operator(tmp_path, monkeypatch):
+    """An ASE-GA operator that raises (SoftMutation's eigh of a degenerate Hessian,
+    ``LinAlgError: Eigenvalues did not converge``, ended a TiGa3 run) costs that offspring,
+    not the run: it is counted and another offspring is drawn (issue 27). Every other
+    offspring raises here; an 8-atom Lennard-Jones crystal keeps it cheap."""
+    from ase_ga.offspring_creator import OperationSelector
+
+    from jaxinv.relax import FireConfig
+    from jaxinv.search import SearchSpace
+
+    bs = bc._bench_search()
+    space, pot, _, _, _, _ = bs.case("lj_fcc8")
+    bs.PREPARED["lj_raise"] = (space, pot, FireConfig(fmax=0.05, max_steps=5), 8, 24,
+                               {"energy_per_atom": -np.inf, "tol": 0.0})
+    original, calls = OperationSelector.get_new_individual, [0]
+
+    def flaky(self, candidates):
+        calls[0] += 1
+        if calls[0] % 2:
+            raise np.linalg.LinAlgError("Eigenvalues did not converge")
+        return original(self, candidates)
+
+    monkeypatch.setattr(OperationSelector, "get_new_individual", flaky)
+    r = bs.run_ase_ga("lj_raise", 0, 24, workdir=str(tmp_path))
+    assert r["relaxations"] == 24  # 20 starts and 4 offspring, despite the errors
+    assert r["operator_errors"] == (calls[0] + 1) // 2 >= 4
+    assert r["operator_error_types"] == {"LinAlgError": r["operator_errors"]}

@@ -75,6 +75,13 @@ def effective_rates(problem: Problem, config: EAConfig) -> dict:
     return {k: v / total for k, v in rates.items()}
 
 
+@functools.partial(jax.jit, static_argnames=("n",))
+def _draw_operators(key, probs, n):
+    """Indices into the operator table of ``n`` children (one program, not op by op)."""
+    return jax.random.categorical(key, jnp.log(probs), shape=(n,))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "tournament"))
 def _select_parents(key, fitness, valid, n, fraction, tournament):
     """Tournament selection among the best ``fraction`` of valid members; (n, 2) indices."""
     order = jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
@@ -213,9 +220,9 @@ class Evolutionary(Algorithm):
         probs = np.array(list(rates.values()))
         pop = state.population
         n = config.oversample * problem.batch
-        codes = np.asarray(codes_table[np.asarray(jax.random.categorical(k_ops, jnp.log(probs), shape=(n,)))])
-        parents = np.asarray(_select_parents(k_par, jnp.asarray(pop.fitness), jnp.asarray(pop.valid), n,
-                                             config.parent_fraction, config.tournament))
+        codes = np.asarray(codes_table[np.asarray(_draw_operators(k_ops, probs, n=n))])
+        parents = np.asarray(_select_parents(k_par, np.asarray(pop.fitness), np.asarray(pop.valid), n=n,
+                                             fraction=config.parent_fraction, tournament=config.tournament))
         is_random = codes == OP["random"]
         randoms = empty_population(problem, n).crystal
         keys = jax.random.split(k_prop, n)

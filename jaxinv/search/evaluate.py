@@ -5,9 +5,11 @@ A search relaxes a batch of the same size every generation, so its
 slots, every structure padded to the space's ``n_max`` (``bucket=False``), and graph
 sizes that start from the space's generous :func:`~jaxinv.search.composition.graph_floor`,
 only grow, and are lowered once after the first generation if they overshot more than twice. jit then
-compiles a few times per run, not once per generation. On a CPU the last running
-structures are gathered into smaller batches (``compact``); on an accelerator, where a
-batch costs about what one structure does, the batch keeps its size.
+compiles a few times per run, not once per generation. The batch keeps its size to the
+end of each generation (no ``compact``, on a CPU too): gathering the last running
+structures into 4 slots is a second relaxation program, which on one CPU core cost a cold
+SevenNet-0 search of GaP 22 s of its first generation (first batch at 73 s), for 10% per
+generation afterwards (13.6 s against 15.0 s, issue 27).
 
 Searches run in the process's float precision (float32 unless x64 is on): relaxations
 from random starts are compared by enthalpy to meV/atom, far above float32's batch noise.
@@ -25,10 +27,10 @@ __all__ = ["search_relaxer", "enthalpy_per_atom"]
 
 
 def search_relaxer(potential: Potential, config: FireConfig, batch: int, graph_floor: tuple,
-                   chunk_steps: int = 50, compact: bool | None = None) -> RelaxQueue:
+                   chunk_steps: int = 50, compact: bool | None = False) -> RelaxQueue:
     """The relaxation driver of a search: ``batch`` fixed slots of one padded size, graph
-    sizes from ``graph_floor`` = ``(images, capacity)``; ``compact`` (None: the queue's default,
-    on for a CPU)."""
+    sizes from ``graph_floor`` = ``(images, capacity)``; ``compact`` off (module docstring;
+    None: the queue's default, on for a CPU)."""
     return RelaxQueue(potential, config, chunk_steps=chunk_steps, compact=compact, progress=False, precision=None,
                       batch=batch, bucket=False, graph_floor=graph_floor)
 

@@ -78,16 +78,19 @@ def fingerprint(crystal: Crystal, graph: Graph, species: tuple[int, ...], r_max:
 
 
 def compute_fingerprints(crystal: Crystal, species: tuple[int, ...], r_max: float, n_bins: int = 128,
-                         sigma: float = 0.01, chunk: int = 256, graphs=None) -> np.ndarray:
+                         sigma: float = 0.01, chunk: int = 256, graphs=None, pad: bool = False) -> np.ndarray:
     """Fingerprints of a host batch (the graph is built on the host at ``r_max``;
     ``graphs``, a :class:`~jaxinv.graph.StickyGraph` at ``r_max``, keeps
-    its shapes fixed across calls)."""
+    its shapes fixed across calls), ``chunk`` structures per call; ``pad``: a short
+    chunk is padded with repeats of its rows to ``chunk``, so every call has one shape."""
     out = []
     for start in range(0, crystal.batch_size, chunk):
         c = crystal[start:start + chunk].to_host()
-        c = Crystal(c.lattice, c.frac, c.numbers, c.mask, {})
+        k = c.batch_size
+        rows = np.resize(np.arange(k), chunk) if pad and k < chunk else np.arange(k)
+        c = Crystal(c.lattice[rows], c.frac[rows], c.numbers[rows], c.mask[rows], {})
         g = graphs(c) if graphs is not None else neighbor_graph(c, r_max)
-        out.append(np.asarray(fingerprint(c, g, tuple(int(z) for z in species), float(r_max), n_bins, sigma)))
+        out.append(np.asarray(fingerprint(c, g, tuple(int(z) for z in species), float(r_max), n_bins, sigma))[:k])
     return np.concatenate(out) if out else np.zeros((0, len(species) * (len(species) + 1) // 2 * n_bins))
 
 
