@@ -528,6 +528,8 @@ def test_cli_train_and_generate(tmp_path):
                 e = [float(r["energy_per_atom"]) for r in ranked]
                 assert np.isfinite(e).all() and e[0] == min(e)
         assert all(r["status"] == ("sampled" if pot == "none" else r["status"]) for r in rows)
+        cifs = sorted(q.name for q in (tmp_path / pot / "predicted").iterdir())
+        assert cifs and all(c.endswith("_rank1.cif") or c.endswith("_rank2.cif") for c in cifs), cifs
     with pytest.raises(Exception, match="composition"):
         run_experiment("predict_structure", [f"model={run}", "composition=SrXx3", f"out_dir={tmp_path / 'bad'}"])
 

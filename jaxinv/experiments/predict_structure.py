@@ -103,7 +103,7 @@ def main(cfg, run):
         w.writerows(rows)
     best = [r for r in rows if r["rank"] and r["rank"] <= cfg.n_cif and r["best_of_group"]]
     write_cifs([structures[r["candidate"]] for r in best], run.out_dir / "predicted",
-               names=[f"{r['given']}_rank{r['rank']}.cif" for r in best])
+               names=[f"{r['given']}_rank{r['rank']}" for r in best])
     write_extxyz(samples, run.path("samples.extxyz"))
     summary = {}
     for f in formulas:
