@@ -118,7 +118,9 @@ def test_jaxinv_method_names():
 
 def _smoke(tmp_path, method, budget=60.0):
     row = bc.target_row("mp-8882")
-    r = bc.launch(row, method, 0, budget, tmp_path, core=0)
+    # not pinned: a test cannot know which core is free (pinned to core 0 beside a benchmark there, the
+    # worker got half a core and no structure in the minute)
+    r = bc.launch(row, method, 0, budget, tmp_path, core=None)
     assert "error_tail" not in r, r.get("error_tail")
     assert r["killed_at_budget"] and r["wall_s"] < budget + 5
     (row,) = bc.score(tmp_path, budget=budget)  # SevenNet-0 re-evaluation of the stream
