@@ -120,6 +120,10 @@ def main(cfg, run):
     else:
         model, params = load_model(cfg.model)
         kind = model.config.kind
+        given = targets.items() if isinstance(targets, dict) else ()  # a str is a composition (GAN)
+        windows = [k for k, v in given if not isinstance(v, (int, float))]
+        if windows:
+            raise ValueError(f"targets: {kind} models take one value per property, not a window ({windows[0]})")
         print(f"{kind} (condition: {model.config.condition}) trained on {model.dataset}; "
               f"sampling {cfg.n}" + (f" with targets {targets}" if targets else ""))
         samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(cfg.seed), cfg.n, targets, cfg.batch_size)
