@@ -532,6 +532,8 @@ def test_cli_train_and_generate(tmp_path):
         assert cifs and all(c.endswith("_rank1.cif") or c.endswith("_rank2.cif") for c in cifs), cifs
     with pytest.raises(Exception, match="composition"):
         run_experiment("predict_structure", [f"model={run}", "composition=SrXx3", f"out_dir={tmp_path / 'bad'}"])
+    with pytest.raises(Exception, match="composition.*Sr2Zr2O6.*at most 5"):  # before any sampling
+        run_experiment("predict_structure", [f"model={run}", "composition=Sr2Zr2O6", f"out_dir={tmp_path / 'big'}"])
 
 
 @pytest.mark.slow  # 90 s; the guidance arithmetic is test_classifier_free_guidance's

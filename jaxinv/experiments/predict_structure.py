@@ -27,8 +27,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from jaxinv.config import (OptionalPotentialConfig, Rule, RunConfig, at_least, checked, existing_path, formula,
-                           load_configured_potential)
+from jaxinv.config import (ConfigError, OptionalPotentialConfig, Rule, RunConfig, at_least, checked, existing_path,
+                           formula, load_configured_potential)
 
 
 @dataclass
@@ -73,7 +73,11 @@ def main(cfg, run):
     if model.config.mode != "csp":
         raise ValueError(f"model: {cfg.model} is a {model.config.mode} model; structure prediction needs a CSP one")
     formulas = [str(f) for f in _formulas(cfg.composition)]
-    model.csp_inputs(formulas)  # fails early, naming the formula, on an unknown element or too many atoms
+    for f in formulas:  # fail before sampling, naming the field and formula (unknown element, too many atoms)
+        try:
+            model.csp_inputs([f])
+        except (ValueError, KeyError) as err:
+            raise ConfigError("composition", f"{f}: {err}") from None
     given = [f for f in formulas for _ in range(cfg.k)]
     print(f"{cfg.k} candidates for each of {', '.join(formulas)} from the CSP model trained on {model.dataset}")
     samples = model.sample(params, jax.random.PRNGKey(cfg.seed), compositions=given, seed=cfg.seed,
@@ -111,7 +115,7 @@ def main(cfg, run):
         n_groups = max((r["rank"] or 0 for r in rows if r["given"] == f), default=0)
         summary[f] = {"best_spacegroup": top and top["spacegroup"], "best_energy_per_atom": top and top["energy_per_atom"],
                       "distinct": n_groups, "failed": sum(r["given"] == f and not r["rank"] for r in rows)}
-        print(f"{f}: {n_groups} distinct structures among {cfg.k} candidates"
+        print(f"{f}: {n_groups} distinct structure{'s' if n_groups != 1 else ''} among {cfg.k} candidates"
               + (f"; best: space group {top['spacegroup']}" if top else "")
               + (f", {top['energy_per_atom']:.4f} eV/atom ({potential.name})" if top and potential else "")
               + (f"; {summary[f]['failed']} failed relaxations" if summary[f]["failed"] else ""))
