@@ -256,6 +256,89 @@ def cmd_energy(args):
     return out
 
 
+def _relaxed_energies(crystal, pot, max_steps):
+    """Relax with the potential; per-atom energies (NaN where the relaxation failed),
+    the relaxed crystal and the status counts."""
+    from jaxinv.relax import energy_per_atom, failed, relax, status_names
+
+    relaxed = relax(crystal, pot, max_steps=max_steps, progress=False)
+    ok = ~failed(relaxed)
+    names = status_names(relaxed)
+    return np.where(ok, energy_per_atom(relaxed), np.nan), relaxed, {s: names.count(s) for s in set(names)}
+
+
+def cmd_stability(args):
+    """Stability and an S.U.N.-style rate of de novo samples (carbon_24 in issue 26).
+
+    Protocol: the reference is the lowest SevenNet-0 energy per atom of the training
+    structures after relaxation (every training structure gets a single point; the
+    ``--n-ref`` lowest are relaxed and the minimum is taken). Each sample is relaxed
+    with SevenNet-0 (FIRE + Frechet cell filter, fmax 0.05, at most ``--max-steps``);
+    a failed relaxation (collapse, NaN) is not stable. Stable: relaxed energy within
+    ``--threshold`` eV/atom of the reference. Unique and novel are judged on the
+    relaxed structures with StructureMatcher (stol 0.5, angle_tol 10, ltol 0.3)
+    against the training split; S.U.N. = stable and unique and novel, over all
+    samples. The same protocol is applied to pyxtal random structures with the
+    samples' atom counts, and to the test split, so the rate has two anchors."""
+    from jaxinv.crystal import Crystal
+    from jaxinv.data import load_dataset
+    from jaxinv.metrics import structure_validity
+    from jaxinv.metrics.matching import uniqueness_novelty
+    from jaxinv.metrics.stability import potential_energy_fn
+    from jaxinv.potentials.registry import load_potential
+    from jaxinv.search.composition import SearchSpace
+    from jaxinv.search.seeds import random_crystals
+
+    model, params = _load(args.model)
+    ds = load_dataset(model.dataset)
+    train, test = ds.subset("train"), ds.subset("test")
+    pot = load_potential("sevennet0")
+    t0 = time.perf_counter()
+    train_structures = train.structures()
+    e_sp = np.asarray(potential_energy_fn(pot)(train_structures)) / np.array([len(s) for s in train_structures])
+    lowest = np.argsort(e_sp)[: args.n_ref]
+    e_ref_relaxed, _, _ = _relaxed_energies(train.crystal(lowest, bucket=False), pot, args.max_steps)
+    e_ref = float(np.nanmin(e_ref_relaxed))
+    out = {"model": str(args.model), "dataset": model.dataset, "n": args.n, "threshold": args.threshold,
+           "max_steps": args.max_steps, "reference": {
+               "e_ref": e_ref, "lowest_single_point": float(e_sp[lowest[0]]), "n_relaxed": len(lowest),
+               "formula_of_ref": train_structures[int(lowest[int(np.nanargmin(e_ref_relaxed))])].composition.formula,
+               "seconds": time.perf_counter() - t0}, "runs": []}
+    print(json.dumps(out["reference"]), flush=True)
+    samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+    # pyxtal random structures with the samples' atom counts (one-element datasets only)
+    elements = {e.symbol for s in train_structures for e in s.composition}
+    pyx = None
+    if len(elements) == 1:
+        rng = np.random.default_rng(args.seed)
+        symbol = elements.pop()
+        pyx = Crystal.concatenate([random_crystals(SearchSpace.fixed(f"{symbol}{int(c)}"), 1, rng)[0]
+                                   .pad(int(samples.n_max)) for c in np.asarray(samples.n_atoms)])
+    sets = [("jaxinv_diffusion", samples, dt), ("test_split", test.crystal(bucket=False), 0.0)]
+    if pyx is not None:
+        sets.insert(1, ("pyxtal_random", pyx, 0.0))
+    for name, crystal, gen_s in sets:
+        t0 = time.perf_counter()
+        valid = structure_validity(crystal).valid
+        e1, relaxed, statuses = _relaxed_energies(crystal, pot, args.max_steps)
+        ok = np.isfinite(e1)
+        stable = ok & (e1 - e_ref <= args.threshold)
+        un = uniqueness_novelty(relaxed.to_structures(), train_structures, include=ok, n_jobs=args.n_jobs)
+        sun = stable & un["unique_novel"]
+        n = len(crystal)
+        rec = {"set": name, "n": n, "generate_s": gen_s, "relax_s": time.perf_counter() - t0, "statuses": statuses,
+               "valid_as_sampled": float(valid.mean()), "relax_ok": float(ok.mean()),
+               "stable": float(stable.sum() / n), "unique_novel": float(un["unique_novel"].sum() / n),
+               "sun": float(sun.sum() / n),
+               "sun_among_unique_novel": float(sun.sum() / max(1, un["unique_novel"].sum())),
+               "e_above_ref": {q: float(np.nanpercentile(e1 - e_ref, q)) for q in (5, 25, 50, 75, 95)}
+               if ok.any() else {}}
+        out["runs"].append(rec)
+        print(json.dumps(rec), flush=True)
+        _save(args, out)
+    return out
+
+
 def _save(args, out):
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +348,7 @@ def _save(args, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("csp", "guidance", "denovo", "energy"):
+    for name in ("csp", "guidance", "denovo", "energy", "stability"):
         s = sub.add_parser(name)
         s.add_argument("--model", required=True, help="a train_generative model=diffcsp run folder")
         s.add_argument("--seed", type=int, default=0)
@@ -280,8 +363,11 @@ def main(argv=None):
             s.add_argument("--window", type=float, nargs=2, default=[1.5, 3.0])
             s.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
             s.add_argument("--verifier", default=None, help="a train_property model folder")
-        if name == "energy":
+        if name in ("energy", "stability"):
             s.add_argument("--max-steps", type=int, default=300)
+        if name == "stability":
+            s.add_argument("--threshold", type=float, default=0.1, help="eV/atom above the reference")
+            s.add_argument("--n-ref", type=int, default=32, help="lowest training structures relaxed")
     args = p.parse_args(argv)
     args.out = args.out or str(OUT / f"{args.cmd}_{Path(args.model).name}.json")
     return globals()[f"cmd_{args.cmd}"](args)

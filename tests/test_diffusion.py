@@ -569,3 +569,19 @@ def test_cli_periodic_denoiser(tmp_path):
         run_experiment("train_generative", ["model=diffcsp", "diffusion.denoiser=egnn", f"out_dir={tmp_path / 'bad'}"])
     with pytest.raises(ValueError, match="denoiser"):
         DiffusionConfig(denoiser="egnn").validate()
+
+
+def test_cli_train_only(tmp_path):
+    """n_samples=0 trains and saves without sampling (was a ZeroDivision/range error
+    after training); sampling nothing from the library is a clear error."""
+    from jaxinv.cli import run_experiment
+
+    run = tmp_path / "train"
+    res = run_experiment("train_generative", [
+        "model=diffcsp", "diffusion.hidden=8", "diffusion.layers=1", "diffusion.n_steps=5", "data.limit=16",
+        "train.steps=1", "train.batch_size=4", "n_samples=0", "evaluate=false", "progress=false", f"out_dir={run}"])
+    assert res["steps"] == 1 and "sampling" not in res
+    assert not (run / "samples").exists()
+    model, params = CrystalDiffusion.load(run / "checkpoint")
+    with pytest.raises(ValueError, match="zero structures|nothing to sample"):
+        model.sample(params, jax.random.PRNGKey(0), compositions=[])

@@ -151,6 +151,9 @@ def main(cfg, run):
     results = {"model": model.to_dict(), "n_params": int(n_params), "train_seconds_this_session": train_s,
                "steps": int(state.step), "history": history}
 
+    if cfg.n_samples == 0:  # train and save only
+        run.save_json(results)
+        return results
     samples, dt, rate = sample_timed(model, params, jax.random.PRNGKey(cfg.seed + 1), cfg.n_samples)
     results["sampling"] = {"n": cfg.n_samples, "seconds": dt, "crystals_per_second": rate}
     print(f"sampled {cfg.n_samples} crystals in {dt:.2f} s ({rate:.0f} / s, decoding included)")
@@ -216,6 +219,9 @@ def train_diffusion(cfg, run):
     results = {"model": model.to_dict(), "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
                "train_seconds": train_s, "steps": history[-1]["step"] if history else 0, "history": history}
 
+    if cfg.n_samples == 0:  # train and save only
+        run.save_json(results)
+        return results
     test = ds.subset("test")
     supported = np.isin(test.numbers, model.vocab.numbers)
     ok = np.array([supported[a:b].all() for a, b in zip(test.offsets[:-1], test.offsets[1:])], bool)

@@ -584,6 +584,8 @@ class CrystalDiffusion:
                 raise ValueError("a de novo model needs n")
             types, mask = self.de_novo_inputs(np.random.default_rng(seed), n)
         total, size = len(types), min(batch_size, len(types))
+        if total == 0:
+            raise ValueError("nothing to sample: n = 0 or no compositions")
         y, has_y = self._targets(np.random.default_rng((seed, 1)), total, target)
         sampler = self.sampler(guided=target is not None and guidance != 0)
         parts = []
