@@ -278,8 +278,9 @@ def cmd_stability(args):
     ``--threshold`` eV/atom of the reference. Unique and novel are judged on the
     relaxed structures with StructureMatcher (stol 0.5, angle_tol 10, ltol 0.3)
     against the training split; S.U.N. = stable and unique and novel, over all
-    samples. The same protocol is applied to pyxtal random structures with the
-    samples' atom counts, and to the test split, so the rate has two anchors."""
+    samples. The same protocol is applied to ``--n-anchor`` pyxtal random structures
+    with the first samples' atom counts, and to the first ``--n-anchor`` test
+    structures, so the rate has two anchors."""
     from jaxinv.crystal import Crystal
     from jaxinv.data import load_dataset
     from jaxinv.metrics import structure_validity
@@ -313,8 +314,9 @@ def cmd_stability(args):
         rng = np.random.default_rng(args.seed)
         symbol = elements.pop()
         pyx = Crystal.concatenate([random_crystals(SearchSpace.fixed(f"{symbol}{int(c)}"), 1, rng)[0]
-                                   .pad(int(samples.n_max)) for c in np.asarray(samples.n_atoms)])
-    sets = [("jaxinv_diffusion", samples, dt), ("test_split", test.crystal(bucket=False), 0.0)]
+                                   .pad(int(samples.n_max)) for c in np.asarray(samples.n_atoms)[:args.n_anchor]])
+    sets = [("jaxinv_diffusion", samples, dt),
+            ("test_split", test.crystal(np.arange(min(args.n_anchor, len(test))), bucket=False), 0.0)]
     if pyx is not None:
         sets.insert(1, ("pyxtal_random", pyx, 0.0))
     for name, crystal, gen_s in sets:
@@ -368,6 +370,7 @@ def main(argv=None):
         if name == "stability":
             s.add_argument("--threshold", type=float, default=0.1, help="eV/atom above the reference")
             s.add_argument("--n-ref", type=int, default=32, help="lowest training structures relaxed")
+            s.add_argument("--n-anchor", type=int, default=64, help="pyxtal and test structures given the protocol")
     args = p.parse_args(argv)
     args.out = args.out or str(OUT / f"{args.cmd}_{Path(args.model).name}.json")
     return globals()[f"cmd_{args.cmd}"](args)
