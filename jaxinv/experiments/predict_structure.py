@@ -165,13 +165,6 @@ def _row(given, i, s, e, status, rank, size, best_of_group, best) -> dict:
 
 
 def _spacegroup(s, symprec: float = 0.1) -> int | None:
-    import warnings
+    from jaxinv.metrics.structure import space_group_number
 
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return int(SpacegroupAnalyzer(s, symprec=symprec).get_space_group_number())
-    except Exception:
-        return None
+    return space_group_number(s, symprec)

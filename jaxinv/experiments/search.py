@@ -8,8 +8,9 @@
 
 Writes ``history.db`` (ASE database of every relaxed structure: energy, fitness,
 operator, parents), ``convergence.png``, ``best.cif``, ``summary.json``, and
-``front.csv`` (Pareto front, two objectives) or ``hull.csv`` (composition
-range). Rerunning with ``out_dir=<the same folder>`` resumes the search.
+``front.csv`` (Pareto front, two objectives) or, for a composition range,
+``hull.csv`` (the best structure of each reduced composition: enthalpy, formation
+enthalpy, distance above the final hull, space group) and ``hull.png``. Rerunning with ``out_dir=<the same folder>`` resumes the search.
 """
 from __future__ import annotations
 
@@ -245,18 +246,24 @@ def main(cfg, run):
                 fh.write(f"{r['ident']},{r['fitness']:.6f},{r['objective1']:.6f},{r['enthalpy']:.6f}\n")
         summary["pareto_front"] = len(front)
     if problem.space.variable:
-        from ase.db import connect
+        from jaxinv.search.history import hull_table, plot_hull
 
-        best_by = {}
-        db = connect(str(run.out_dir / "history.db"))
-        for row in db.select():
-            f = row.formula
-            if f not in best_by or row.enthalpy < best_by[f][0]:
-                best_by[f] = (row.enthalpy, row.fitness, row.key_value_pairs["ident"])
+        try:
+            table = hull_table(run.out_dir / "history.db")
+        except ValueError as e:  # an element never relaxed successfully
+            log.warning("no convex hull: %s", e)
+            table = []
+        fields = ["formula", "enthalpy_per_atom", "formation_per_atom", "e_above_hull", "on_hull", "space_group",
+                  "structures", "ident"]
         with open(run.path("hull.csv"), "w") as fh:
-            fh.write("formula,enthalpy_per_atom,e_above_hull_at_evaluation,ident\n")
-            for f, (h, fit, i) in sorted(best_by.items(), key=lambda kv: kv[1][1]):
-                fh.write(f"{f},{h:.6f},{fit:.6f},{i}\n")
+            fh.write(",".join(fields) + "\n")
+            for r in sorted(table, key=lambda r: (not r["on_hull"], r["e_above_hull"])):
+                fh.write(",".join(f"{r[k]:.6f}" if isinstance(r[k], float) else str(r[k]) for k in fields) + "\n")
+        if table:
+            plot_hull(table, run.path("hull.png"), f"{search.name}, {problem.potential.name}: "
+                                                    f"{int(state.relaxations)} relaxations")
+            summary["hull"] = [f"{r['formula']} ({r['space_group']})" for r in table if r["on_hull"]]
+            print("on the hull: " + ", ".join(summary["hull"]))
     print(f"best: {summary['best_formula']} fitness {summary['best_fitness']:.5f} after "
           f"{summary['relaxations']} relaxations")
     run.save_json(summary, "summary.json")

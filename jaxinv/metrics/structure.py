@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxinv.crystal import Crystal, group_by_bucket
 
-__all__ = ["StructureValidity", "structure_validity", "min_distances", "as_arrays", "as_structures", "take"]
+__all__ = ["StructureValidity", "structure_validity", "min_distances", "as_arrays", "as_structures", "take",
+           "space_group_number"]
 
 MIN_DISTANCE = 0.5  # Å, CDVAE's structure_validity cutoff
 MIN_VOLUME = 0.1  # Å^3, CDVAE's 'unrealistically_small_lattice'
@@ -178,3 +179,18 @@ def structure_validity(structures, min_distance: float = MIN_DISTANCE, min_volum
         dmin[idx] = min_distances(([lattices[k] for k in idx], [fracs[k] for k in idx], [numbers[k] for k in idx]),
                                   report_cutoff)
     return StructureValidity(valid=valid, min_distance=dmin, volume=volume)
+
+
+def space_group_number(structure, symprec: float = 0.1) -> int | None:
+    """International space-group number of a pymatgen structure by spglib (through
+    pymatgen's SpacegroupAnalyzer) at ``symprec`` Å, or None where spglib fails."""
+    import warnings
+
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
+    except Exception:
+        return None

@@ -22,7 +22,7 @@ import numpy as np
 from jaxinv.crystal import Crystal
 from jaxinv.relax.fire import STATUS_NAMES
 
-__all__ = ["History", "convergence_curve", "plot_convergence"]
+__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "plot_hull"]
 
 
 class History:
@@ -97,6 +97,90 @@ def plot_convergence(rows: list[dict], path: str | Path, title: str = "", target
     ax.set_ylabel("best fitness (eV/atom)")
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
+    """The convex hull of a variable-composition run, from its ``history.db``.
+
+    The lowest enthalpy per atom of each reduced composition among the structures
+    whose relaxation did not fail (a failed or non-finite row is never a phase),
+    then a pymatgen ``PhaseDiagram`` of those: each row gives the reduced formula,
+    the enthalpy (eV/atom), the formation enthalpy against the run's own elemental
+    phases, the distance above the final hull (the fitness stored in the history is
+    the distance at evaluation time, against the hull known then), ``on_hull``,
+    the space group of that structure (spglib, ``symprec`` Å), its history ident
+    and how many structures of the composition were relaxed. Sorted by the
+    fraction of the heavier element. Raises ``ValueError`` when an element has no
+    successful structure, since no hull can be drawn then."""
+    from ase.db import connect
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from jaxinv.metrics.structure import space_group_number
+
+    best: dict[str, tuple] = {}
+    counts: dict[str, int] = {}
+    for row in connect(str(path)).select():
+        formula = Composition(row.formula).reduced_formula
+        counts[formula] = counts.get(formula, 0) + 1
+        h = float(row.enthalpy)
+        if str(row.get("status", "")).startswith("failed") or not np.isfinite(h) or h >= 1e299:
+            continue
+        if formula not in best or h < best[formula][0]:
+            best[formula] = (h, row.id, int(row.ident))
+    elements = sorted({el for f in counts for el in Composition(f).elements}, key=lambda e: e.Z)
+    pure = {Composition(f).elements[0] for f in best if len(Composition(f).elements) == 1}
+    missing = [e.symbol for e in elements if e not in pure]
+    if missing:
+        raise ValueError(f"no successful structure of {', '.join(missing)}: no hull")
+    entries = {f: PDEntry(Composition(f), h * Composition(f).num_atoms, name=f) for f, (h, _, _) in best.items()}
+    pd = PhaseDiagram(list(entries.values()))
+    db = connect(str(path))
+    table = []
+    for f, (h, row_id, ident) in best.items():
+        entry = entries[f]
+        structure = AseAtomsAdaptor.get_structure(db.get_atoms(id=row_id))
+        e_above = float(pd.get_e_above_hull(entry))
+        table.append({"formula": f, "fraction": float(Composition(f).get_atomic_fraction(elements[-1])),
+                      "enthalpy_per_atom": h, "formation_per_atom": float(pd.get_form_energy_per_atom(entry)),
+                      "e_above_hull": e_above, "on_hull": e_above < 1e-8,
+                      "space_group": space_group_number(structure, symprec), "ident": ident,
+                      "structures": counts[f]})
+    return sorted(table, key=lambda r: (r["fraction"], r["formula"]))
+
+
+def plot_hull(table: list[dict], path: str | Path, title: str = "") -> Path:
+    """Formation enthalpy against composition (PNG): the hull's phases joined by the
+    hull, every other composition's best as an open marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pymatgen.core import Composition
+
+    heavier = max((el for r in table for el in Composition(r["formula"]).elements), key=lambda e: e.Z)
+    lighter = min((el for r in table for el in Composition(r["formula"]).elements), key=lambda e: e.Z)
+    x = np.array([r["fraction"] for r in table])
+    y = np.array([r["formation_per_atom"] for r in table])
+    on = np.array([r["on_hull"] for r in table])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(x[on], y[on], "-o", color="C0", label="convex hull")
+    ax.plot(x[~on], y[~on], "o", mfc="none", color="C1", label="best of other compositions")
+    for r in table:
+        if r["on_hull"] and 0 < r["fraction"] < 1:
+            ax.annotate(f"{r['formula']} ({r['space_group']})", (r["fraction"], r["formation_per_atom"]),
+                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel(f"fraction of {heavier.symbol} in {lighter.symbol}-{heavier.symbol}")
+    ax.set_ylabel("formation enthalpy (eV/atom)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
