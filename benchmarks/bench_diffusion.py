@@ -194,7 +194,14 @@ def cmd_denovo(args):
 
     model, params = _load(args.model)
     ds = load_dataset(model.dataset)
-    samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+    if args.samples:  # e.g. those the stability run drew and saved
+        from jaxinv.crystal import Crystal
+        from jaxinv.io import read_structures
+
+        samples, dt = Crystal.from_structures(read_structures(args.samples)), float("nan")
+        args.n = len(samples)
+    else:
+        samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
     t0 = time.perf_counter()
     metrics, _ = generation_metrics(samples, model.dataset, ds.subset("test").structures(),
                                     ds.subset("train").structures(), n_jobs=args.n_jobs, progress=False)
@@ -307,6 +314,10 @@ def cmd_stability(args):
                "seconds": time.perf_counter() - t0}, "runs": []}
     print(json.dumps(out["reference"]), flush=True)
     samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+    from jaxinv.io import write_extxyz
+
+    # as sampled, in the model's run folder: `denovo --samples` scores the same ones
+    write_extxyz(samples, Path(args.model) / "stability_samples.extxyz")
     # pyxtal random structures with the samples' atom counts (one-element datasets only)
     elements = {e.symbol for s in train_structures for e in s.composition}
     pyx = None
@@ -361,6 +372,8 @@ def main(argv=None):
         if name == "csp":
             s.add_argument("--k", type=int, default=20)
             s.add_argument("--k20-limit", type=int, default=100, help="test compositions given k candidates")
+        if name == "denovo":
+            s.add_argument("--samples", default=None, help="score these saved samples (extxyz) instead of sampling")
         if name == "guidance":
             s.add_argument("--window", type=float, nargs=2, default=[1.5, 3.0])
             s.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
