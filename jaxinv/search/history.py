@@ -170,8 +170,16 @@ def plot_hull(table: list[dict], path: str | Path, title: str = "") -> Path:
     y = np.array([r["formation_per_atom"] for r in table])
     on = np.array([r["on_hull"] for r in table])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    # far-off compositions (poorly sampled, or unstable) would squash the hull: they are
+    # drawn at the top edge as triangles
+    top = max(0.05, 0.5 * abs(min(float(y.min()), 0.0)))
+    off = y > top
     ax.plot(x[on], y[on], "-o", color="C0", label="convex hull")
-    ax.plot(x[~on], y[~on], "o", mfc="none", color="C1", label="best of other compositions")
+    ax.plot(x[~on & ~off], y[~on & ~off], "o", mfc="none", color="C1", label="best of other compositions")
+    if off.any():
+        ax.plot(x[off], np.full(off.sum(), top), "^", mfc="none", color="C3",
+                label=f"{int(off.sum())} above {top:.2f} eV/atom")
+    ax.set_ylim(min(float(y.min()), 0.0) - 0.05, top + 0.03)
     for r in table:
         if r["on_hull"] and 0 < r["fraction"] < 1:
             ax.annotate(f"{r['formula']} ({r['space_group']})", (r["fraction"], r["formation_per_atom"]),
