@@ -333,3 +333,22 @@ def test_hull_fitness_is_the_distance_above_the_binary_hull():
     (out,) = hull_fitness(problem, best, [pop])
     np.testing.assert_allclose(out.fitness, [0.0, 0.0, 0.5], atol=1e-9)
     np.testing.assert_allclose(np.asarray(out.objectives)[:, 0], out.fitness)
+
+
+def test_random_compositions_are_uniform_over_reduced_compositions():
+    """Ga-Ti with 2-10 atoms: 63 cells, 33 reduced compositions. Each reduced
+    composition is drawn with probability 1/33 (the elements had 9/63 each when cells
+    were drawn uniformly); a fixed composition takes exactly one draw, as before."""
+    from math import gcd
+
+    space = SearchSpace.binary("Ga", "Ti", 2, 10)
+    assert len(space.compositions) == 63
+    reduced = lambda c: tuple(k // gcd(*c) for k in c)
+    rng = np.random.default_rng(0)
+    draws = [reduced(space.compositions[space.draw_composition(rng)]) for _ in range(33000)]
+    kinds, counts = np.unique(np.array(draws), axis=0, return_counts=True)
+    assert len(kinds) == 33  # 2 elements and the 31 coprime x:y with x + y <= 10
+    assert np.abs(counts / 33000 - 1 / 33).max() < 0.004  # ~4 standard errors
+    fixed = SearchSpace.fixed("Ga2Ti2")
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert fixed.draw_composition(a) == 0 and a.integers(1 << 30) == (b.integers(1), b.integers(1 << 30))[1]

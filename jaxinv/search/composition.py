@@ -120,6 +120,29 @@ class SearchSpace:
         except ValueError:
             return -1
 
+    def draw_composition(self, rng: np.random.Generator) -> int:
+        """A composition index for a random structure: a reduced composition drawn
+        uniformly, then one of its cells. Drawing cells uniformly would give each
+        element of a Ga-Ti range with 2-10 atoms 9 of the 63 cells, and it did: a
+        SevenNet-0 hull run spent 181 of its 464 relaxations on the two elements.
+        A fixed composition takes one draw, as before."""
+        if not self.variable:
+            return int(rng.integers(1))
+        groups = self._reduced_groups()
+        cells = groups[int(rng.integers(len(groups)))]
+        return int(cells[int(rng.integers(len(cells)))])
+
+    def _reduced_groups(self) -> list[list[int]]:
+        """Composition indices grouped by reduced composition (ordered by first index)."""
+        import math
+        from functools import reduce
+
+        groups: dict[tuple, list[int]] = {}
+        for i, comp in enumerate(self.compositions):
+            g = reduce(math.gcd, comp)
+            groups.setdefault(tuple(k // g for k in comp), []).append(i)
+        return list(groups.values())
+
     def formula(self, composition_index: int) -> str:
         from pymatgen.core import Element
 

@@ -105,7 +105,7 @@ def _shared_tolerances():
 
 def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fraction: float = 0.1,
                     max_tries: int = 50, symmetric: bool = True) -> tuple[Crystal, np.ndarray]:
-    """``n`` random crystals of the space's compositions (drawn uniformly), by pyxtal.
+    """``n`` random crystals of the space's compositions (:meth:`SearchSpace.draw_composition`), by pyxtal.
 
     Each gets a random compatible space group (P1 with probability
     ``p1_fraction``, or always with ``symmetric=False``). When the space sets
@@ -122,7 +122,7 @@ def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fra
         if tries > max_tries * max(n, 1):
             raise RuntimeError(f"could not draw {n} random crystals in {tries} tries (min_distance "
                                f"{space.min_distance:.2f} Å, volume/atom {space.volume_per_atom}); loosen them")
-        ci = int(rng.integers(len(space.compositions)))
+        ci = space.draw_composition(rng)
         comp = space.compositions[ci]
         species = tuple(Element.from_Z(z).symbol for z, k in zip(space.elements, comp) if k)
         counts = tuple(k for k in comp if k)
@@ -168,7 +168,7 @@ def random_clusters(space: SearchSpace, n: int, rng: np.random.Generator,
     v_atom = space.volume_per_atom or space.bond_length**3 / np.sqrt(2.0)
     lattices, fracs, numbers, masks, cis = [], [], [], [], []
     for _ in range(n):
-        ci = int(rng.integers(len(space.compositions)))
+        ci = space.draw_composition(rng)
         z, mask = space.numbers(ci)
         k = int(mask.sum())
         radius = (3.0 * k * v_atom / (4.0 * np.pi)) ** (1.0 / 3.0)
