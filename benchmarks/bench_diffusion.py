@@ -303,21 +303,30 @@ def cmd_stability(args):
     pot = load_potential("sevennet0")
     t0 = time.perf_counter()
     train_structures = train.structures()
-    e_sp = np.asarray(potential_energy_fn(pot)(train_structures)) / np.array([len(s) for s in train_structures])
-    lowest = np.argsort(e_sp)[: args.n_ref]
-    e_ref_relaxed, _, _ = _relaxed_energies(train.crystal(lowest, bucket=False), pot, args.max_steps)
-    e_ref = float(np.nanmin(e_ref_relaxed))
-    out = {"model": str(args.model), "dataset": model.dataset, "n": args.n, "threshold": args.threshold,
-           "max_steps": args.max_steps, "reference": {
-               "e_ref": e_ref, "lowest_single_point": float(e_sp[lowest[0]]), "n_relaxed": len(lowest),
-               "formula_of_ref": train_structures[int(lowest[int(np.nanargmin(e_ref_relaxed))])].composition.formula,
-               "seconds": time.perf_counter() - t0}, "runs": []}
-    print(json.dumps(out["reference"]), flush=True)
-    samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
-    from jaxinv.io import write_extxyz
+    if args.e_ref is None:
+        e_sp = np.asarray(potential_energy_fn(pot)(train_structures)) / np.array([len(s) for s in train_structures])
+        lowest = np.argsort(e_sp)[: args.n_ref]
+        e_ref_relaxed, _, _ = _relaxed_energies(train.crystal(lowest, bucket=False), pot, args.max_steps)
+        reference = {"e_ref": float(np.nanmin(e_ref_relaxed)), "lowest_single_point": float(e_sp[lowest[0]]),
+                     "n_relaxed": len(lowest), "seconds": time.perf_counter() - t0,
+                     "formula_of_ref": train_structures[int(lowest[int(np.nanargmin(e_ref_relaxed))])]
+                     .composition.formula}
+    else:  # from an earlier run of this protocol
+        reference = {"e_ref": args.e_ref, "given": True}
+    e_ref = reference["e_ref"]
+    out = {"model": str(args.model), "dataset": model.dataset, "threshold": args.threshold,
+           "max_steps": args.max_steps, "reference": reference, "runs": []}
+    print(json.dumps(reference), flush=True)
+    from jaxinv.io import read_structures, write_extxyz
 
-    # as sampled, in the model's run folder: `denovo --samples` scores the same ones
-    write_extxyz(samples, Path(args.model) / "stability_samples.extxyz")
+    if args.samples:  # saved by an earlier run: the first --n of them
+        samples = Crystal.from_structures(read_structures(args.samples)[:args.n])
+        dt = float("nan")
+    else:
+        samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+        # as sampled, in the model's run folder: `denovo --samples` scores the same ones
+        write_extxyz(samples, Path(args.model) / "stability_samples.extxyz")
+    out["n"] = len(samples)
     # pyxtal random structures with the samples' atom counts (one-element datasets only)
     elements = {e.symbol for s in train_structures for e in s.composition}
     pyx = None
@@ -384,6 +393,8 @@ def main(argv=None):
             s.add_argument("--threshold", type=float, default=0.1, help="eV/atom above the reference")
             s.add_argument("--n-ref", type=int, default=32, help="lowest training structures relaxed")
             s.add_argument("--n-anchor", type=int, default=64, help="pyxtal and test structures given the protocol")
+            s.add_argument("--e-ref", type=float, default=None, help="the reference (eV/atom) of an earlier run")
+            s.add_argument("--samples", default=None, help="saved samples (extxyz) instead of sampling")
     args = p.parse_args(argv)
     args.out = args.out or str(OUT / f"{args.cmd}_{Path(args.model).name}.json")
     return globals()[f"cmd_{args.cmd}"](args)
