@@ -10,7 +10,8 @@ Writes ``history.db`` (ASE database of every relaxed structure: energy, fitness,
 operator, parents), ``convergence.png``, ``best.cif``, ``summary.json``, and
 ``front.csv`` (Pareto front, two objectives) or, for a composition range,
 ``hull.csv`` (the best structure of each reduced composition: enthalpy, formation
-enthalpy, distance above the final hull, space group) and ``hull.png``. Rerunning with ``out_dir=<the same folder>`` resumes the search.
+enthalpy, distance above the final hull, space group) and ``hull.png``. Rerunning
+with ``out_dir=<the same folder>`` resumes the search.
 """
 from __future__ import annotations
 
