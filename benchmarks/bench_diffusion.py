@@ -344,6 +344,8 @@ def cmd_stability(args):
         valid = structure_validity(crystal).valid
         e1, relaxed, statuses = _relaxed_energies(crystal, pot, args.max_steps)
         ok = np.isfinite(e1)
+        if name == "jaxinv_diffusion":  # `denovo --samples` scores the relaxed ones too (failed ones left out)
+            write_extxyz(relaxed[np.flatnonzero(ok)], Path(args.model) / "stability_relaxed.extxyz")
         stable = ok & (e1 - e_ref <= args.threshold)
         un = uniqueness_novelty(relaxed.to_structures(), train_structures, include=ok, n_jobs=args.n_jobs)
         sun = stable & un["unique_novel"]
