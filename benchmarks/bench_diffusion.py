@@ -215,7 +215,6 @@ def cmd_denovo(args):
 def cmd_energy(args):
     from jaxinv.metrics import structure_validity
     from jaxinv.potentials.registry import load_potential
-    from jaxinv.relax import energy_per_atom, failed, relax, status_names
     from jaxinv.metrics.stability import potential_energy_fn
 
     model, params = _load(args.model)
@@ -231,12 +230,10 @@ def cmd_energy(args):
     v0 = structure_validity(samples).valid
     e0 = np.asarray(energy(samples.to_structures())) / samples.n_atoms
     t0 = time.perf_counter()
-    relaxed = relax(samples, pot, max_steps=args.max_steps, progress=False)
+    e1, relaxed, statuses = _relaxed_energies(samples, pot, args.max_steps)
     relax_s = time.perf_counter() - t0
-    ok = ~failed(relaxed)
-    e1 = np.where(ok, energy_per_atom(relaxed), np.nan)
+    ok = np.isfinite(e1)
     v1 = structure_validity(relaxed).valid & ok
-    statuses = {s: status_names(relaxed).count(s) for s in set(status_names(relaxed))}
     q = lambda e: {p: float(np.nanpercentile(e, p)) for p in (5, 25, 50, 75, 95)} if np.isfinite(e).any() else {}
     out = {"model": str(args.model), "n": len(samples), "sample_s": dt, "relax_s": relax_s, "statuses": statuses,
            "valid_before": float(v0.mean()), "valid_after": float(v1.mean()),

@@ -123,9 +123,10 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
 
     from jaxinv.metrics.structure import space_group_number
 
+    db = connect(str(path))
     best: dict[str, tuple] = {}
     counts: dict[str, int] = {}
-    for row in connect(str(path)).select():
+    for row in db.select():
         formula = Composition(row.formula).reduced_formula
         counts[formula] = counts.get(formula, 0) + 1
         h = float(row.enthalpy)
@@ -140,7 +141,6 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
         raise ValueError(f"no successful structure of {', '.join(missing)}: no hull")
     entries = {f: PDEntry(Composition(f), h * Composition(f).num_atoms, name=f) for f, (h, _, _) in best.items()}
     pd = PhaseDiagram(list(entries.values()))
-    db = connect(str(path))
     table = []
     for f, (h, row_id, ident) in best.items():
         entry = entries[f]
