@@ -136,9 +136,11 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
             best[formula] = (h, row.id, int(row.ident))
     elements = sorted({el for f in counts for el in Composition(f).elements}, key=lambda e: e.Z)
     pure = {Composition(f).elements[0] for f in best if len(Composition(f).elements) == 1}
-    missing = [e.symbol for e in elements if e not in pure]
+    missing = [e for e in elements if e not in pure]
     if missing:
-        raise ValueError(f"no successful structure of {', '.join(missing)}: no hull")
+        tried = [sum(n for f, n in counts.items() if Composition(f).elements == [e]) for e in missing]
+        raise ValueError(f"no successful structure of {', '.join(e.symbol for e in missing)} "
+                         f"({', '.join(map(str, tried))} relaxed): no hull; run longer")
     entries = {f: PDEntry(Composition(f), h * Composition(f).num_atoms, name=f) for f, (h, _, _) in best.items()}
     pd = PhaseDiagram(list(entries.values()))
     table = []
