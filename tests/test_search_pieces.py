@@ -352,3 +352,28 @@ def test_random_compositions_are_uniform_over_reduced_compositions():
     fixed = SearchSpace.fixed("Ga2Ti2")
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     assert fixed.draw_composition(a) == 0 and a.integers(1 << 30) == (b.integers(1), b.integers(1 << 30))[1]
+
+
+def test_random_crystals_keep_every_composition_of_a_range():
+    """A Ne-Xe Lennard-Jones range, 1-3 atoms, bond length 3.5 Å (min distance 2.45 Å).
+    pyxtal sizes Ne cells from its radii, below 2.45 Å, and they were all rejected and the
+    composition redrawn: a new user's run got no Ne in 32 random crystals, so no hull.
+    Now a short cell is stretched to the min distance, and a rejected structure is redrawn
+    in the same composition. Each of the 5 reduced compositions gets about 40/5."""
+    from math import gcd
+
+    space = SearchSpace.binary("Ne", "Xe", 1, 3, bond_length=3.5)
+    for symmetric in (False, True):
+        c, ci = random_crystals(space, 40, np.random.default_rng(0), symmetric=symmetric)
+        reduced = [tuple(k // gcd(*space.compositions[i]) for k in space.compositions[i]) for i in ci]
+        kinds, counts = np.unique(np.array(reduced), axis=0, return_counts=True)
+        assert len(kinds) == 5, kinds
+        assert counts.min() >= 3, dict(zip(map(tuple, kinds), counts))  # binomial(40, 1/5) < 3: p = 0.008
+        assert all(_min_distance_ok(c, k, space.min_distance) for k in range(len(ci)))
+
+
+def _min_distance_ok(c, k, limit):
+    from jaxinv.search.seeds import _min_distance_fast
+
+    n = int(c.mask[k].sum())
+    return n == 1 or _min_distance_fast(np.asarray(c.lattice[k]), np.asarray(c.frac[k][:n])) >= limit - 1e-9

@@ -103,6 +103,9 @@ def _shared_tolerances():
         symmetry.check_images = original
 
 
+MAX_EXPANSION = 1.5  # the most a random cell is stretched to reach the space's min_distance
+
+
 def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fraction: float = 0.1,
                     max_tries: int = 50, symmetric: bool = True) -> tuple[Crystal, np.ndarray]:
     """``n`` random crystals of the space's compositions (:meth:`SearchSpace.draw_composition`), by pyxtal.
@@ -110,19 +113,39 @@ def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fra
     Each gets a random compatible space group (P1 with probability
     ``p1_fraction``, or always with ``symmetric=False``). When the space sets
     ``volume_per_atom`` the cell is scaled to it; structures with atoms closer
-    than ``space.min_distance`` are redrawn.
+    than ``space.min_distance`` are redrawn in the same composition. Without a set
+    volume, a cell whose closest pair is short by at most ``MAX_EXPANSION`` is stretched
+    to ``min_distance`` instead.
     """
     from pymatgen.core import Element
     from pyxtal import pyxtal
 
     lattices, fracs, numbers, masks, cis = [], [], [], [], []
     tries = 0
+    ci, slot_tries, given_up = None, 0, set()
     while len(cis) < n:
         tries += 1
         if tries > max_tries * max(n, 1):
             raise RuntimeError(f"could not draw {n} random crystals in {tries} tries (min_distance "
                                f"{space.min_distance:.2f} Å, volume/atom {space.volume_per_atom}); loosen them")
-        ci = space.draw_composition(rng)
+        # A rejected structure is redrawn in the *same* composition: redrawing the
+        # composition would under-sample those that are hard to build (a Ne-Xe range
+        # drew no Ne in 32 structures). In a composition range, one that fails
+        # max_tries times in a row is given up for the rest of this call.
+        if ci is not None and slot_tries >= max_tries and space.variable:
+            given_up.add(ci)
+            log.warning("no valid random crystal of %s in %d tries (min_distance %.2f Å); not drawn again in "
+                        "this batch", space.formula(ci), slot_tries, space.min_distance)
+            ci = None
+        if ci is None:
+            ci, slot_tries = space.draw_composition(rng), 0
+            if ci in given_up:
+                if len(given_up) >= len(space.compositions):
+                    raise RuntimeError(f"no composition of the space gave a valid random crystal in {max_tries} "
+                                       f"tries (min_distance {space.min_distance:.2f} Å); loosen it")
+                ci = None
+                continue
+        slot_tries += 1
         comp = space.compositions[ci]
         species = tuple(Element.from_Z(z).symbol for z, k in zip(space.elements, comp) if k)
         counts = tuple(k for k in comp if k)
@@ -148,13 +171,21 @@ def random_crystals(space: SearchSpace, n: int, rng: np.random.Generator, p1_fra
         frac = s.frac_coords
         if space.volume_per_atom > 0:
             lattice *= (space.volume_per_atom * len(s) / abs(np.linalg.det(lattice))) ** (1.0 / 3.0)
-        if space.min_distance > 0 and _min_distance_fast(lattice, frac) < space.min_distance:
-            continue
+        if space.min_distance > 0:
+            d = _min_distance_fast(lattice, frac)
+            if d < space.min_distance and space.volume_per_atom <= 0 and d * MAX_EXPANSION >= space.min_distance:
+                # pyxtal sizes cells from tabulated radii; when the search's length scale is
+                # longer (a Lennard-Jones Ne-Xe with bond_length 3.5 Å made every Ne cell too
+                # small), stretch the cell to it rather than reject: the volume was free.
+                lattice *= space.min_distance / d * (1 + 1e-9)
+            elif d < space.min_distance:
+                continue
         try:
             lat, f, z, m = _layout(space, ci, lattice, frac, np.array(s.atomic_numbers))
         except ValueError:
             continue
         lattices.append(lat), fracs.append(f), numbers.append(z), masks.append(m), cis.append(ci)
+        ci = None
     return Crystal(np.stack(lattices), np.stack(fracs), np.stack(numbers), np.stack(masks), {}), np.array(cis)
 
 
