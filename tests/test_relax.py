@@ -270,6 +270,32 @@ def test_cpu_batches_hold_a_quarter_of_the_list():
         RelaxQueue(LJ, batch_fraction=0.0)
 
 
+def test_dense_structures_are_relaxed_last_in_their_own_pass():
+    """A collapsed cell (1/6 of the volume: 6x the edges) goes to a second pass, so the
+    others' graphs are not padded to its capacity; their results are unchanged."""
+    regular = rattled(6, seed=15)
+    dense = FCC.copy()
+    dense.scale_lattice(FCC.volume / 6)
+    structures = regular[:3] + [dense] + regular[3:]
+    queue = RelaxQueue(LJ, FireConfig(fmax=1e-3), progress=False)
+    passes, capacities = [], []
+    run_group = queue._run_group
+
+    def recording(crystal, n_slot, pending, *args):
+        passes.append(list(pending))
+        run_group(crystal, n_slot, pending, *args)
+        capacities.append(queue._sizes(n_slot).capacity)
+
+    queue._run_group = recording
+    r = queue.run(structures)
+    assert passes == [[0, 1, 2, 4, 5, 6], [3]]
+    assert capacities[0] * 3 < capacities[1]
+    alone = RelaxQueue(LJ, FireConfig(fmax=1e-3), progress=False).run(regular)
+    assert converged(alone).all()
+    np.testing.assert_array_equal(np.delete(r.labels["steps"], 3), alone.labels["steps"])
+    np.testing.assert_allclose(np.delete(r.labels["energy"], 3), alone.labels["energy"], rtol=1e-9)
+
+
 def test_graph_grows_when_the_cell_shrinks():
     expanded = FCC.copy()
     expanded.scale_lattice(FCC.volume * 2.5)  # relaxes back to a much denser cell
