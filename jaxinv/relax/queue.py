@@ -320,7 +320,7 @@ class RelaxQueue:
         split changes no result. Measured on the first 32 of those samples with SevenNet-0,
         one core, cold: 902 s with the split; without it, unfinished at 1,500 s."""
         if len(members) < 2:
-            return [members]
+            return [members] if len(members) else []
         edges = self._estimated_edges(crystal[members])
         dense = edges > DENSE_FACTOR * np.median(edges)
         return [part for part in (members[~dense], members[dense]) if len(part)]
@@ -409,8 +409,7 @@ class RelaxQueue:
         try:
             for n_slot, members in self._groups(crystal).items():
                 for part in self._dense_last(crystal, np.array([i for i in members if not done[i]], int)):
-                    if len(part):
-                        self._run_group(crystal, n_slot, deque(int(i) for i in part), out, done, bar, save)
+                    self._run_group(crystal, n_slot, deque(int(i) for i in part), out, done, bar, save)
             save(force=True)
         finally:
             if bar is not None:
