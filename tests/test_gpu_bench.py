@@ -25,8 +25,11 @@ def _env(tmp_path, **extra):
 
 def test_smoke_run_records_every_section(tmp_path):
     out = tmp_path / "smoke.json"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke", "--out", str(out)],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    # the sections' soft budgets stay the smoke's; the total (hard limits) is generous, because on
+    # a shared CI machine a section can take twice its budget and this test checks records, not speed
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke", "--out", str(out),
+                           "--total", "480"],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["meta"]["mode"] == "smoke" and data["meta"]["env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
