@@ -33,8 +33,8 @@ Targets: ``shared/data/cspbench/targets.csv``; every search uses the primitive c
 The scorer does not use any method's own success logic: it re-evaluates every saved
 structure of every run of a target with SevenNet-0 (energy per atom = enthalpy per
 atom at zero pressure, no relaxation), drops structures whose closest pair is below
-``FireConfig.min_bond_fraction`` (0.65) times the sum of the two atoms' covalent
-radii (issue 9's collapse rule, the library's constants), takes the lowest over all
+its collapse limit, 0.65 times the sum of the two atoms' covalent radii or 0.72 for
+two atoms of one element (the relaxer's rule, ``jaxinv.relax.fire.collapse_limits``), takes the lowest over all
 methods and seeds as the reference, and reports per run: best − reference
 (meV/atom), solved (within 2 meV/atom), the best structure's spglib space group
 (symprec 0.1) against the Materials Project one, and the time to the first solved
@@ -100,26 +100,23 @@ def load_sevennet():
 
 
 # --------------------------------------------------------- the collapse rule
-def closest_bond_fraction(structure) -> float:
-    """Closest pair over all periodic images, over the sum of its two atoms' covalent
-    radii (the table the relaxer's FAILED_COLLAPSE check uses)."""
-    from jaxinv.relax.fire import covalent_radii
+def closest_over_limit(structure) -> float:
+    """Closest pair over all periodic images, over its collapse limit (the relaxer's
+    FAILED_COLLAPSE rule, ``jaxinv.relax.fire.collapse_limits``): below 1 is collapsed."""
+    from jaxinv.relax.fire import collapse_limits, covalent_radii
 
-    radii = np.asarray(covalent_radii())
     z = np.array([site.specie.Z for site in structure])
     if len(z) == 0 or not np.all(np.isfinite(structure.lattice.matrix)) or structure.volume < 1e-6:
         return 0.0
-    rmax = 2.0 * radii[z].max() + 0.5  # any pair beyond this is far above the limit
+    rmax = 2.0 * np.asarray(covalent_radii())[z].max() + 0.5  # any pair beyond this is far above the limit
     centers, points, _, dists = structure.get_neighbor_list(rmax, exclude_self=True)
     if len(dists) == 0:
         return float("inf")
-    return float(np.min(dists / (radii[z[centers]] + radii[z[points]])))
+    return float(np.min(dists / collapse_limits(z[centers], z[points])))
 
 
 def collapsed(structure) -> bool:
-    from jaxinv.relax import FireConfig
-
-    return closest_bond_fraction(structure) < FireConfig.min_bond_fraction
+    return closest_over_limit(structure) < 1.0
 
 
 # ----------------------------------------------------------------- one run

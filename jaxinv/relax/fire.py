@@ -39,6 +39,15 @@ Failures are flagged, never raised:
   (-18.8 eV/atom). Real bonds stay above about 0.74 of the sum (triple bonds,
   metal-metal quadruple bonds); the shortest in perov_5 is 0.667 (Cs-N in the
   hypothetical CsBeN3) and in carbon_24 0.80, hence 0.65.
+  Two atoms of one element have a stricter limit, ``min_like_bond_fraction``
+  (0.72): homonuclear bonds in crystals stay above about 0.77 of the sum
+  (N2 1.10 Å, acetylide C-C 1.20 Å; perov_5's shortest is 0.795, carbon_24's
+  0.80), while a SevenNet-0 search of SnS ended with Sn-Sn at 1.86 Å, 0.67 of
+  the sum, 2.9 eV/atom below every other method's best. The exception is the
+  transition metals of groups 5-8, whose quadruple-bonded dimers reach 0.68
+  (Mo-Mo 2.14 Å in K4Mo2Cl8): they keep ``min_bond_fraction``
+  (``MULTIPLE_BOND_DIMERS``). The like-pair limit is a fact about elements,
+  so it applies with covalent radii only, not with a potential's own radii.
   Potentials in reduced units give their own radii (``Potential.bond_radii``);
 * ``FAILED_ISOLATED``: an atom has no neighbor within the potential's cutoff
   (a cell of isolated atoms, or an atom left in vacuum): the potential exerts
@@ -72,7 +81,7 @@ from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
            "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "STATUS_NAMES", "GPA", "gather_slots",
-           "covalent_radii"]
+           "covalent_radii", "collapse_limits", "MULTIPLE_BOND_DIMERS"]
 
 RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE, FAILED_ISOLATED = range(8)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
@@ -96,6 +105,8 @@ class FireConfig:
     max_volume_ratio: float = 4.0
     # a pair closer than this times the sum of its atoms' bond radii fails the structure (0 disables)
     min_bond_fraction: float = 0.65
+    # the same for two atoms of one element (covalent radii only; MULTIPLE_BOND_DIMERS keep the above)
+    min_like_bond_fraction: float = 0.72
     bond_radii: tuple | None = None  # Å per atomic number 0..118; None: covalent radii (Potential.bond_radii)
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
@@ -135,7 +146,8 @@ class FireConfig:
             raise ValueError(f"criterion={self.criterion!r}; choose 'stress' or 'ase'")
         if self.bond_radii is not None and len(self.bond_radii) != 119:
             raise ValueError(f"bond_radii needs one radius per atomic number 0..118, got {len(self.bond_radii)}")
-        for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction"):
+        for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction",
+                     "min_like_bond_fraction"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -145,6 +157,24 @@ def covalent_radii() -> tuple:
     from ase.data import covalent_radii as table
 
     return tuple(float(r) for r in table)
+
+
+# V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os: their metal-metal multiple bonds are shorter than the like-pair limit
+MULTIPLE_BOND_DIMERS = (23, 24, 25, 26, 41, 42, 43, 44, 73, 74, 75, 76)
+
+
+def collapse_limits(z_a, z_b, config: FireConfig = FireConfig(), xp=np):
+    """The shortest allowed distance (Å) between atoms of atomic numbers ``z_a`` and ``z_b``
+    (arrays, broadcast): ``min_bond_fraction`` times their bond-radius sum, or
+    ``min_like_bond_fraction`` for two atoms of one element outside ``MULTIPLE_BOND_DIMERS``
+    (with covalent radii only). ``xp=jnp`` inside a jitted function."""
+    own_radii = config.bond_radii is not None
+    radii = xp.asarray(config.bond_radii if own_radii else covalent_radii())
+    like = np.full(119, config.min_bond_fraction if own_radii else
+                   max(config.min_like_bond_fraction, config.min_bond_fraction))
+    like[list(MULTIPLE_BOND_DIMERS)] = config.min_bond_fraction
+    fraction = xp.where(z_a == z_b, xp.asarray(like)[z_b], config.min_bond_fraction)
+    return fraction * (radii[z_a] + radii[z_b])
 
 
 @struct.dataclass
@@ -201,7 +231,7 @@ class RelaxState:
     status: jax.Array  # (B,) int32
     fresh: jax.Array  # (B,) bool, not evaluated yet (``init_fn(..., evaluate=False)``): the next step only evaluates
     volume0: jax.Array  # (B,)
-    closest_start: jax.Array  # (B,) closest pair over its bond radii at the first evaluation (inf before it)
+    closest_start: jax.Array  # (B,) closest pair over its collapse limit at the first evaluation (inf before it)
 
     # the fields callers read most, by their plain names
     energy = property(lambda self: self.evaluation.energy)
@@ -215,7 +245,7 @@ class RelaxState:
 class Geometry:
     """Per-structure geometry checks of one evaluation, (B,) each."""
 
-    closest: jax.Array  # shortest edge within the cutoff over the sum of its atoms' bond radii
+    closest: jax.Array  # shortest edge within the cutoff over its collapse limit (collapse_limits)
     isolated: jax.Array  # bool: some atom has no neighbor within the cutoff
 
 
@@ -266,12 +296,10 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
     cfg = config
     graph_cutoff = float(cutoff) + cfg.skin_for(cutoff)
 
-    radii = jnp.asarray(cfg.bond_radii if cfg.bond_radii is not None else covalent_radii())
-
     def evaluate_potential(params, crystal, graph, fire: FireState, pressure):
         """The :class:`Evaluation` at FIRE's coordinates (energy, physical forces and stress,
-        generalized forces), the volume and the geometry checks (closest pair relative to its bond
-        radii; an atom without neighbors), in one reverse pass."""
+        generalized forces), the volume and the geometry checks (closest pair relative to its
+        collapse limit; an atom without neighbors), in one reverse pass."""
         reference_lattice, q, lam, factor = fire.reference_lattice, fire.q, fire.lam, fire.factor
         frac = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
         lattice_now, _, f = current_cell(reference_lattice, q, lam, factor)
@@ -281,8 +309,9 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         r = edge_lengths(fixed, graph)
         trimmed = graph.replace(mask=graph.mask & (r < cutoff))
         take = jax.vmap(lambda x, idx: x[idx])
-        bond = take(radii[crystal.numbers], graph.senders) + take(radii[crystal.numbers], graph.receivers)
-        closest = jnp.min(jnp.where(trimmed.mask, r / bond, jnp.inf), axis=-1)  # (B,) in units of bond
+        limit = collapse_limits(take(crystal.numbers, graph.senders), take(crystal.numbers, graph.receivers), cfg,
+                                xp=jnp)
+        closest = jnp.min(jnp.where(trimmed.mask, r / jnp.maximum(limit, 1e-12), jnp.inf), axis=-1)  # (B,) of limit
         degree = jax.vmap(lambda m, idx: jax.ops.segment_sum(m.astype(jnp.int32), idx, crystal.numbers.shape[1]))(
             trimmed.mask, trimmed.receivers)
         isolated = jnp.any(crystal.mask & (degree == 0), axis=-1)
@@ -316,7 +345,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         status = jnp.where(accept & geometry.isolated, FAILED_ISOLATED, status)
         if cfg.min_bond_fraction > 0:
             stopping = (status == CONVERGED) | (status == MAX_STEPS)
-            collapsed = (geometry.closest < cfg.min_bond_fraction) & ((geometry.closest < closest_start) | stopping)
+            collapsed = (geometry.closest < 1.0) & ((geometry.closest < closest_start) | stopping)
             status = jnp.where(accept & collapsed, FAILED_COLLAPSE, status)
         return status
 
