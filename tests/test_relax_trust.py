@@ -8,6 +8,7 @@
 * an atom with no neighbor within the cutoff is flagged, not "converged".
 """
 import jax.numpy as jnp
+import pytest
 import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
@@ -170,3 +171,33 @@ def test_two_atoms_of_one_element_have_the_stricter_like_pair_limit():
     fitness = enthalpy_per_atom(relaxer.run(Crystal.from_structures([pair("Sn", "Sn", 50, 50),
                                                                      pair("Sn", "S", 50, 16)])), 0.0)
     assert np.isinf(fitness[0]) and np.isfinite(fitness[1])
+
+
+def test_a_criterion_coarser_than_the_potentials_forces_is_flagged(caplog):
+    """Lennard-Jones Ne (epsilon 3.1 meV, sigma 2.78 Å) attracts with at most 2.4 eps/sigma =
+    0.0027 eV/Å: at the default fmax 0.05 any structure without a compressed pair "converges".
+    Relaxing an fcc Ne cell stretched to 2x its volume shows it: the default criterion stops at
+    once, far from the minimum, and a warning says so; at the suggested criterion it relaxes."""
+    from jaxinv.potentials.classical import lennard_jones, morse
+    from jaxinv.relax.fire import coarse_criteria
+
+    ne = lennard_jones(sigma=[2.78], epsilon=[0.0031], species=["Ne"])
+    assert ne.metadata["force_scale"] == pytest.approx(2.3964 * 0.0031 / 2.78, rel=1e-4)
+    message = coarse_criteria(FireConfig(), ne)
+    assert "fmax=0.05 eV/Å" in message and "stress_tol=0.005" in message
+    assert coarse_criteria(FireConfig(fmax=0.0005, stress_tol=1e-5), ne) is None
+    assert coarse_criteria(FireConfig(), lennard_jones()) is None  # reduced units: forces of order 1
+    # Girifalco-Weizer Cu: eps alpha / 2 = 0.233 eV/Å, so the default fmax 0.05 is fine
+    assert coarse_criteria(FireConfig(), morse(2.866, 0.3429, 1.3588, species=["Cu"])) is None
+
+    a = 4.29 * 2 ** (1 / 3)  # LJ fcc Ne's lattice constant is 4.29 Å
+    fcc = Structure(Lattice.cubic(a), ["Ne"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    with caplog.at_level("WARNING", logger="jaxinv.relax"):
+        coarse = relax([fcc], ne, progress=False)
+    assert any("too coarse for lennard-jones" in r.getMessage() for r in caplog.records)
+    fine = relax([fcc], ne, fmax=0.0005, stress_tol=1e-5, max_steps=2000, progress=False)
+    assert converged(coarse)[0] and converged(fine)[0]
+    v_coarse, v_fine = (r.to_structures()[0].volume / 4 for r in (coarse, fine))
+    # LJ fcc has its nearest neighbours at 1.09 sigma: d^3 / sqrt(2) = 19.7 Å^3/atom (the switched tail
+    # moves it by under 1%)
+    assert v_coarse > 1.8 * v_fine and 19.4 < v_fine < 20.2

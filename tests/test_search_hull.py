@@ -53,7 +53,7 @@ def test_hull_table_needs_both_elements(tmp_path):
 
 
 @pytest.mark.slow  # ~1 min: a variable-composition search through the command line
-def test_variable_composition_search_writes_the_hull(tmp_path):
+def test_variable_composition_search_writes_the_hull(tmp_path, capsys):
     """Ar-Kr Lennard-Jones with an Ar-Kr well deeper than both (0.02 eV against 0.0104
     and 0.014): mixing lowers the enthalpy, so a compound is on the hull."""
     import csv
@@ -72,3 +72,12 @@ def test_variable_composition_search_writes_the_hull(tmp_path):
     assert all(float(r["e_above_hull"]) >= 0 for r in rows)
     assert min(float(r["formation_per_atom"]) for r in rows) < 0
     assert (out / "hull.png").stat().st_size > 5000
+    # the best's fitness was against the hull of its time; the summary also gives the final distance
+    import json
+
+    from pymatgen.core import Composition
+
+    summary = json.loads((out / "summary.json").read_text())
+    row = next(r for r in rows if r["formula"] == Composition(summary["best_formula"]).reduced_formula)
+    assert summary["best_e_above_final_hull"] == pytest.approx(float(row["e_above_hull"]), abs=1e-6)
+    assert "above the final hull (hull.csv)" in capsys.readouterr().out

@@ -265,7 +265,18 @@ def main(cfg, run):
                                                     f"{int(state.relaxations)} relaxations")
             summary["hull"] = [f"{r['formula']} ({r['space_group']})" for r in table if r["on_hull"]]
             print("on the hull: " + ", ".join(summary["hull"]))
-    print(f"best: {summary['best_formula']} fitness {summary['best_fitness']:.5f} after "
-          f"{summary['relaxations']} relaxations")
+        # a hull search's fitness is the distance to the hull known when the structure was relaxed;
+        # later relaxations move the hull, so the final distance is what hull.csv says
+        from pymatgen.core import Composition
+
+        final = {r["formula"]: r["e_above_hull"] for r in table}.get(
+            Composition(summary["best_formula"]).reduced_formula)
+        summary["best_e_above_final_hull"] = final
+        print(f"best: {summary['best_formula']} at {summary['best_fitness']:.5f} eV/atom above the hull known when "
+              f"it was relaxed" + (f", {final:.5f} above the final hull (hull.csv)" if final is not None else "")
+              + f"; {summary['relaxations']} relaxations")
+    else:
+        print(f"best: {summary['best_formula']} fitness {summary['best_fitness']:.5f} after "
+              f"{summary['relaxations']} relaxations")
     run.save_json(summary, "summary.json")
     return summary

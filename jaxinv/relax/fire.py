@@ -81,7 +81,7 @@ from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
            "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "STATUS_NAMES", "GPA", "gather_slots",
-           "covalent_radii", "collapse_limits", "MULTIPLE_BOND_DIMERS"]
+           "covalent_radii", "collapse_limits", "MULTIPLE_BOND_DIMERS", "coarse_criteria"]
 
 RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE, FAILED_ISOLATED = range(8)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
@@ -157,6 +157,31 @@ def covalent_radii() -> tuple:
     from ase.data import covalent_radii as table
 
     return tuple(float(r) for r in table)
+
+
+COARSE = 0.25  # a criterion coarser than this fraction of the potential's force (stress) scale is flagged
+
+
+def coarse_criteria(config: FireConfig, potential) -> str | None:
+    """Why ``config``'s ``fmax`` or ``stress_tol`` cannot locate ``potential``'s minima, or None.
+
+    Pair potentials declare ``force_scale``, their weakest pair's strongest attraction (eV/Å),
+    and ``stress_scale`` (eV/Å^3) in their metadata. A criterion above a quarter of that
+    passes structures that are nowhere near a minimum: with Lennard-Jones Ne (0.0027 eV/Å)
+    and the default fmax 0.05 eV/Å, random starts of 50-113 Å^3/atom "converged" in 0-14 steps
+    and a search's Ne ended in a C2/m cell 0.011 eV/atom above the fcc that fmax 0.0005 and
+    stress_tol 1e-5 find. Learned potentials declare nothing (their forces are eV/Å)."""
+    meta = getattr(potential, "metadata", None) or {}
+    force, stress = meta.get("force_scale"), meta.get("stress_scale")
+    problems = []
+    if force and config.fmax > COARSE * force:
+        problems.append(f"fmax={config.fmax:g} eV/Å (use <= {COARSE * force:.2g})")
+    if stress and config.cell != "fixed" and config.stress_tol > COARSE * stress:
+        problems.append(f"stress_tol={config.stress_tol:g} eV/Å^3 (use <= {COARSE * stress:.2g})")
+    if not problems:
+        return None
+    return (f"{' and '.join(problems)} too coarse for {potential.name}, whose weakest pair attracts with at most "
+            f"{force:.2g} eV/Å: structures far from a minimum meet it and are called converged")
 
 
 # V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os: their metal-metal multiple bonds are shorter than the like-pair limit

@@ -108,8 +108,8 @@ from jaxinv.crystal import Crystal, bucket_floor, group_by_bucket
 from jaxinv.distributed import shard_batch
 from jaxinv.graph import StickyGraph, grown_sizes
 from jaxinv.potentials.base import Potential, check_species
-from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, fire_relaxer, gather_slots,
-                               tree_select)
+from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, RelaxState, coarse_criteria, fire_relaxer,
+                               gather_slots, tree_select)
 
 __all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "MEMORY_FRACTION", "device_memory",
            "is_out_of_memory", "probe_bytes_per_edge"]
@@ -243,6 +243,9 @@ class RelaxQueue:
         self.precision = precision
         self.potential = potential
         self.config = config = config.for_potential(potential)
+        coarse = coarse_criteria(config, potential)
+        if coarse:
+            log.warning(coarse)
         self.max_edges = int(max_edges)
         self.max_batch = None if max_batch is None else int(max_batch)
         if self.max_batch is not None and self.max_batch < 1:

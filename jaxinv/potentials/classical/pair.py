@@ -76,8 +76,11 @@ def lennard_jones(sigma=1.0, epsilon=1.0, species: Sequence | None = None, cutof
     n = 1 if species_t is None else len(species_t)
     tables = {"sigma": pair_table(sigma, n, "arithmetic"), "epsilon": pair_table(epsilon, n, "geometric")}
     cutoff = 3.0 * float(tables["sigma"].max()) if cutoff is None else float(cutoff)
+    # the strongest attraction of a pair, 24 eps / r [2 (s/r)^12 - (s/r)^6] at r = (26/7)^(1/6) sigma
+    scales = _force_scales(2.3964 * tables["epsilon"] / tables["sigma"], tables["sigma"])
     return _pair_potential("lennard-jones", lj_energy, tables, species_t, cutoff, truncation,
-                           _default_onset(truncation, cutoff, r_onset), _reduced_units(species_t, tables["sigma"]))
+                           _default_onset(truncation, cutoff, r_onset),
+                           {**_reduced_units(species_t, tables["sigma"]), **scales})
 
 
 def morse(r0, epsilon, alpha, species: Sequence | None = None, cutoff: float | None = None,
@@ -99,8 +102,23 @@ def morse(r0, epsilon, alpha, species: Sequence | None = None, cutoff: float | N
               "alpha": pair_table(alpha, n, "arithmetic")}
     if cutoff is None:
         cutoff = float((tables["r0"] + 7.0 / tables["alpha"]).max())
+    # the strongest attraction of a pair, eps alpha / 2, where exp(-alpha (r - r0)) = 1/2
+    scales = _force_scales(0.5 * tables["epsilon"] * tables["alpha"], tables["r0"])
     return _pair_potential("morse", morse_energy, tables, species_t, float(cutoff), truncation,
-                           _default_onset(truncation, cutoff, r_onset), _reduced_units(species_t, tables["r0"]))
+                           _default_onset(truncation, cutoff, r_onset),
+                           {**_reduced_units(species_t, tables["r0"]), **scales})
+
+
+def _force_scales(attraction, length) -> dict:
+    """``force_scale`` (the strongest pair attraction, eV/Å) and ``stress_scale`` (that force over
+    its pair's length squared, eV/Å^3), taken from the weakest pair: a relaxation criterion must
+    resolve forces on that scale (:func:`jaxinv.relax.fire.coarse_criteria`)."""
+    attraction, length = np.ravel(attraction), np.ravel(length)
+    pairs = np.flatnonzero(attraction > 0)  # a zero epsilon is a pair that does not interact
+    if len(pairs) == 0:
+        return {}
+    k = pairs[np.argmin(attraction[pairs])]
+    return {"force_scale": float(attraction[k]), "stress_scale": float(attraction[k] / length[k] ** 2)}
 
 
 def _reduced_units(species, length_table) -> dict:
