@@ -180,8 +180,9 @@ def coarse_criteria(config: FireConfig, potential) -> str | None:
         problems.append(f"stress_tol={config.stress_tol:g} eV/Å^3 (use <= {COARSE * stress:.2g})")
     if not problems:
         return None
-    return (f"{' and '.join(problems)} too coarse for {potential.name}, whose weakest pair attracts with at most "
-            f"{force:.2g} eV/Å: structures far from a minimum meet it and are called converged")
+    scale = f"whose weakest pair attracts with at most {force:.2g} eV/Å" if force else f"stress scale {stress:.2g} eV/Å^3"
+    return (f"{' and '.join(problems)} too coarse for {potential.name}, {scale}: structures far from a minimum "
+            f"meet it and are called converged")
 
 
 # V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os: their metal-metal multiple bonds are shorter than the like-pair limit
