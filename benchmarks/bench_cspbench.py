@@ -170,14 +170,22 @@ class Recorder:
         return True
 
 
+# jaxinv methods that change one option of an algorithm: name -> (algorithm, options)
+JAXINV_VARIANTS = {"jaxinv_bondsoft": ("ea", {"soft_model": "bonds"}),
+                   "jaxinv_potentialsoft": ("ea", {"soft_model": "potential"})}
+
+
 def jaxinv_algorithm(method: str) -> str:
-    """``jaxinv`` -> the default algorithm of ``jaxinv run search``; ``jaxinv_<alg>`` -> alg."""
+    """``jaxinv`` -> the default algorithm of ``jaxinv run search``; ``jaxinv_<alg>`` -> alg;
+    a name in ``JAXINV_VARIANTS`` -> its algorithm."""
     from jaxinv.search import ALGORITHMS
 
     if method == "jaxinv":
         from jaxinv.experiments.search import AlgorithmConfig
 
         return AlgorithmConfig().name
+    if method in JAXINV_VARIANTS:
+        return JAXINV_VARIANTS[method][0]
     alg = method[len("jaxinv_"):]
     if alg not in ALGORITHMS:
         raise ValueError(f"{method}: jaxinv has no algorithm {alg!r} ({', '.join(ALGORITHMS)})")
@@ -200,7 +208,8 @@ def search_jaxinv(row, method, seed, budget, t0, rec: Recorder):
     size_field = dict(bs.JAXINV_METHODS.values())  # algorithm -> its population-size option
     alg = jaxinv_algorithm(method)
     problem = Problem(SearchSpace.fixed(row["primitive_formula"]), load_sevennet(), fire_config(), batch=BATCH)
-    search = make_search(alg, problem, **{size_field[alg]: BATCH})
+    options = JAXINV_VARIANTS.get(method, (alg, {}))[1]
+    search = make_search(alg, problem, **{size_field[alg]: BATCH}, **options)
     state = search.init(jax.random.PRNGKey(seed))
     while True:
         pop = state.evaluated.population

@@ -117,6 +117,8 @@ def test_stream_budget_torn_line_resume_table_and_plot(tmp_path, monkeypatch):
 def test_jaxinv_method_names():
     assert bc.jaxinv_algorithm("jaxinv") == "ea"  # jaxinv run search's default
     assert bc.jaxinv_algorithm("jaxinv_pso") == "pso"
+    assert bc.jaxinv_algorithm("jaxinv_bondsoft") == "ea" and bc.JAXINV_VARIANTS["jaxinv_bondsoft"][1] == {
+        "soft_model": "bonds"}
     with pytest.raises(ValueError):
         bc.jaxinv_algorithm("jaxinv_nope")
 

@@ -221,6 +221,50 @@ def test_soft_mutation_follows_the_exact_hessian_power_iteration():
     assert rayleigh(dx) < np.percentile(randoms, 10)
 
 
+def test_bond_model_hessian_and_its_soft_mutation():
+    """The bond model's H v equals the Hessian (jax.hessian) of an explicit energy: a spring
+    along every pair of a GaP cell, at rest at its current length, of stiffness
+    exp(-3 (r / r0 - 1)); its soft mutation moves along a mode softer than 90% of random
+    directions of that Hessian, by the drawn amplitude, without rigid translation."""
+    from ase.data import covalent_radii
+
+    space = SearchSpace.fixed("Ga2P2", bond_length=2.4, min_distance=2.0)
+    c, _ = random_crystals(space, 1, np.random.default_rng(3), symmetric=False)
+    cutoff, images, capacity = 5.0, (3, 3, 3), 2048
+    with jax.enable_x64(True):
+        c = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype.kind == "f" else a, c)
+        graph = ops.build_graph(c, cutoff, images, capacity)
+        assert not bool(graph.overflow[0])
+        first = ops.single(c)
+        lattice, x0 = c.lattice[0], c.frac[0] @ c.lattice[0]
+        send, recv, mask = (np.asarray(a[0]) for a in (graph.senders, graph.receivers, graph.mask))
+        shifts = np.asarray(graph.shifts[0]) @ lattice
+        z = c.numbers[0]
+        r_now = np.linalg.norm(x0[send] + shifts - x0[recv], axis=-1)
+        k = np.exp(-ops.BOND_DECAY * (r_now / (covalent_radii[z[send]] + covalent_radii[z[recv]]) - 1.0))
+
+        def springs(x):  # each pair twice in the graph, hence 1/4 instead of 1/2
+            d = jnp.where(mask[:, None], x[send] + shifts - x[recv], 1.0)  # padded edges: no 0/0 in the gradient
+            r = jnp.linalg.norm(d, axis=-1)
+            return 0.25 * jnp.sum(jnp.where(mask, k * (r - r_now) ** 2, 0.0))
+
+        h = np.asarray(jax.hessian(springs)(jnp.asarray(x0))).reshape(12, 12)
+        hvp = ops.bond_curvature(first, graph)
+        v = np.random.default_rng(0).normal(size=(4, 3))
+        np.testing.assert_allclose(np.asarray(hvp(jnp.asarray(v))).reshape(-1), h @ v.reshape(-1), rtol=1e-9,
+                                   atol=1e-9)
+        op = ops.bond_soft_mutation(cutoff, images, capacity, amplitude=(0.3, 0.3))
+        child = jax.jit(op)(jax.random.PRNGKey(5), first, first)
+    dx = (np.asarray(child.frac) - c.frac[0]) @ lattice
+    assert np.linalg.norm(dx, axis=-1).max() == pytest.approx(0.3, rel=1e-6)
+    np.testing.assert_allclose(dx.mean(0), 0.0, atol=1e-9)
+    rayleigh = lambda u: u @ h @ u / (u @ u)
+    randoms = []
+    for r in np.random.default_rng(1).normal(size=(200, 4, 3)):
+        randoms.append(rayleigh((r - r.mean(0)).reshape(-1)))
+    assert rayleigh(dx.reshape(-1)) < np.percentile(randoms, 10)
+
+
 def test_soft_mutation_with_numpy_nequip_parameters():
     """Checkpoint-loaded NequIP parameters are NumPy arrays closed over by the operator (the
     SevenNet-0 search rungs failed on this: NumPy embedding indexed by traced species)."""

@@ -47,6 +47,7 @@ class EAConfig:
     strain_sigma: float = 0.1
     max_swaps: int = 4
     soft_amplitude: tuple = (0.3, 0.6)  # x bond length: largest atomic displacement of a soft mutation
+    soft_model: str = "potential"  # whose Hessian gives soft modes: potential | bonds (ops.bond_soft_mutation)
     transmutation: float = 0.1  # rate added for composition ranges
 
     def __hash__(self):
@@ -56,6 +57,8 @@ class EAConfig:
 def effective_rates(problem: Problem, config: EAConfig) -> dict:
     """Operator rates with the ones that cannot act removed (permutation on one
     species, strain on a cluster's box) and transmutation added for ranges, normalised."""
+    if config.soft_model not in SOFT_MODELS:
+        raise ValueError(f"soft_model={config.soft_model!r}; choose one of {SOFT_MODELS}")
     rates = {k: float(v) for k, v in config.rates.items() if v > 0}
     unknown = set(rates) - {"heredity", "random", "soft", "strain", "permutation", "transmutation", "rattle"}
     if unknown:
@@ -90,6 +93,7 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
     return order[jnp.min(draws, axis=-1)]  # lower position = fitter
 
 
+SOFT_MODELS = ("potential", "bonds")
 SOFT_CHUNK = 4  # soft mutations per call (10% of 2 x batch slots draw one: ~3 for a batch of 16)
 
 
@@ -126,13 +130,18 @@ def _cheap_operators(space, config: EAConfig, rates: tuple):
 def _soft_mutations(energy_fn, cutoff: float, images: tuple, capacity: int):
     """Jitted ``soften(params, amplitude, keys, population, rows)``: soft mutations of
     ``population[rows]``. Cached by static settings (the potential's ``energy_fn``, not the
-    potential object); the parameters and the amplitude (Å, from the composition's bond
-    length) are arguments, so they are never stale and another composition of the same
-    shapes reuses the compiled program, in this process or from the persistent cache."""
+    potential object, or None for the bond model); the parameters and the amplitude (Å, from
+    the composition's bond length) are arguments, so they are never stale and another
+    composition of the same shapes reuses the compiled program, in this process or from the
+    persistent cache."""
 
     @jax.jit
     def soften(params, amplitude, keys, population: Crystal, rows):
-        op = ops.soft_mutation(energy_fn, params, cutoff, images, capacity, amplitude=(amplitude[0], amplitude[1]))
+        size = (amplitude[0], amplitude[1])
+        if energy_fn is None:
+            op = ops.bond_soft_mutation(cutoff, images, capacity, amplitude=size)
+        else:
+            op = ops.soft_mutation(energy_fn, params, cutoff, images, capacity, amplitude=size)
         mothers = take(population, rows)
         return jax.vmap(op)(keys, mothers, mothers)
 
@@ -141,10 +150,12 @@ def _soft_mutations(energy_fn, cutoff: float, images: tuple, capacity: int):
 
 def _make_soften(problem: Problem, config: EAConfig, images, capacity):
     """``soften(keys, population, rows)``: soft mutations of ``population[rows]`` with the
-    problem's potential, ``SOFT_CHUNK`` of them per call (one compilation per graph size)."""
+    problem's potential or the bond model (``config.soft_model``), ``SOFT_CHUNK`` of them per
+    call (one compilation per graph size)."""
     pot = problem.potential
     amplitude = np.array([a * problem.space.bond_length for a in config.soft_amplitude], np.float32)
-    soften = _soft_mutations(pot.energy_fn, pot.cutoff, tuple(images), int(capacity))
+    bonds = config.soft_model == "bonds"
+    soften = _soft_mutations(None if bonds else pot.energy_fn, pot.cutoff, tuple(images), int(capacity))
     return lambda keys, population, rows: soften(pot.params, amplitude, keys, population, rows)
 
 

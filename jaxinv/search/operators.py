@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.crystal import Crystal
-from jaxinv.graph import build_graph
+from jaxinv.graph import build_graph, edge_vectors
 
-__all__ = ["Operator", "heredity", "lattice_strain", "permutation", "soft_mutation", "rattle", "transmutation",
-           "single", "batched"]
+__all__ = ["Operator", "heredity", "lattice_strain", "permutation", "soft_mutation", "bond_soft_mutation",
+           "bond_curvature", "rattle", "transmutation", "single", "batched"]
 
 Operator = Callable[[jax.Array, Crystal, Crystal], Crystal]
 
@@ -221,7 +221,7 @@ FD_STEP = 1e-2  # Å along a unit-norm mode: far above float32 force noise, far 
 
 def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int, iterations: int = 12,
                   amplitude: tuple[float, float] = (0.5, 1.2)) -> Operator:
-    """Move atoms along a soft (low-curvature) mode of the energy.
+    """Move atoms along a soft (low-curvature) mode of the potential's energy.
 
     The mode is the dominant eigenvector of ``s 1 - H`` (H the Hessian of the
     energy in Cartesian positions, s above its largest eigenvalue), found by power
@@ -234,24 +234,21 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
     potential's first derivative. Differentiating twice (reverse over reverse)
     gave the same modes but, with SevenNet-0, a program that took 51 s to trace
     and 74 s to compile on one CPU core, more than all of a small search's
-    relaxations (benchmarks/RESULTS.md, issue 24). The displacement is scaled so the most displaced atom moves a
-    uniform random distance in ``amplitude`` (in units of Å), with a random sign.
+    relaxations (benchmarks/RESULTS.md, issue 24). Even the first-derivative
+    program costs a SevenNet-0 search about 21 s of compilation;
+    :func:`bond_soft_mutation` takes the mode of a bond model instead. The
+    displacement is scaled so the most displaced atom moves a uniform random
+    distance in ``amplitude`` (in units of Å), with a random sign.
 
     ``images`` and ``capacity`` fix the graph built inside (static shapes); a
     structure whose graph overflows them, or whose mode is not finite, gets a
     random displacement of the same size instead.
     """
 
-    def op(key, first: Crystal, second: Crystal) -> Crystal:
-        k_v, k_a, k_s = jax.random.split(key, 3)
-        c = batched(first)
-        graph = build_graph(c, cutoff, images, capacity)
-        inv = jnp.linalg.inv(first.lattice)
-        x0 = first.frac @ first.lattice
-        m = first.mask[:, None]
-
+    def curvature(first: Crystal, graph):
+        x0, inv, m = first.frac @ first.lattice, jnp.linalg.inv(first.lattice), first.mask[:, None]
         pair = Crystal(*(jnp.stack([a, a]) for a in (first.lattice, first.frac, first.numbers, first.mask)), {})
-        pair_graph = build_graph(pair, cutoff, images, capacity)  # built at x0: displacements are tiny
+        pair_graph = jax.tree_util.tree_map(lambda g: jnp.concatenate([g, g]), graph)  # built at x0: tiny steps
 
         def total_energy(x):
             return jnp.sum(energy_fn(params, pair.replace(frac=x @ inv), pair_graph))
@@ -262,6 +259,62 @@ def soft_mutation(energy_fn, params, cutoff: float, images: tuple, capacity: int
             step = FD_STEP * v
             g = grad(jnp.stack([x0 + step, x0 - step]))  # one batch of two: forces at x0 +- step
             return jnp.where(m, (g[0] - g[1]) / (2.0 * FD_STEP), 0.0)
+
+        return hvp
+
+    return _along_soft_mode(curvature, cutoff, images, capacity, iterations, amplitude)
+
+
+BOND_DECAY = 3.0  # stiffness exp(-BOND_DECAY (r / r0 - 1)) of a pair at r, r0 the covalent-radius sum
+
+
+def bond_curvature(first: Crystal, graph):
+    """``hvp(v)``: the Hessian of the bond model at ``first`` (one structure, its graph with a
+    batch axis of one) times Cartesian displacements ``v`` (N, 3).
+
+    Every pair in the graph is a spring along its bond, of stiffness
+    ``exp(-BOND_DECAY (r / r0 - 1))`` (r0: the sum of the two covalent radii), so short
+    bonds are stiff and distant pairs barely count: (H v)_i = sum over i's bonds of
+    k (u . (v_i - v_j)) u, u the bond's unit vector. Each pair is in the graph both ways."""
+    from ase.data import covalent_radii
+
+    radii = jnp.asarray(covalent_radii)
+    u = edge_vectors(batched(first), graph)[0]
+    r = jnp.linalg.norm(u, axis=-1)
+    send, recv, mask = graph.senders[0], graph.receivers[0], graph.mask[0]
+    u = u / jnp.maximum(r, 1e-12)[:, None]
+    r0 = radii[first.numbers[send]] + radii[first.numbers[recv]]
+    k = jnp.where(mask, jnp.exp(-BOND_DECAY * (r / jnp.maximum(r0, 1e-3) - 1.0)), 0.0)
+    n = first.numbers.shape[0]
+
+    def hvp(v):
+        stretch = k * jnp.sum(u * (v[recv] - v[send]), -1)
+        return jnp.where(first.mask[:, None], jax.ops.segment_sum(stretch[:, None] * u, recv, n), 0.0)
+
+    return hvp
+
+
+def bond_soft_mutation(cutoff: float, images: tuple, capacity: int, iterations: int = 12,
+                       amplitude: tuple[float, float] = (0.5, 1.2)) -> Operator:
+    """:func:`soft_mutation` with the Hessian of a bond model (:func:`bond_curvature`)
+    instead of the potential's: the idea of Lyakhov et al., Comput. Phys. Commun. 181,
+    1623 (2010), which USPEX and ASE-GA's ``SoftMutation`` use with their own stiffness
+    rules. It needs no program of the potential: a cold SevenNet-0 search saves the
+    ~21 s the potential's force program takes to compile."""
+    return _along_soft_mode(bond_curvature, cutoff, images, capacity, iterations, amplitude)
+
+
+def _along_soft_mode(curvature, cutoff, images, capacity, iterations, amplitude) -> Operator:
+    """The soft-mutation operator for ``curvature(first, graph) -> hvp``: power iteration
+    on ``s 1 - H`` from a random start, then a displacement along the mode."""
+
+    def op(key, first: Crystal, second: Crystal) -> Crystal:
+        k_v, k_a, k_s = jax.random.split(key, 3)
+        graph = build_graph(batched(first), cutoff, images, capacity)
+        inv = jnp.linalg.inv(first.lattice)
+        x0 = first.frac @ first.lattice
+        m = first.mask[:, None]
+        hvp = curvature(first, graph)
 
         def project(v):
             mean = jnp.sum(jnp.where(m, v, 0.0), 0) / jnp.maximum(first.mask.sum(), 1)
