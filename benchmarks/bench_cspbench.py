@@ -33,8 +33,8 @@ Targets: ``shared/data/cspbench/targets.csv``; every search uses the primitive c
 The scorer does not use any method's own success logic: it re-evaluates every saved
 structure of every run of a target with SevenNet-0 (energy per atom = enthalpy per
 atom at zero pressure, no relaxation), drops structures whose closest pair is below
-its collapse limit, 0.65 times the sum of the two atoms' covalent radii or 0.72 for
-two atoms of one element (the relaxer's rule, ``jaxinv.relax.fire.collapse_limits``), takes the lowest over all
+its collapse limit, 0.65 times the sum of the two atoms' covalent radii, or 0.72 or
+0.85 for two atoms of one element (the relaxer's rule, ``jaxinv.relax.fire.collapse_limits``), takes the lowest over all
 methods and seeds as the reference, and reports per run: best − reference
 (meV/atom), solved (within 2 meV/atom), the best structure's spglib space group
 (symprec 0.1) against the Materials Project one, and the time to the first solved

@@ -46,15 +46,19 @@ def _rec(t, s):
 def test_collapse_rule_uses_the_relaxers_limit():
     from jaxinv.relax import FireConfig
 
-    assert FireConfig.min_bond_fraction == 0.65 and FireConfig.min_like_bond_fraction == 0.72
+    assert FireConfig.min_bond_fraction == 0.65 and FireConfig.like_pairs
     assert bc.closest_over_limit(_squashed()) == pytest.approx(0.8 / (0.65 * (1.66 + 1.02)), rel=1e-3)
     assert bc.collapsed(_squashed())
     assert not bc.collapsed(_rocksalt(5.64))  # Na-Cl 2.82 Å, 1.05 of the sum
-    # SnS's case: Sn-Sn at 1.86 Å is 0.67 of the sum, above 0.65 but below the like-pair 0.72
+    # SnS's two holes: Sn-Sn at 1.86 Å (0.67 of the sum) and a flat Sn sheet at 2.18 Å (0.78); two Sn
+    # atoms fail below 0.85 of their sum, any two atoms below 0.65
     from pymatgen.core import Lattice, Structure
 
     tin = Structure(Lattice.cubic(6.0), ["Sn", "Sn", "S"], [[0, 0, 0], [1.86 / 6, 0, 0], [0.5, 0.5, 0.5]])
-    assert bc.collapsed(tin) and bc.closest_over_limit(tin) == pytest.approx(1.86 / (0.72 * 2.78), rel=1e-3)
+    assert bc.collapsed(tin) and bc.closest_over_limit(tin) == pytest.approx(1.86 / (0.85 * 2.78), rel=1e-3)
+    sheets = Structure(Lattice.hexagonal(4.361, 11.281), ["S"] * 4 + ["Sn"] * 4,
+                       [[.5, 0, .5], [0, .5, .5], [.5, .5, .5], [0, 0, .5], [.5, 0, 0], [0, .5, 0], [.5, .5, 0], [0, 0, 0]])
+    assert bc.collapsed(sheets) and bc.closest_over_limit(sheets) == pytest.approx(2.1805 / (0.85 * 2.78), rel=1e-3)
 
 
 def test_scorer_reference_solved_space_group_and_time():

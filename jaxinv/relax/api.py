@@ -16,7 +16,7 @@ __all__ = ["relax", "status_names", "converged", "failed", "energy_per_atom"]
 def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stress_tol: float = FireConfig.stress_tol,
           max_steps: int = FireConfig.max_steps, pressure_gpa: float = 0.0, cell: str = FireConfig.cell,
           criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
-          min_like_bond_fraction: float = FireConfig.min_like_bond_fraction,
+          like_pairs: bool = FireConfig.like_pairs,
           checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
           distributed: bool = False, **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
@@ -31,8 +31,8 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     ``criterion='ase'`` stops exactly where ASE's FIRE + FrechetCellFilter would
     (see :mod:`jaxinv.relax.fire`). A structure with two atoms closer than
     ``min_bond_fraction`` times their covalent-radius sum (two atoms of one
-    element: ``min_like_bond_fraction``) fails (``failed_collapse``; see
-    :func:`jaxinv.relax.fire.collapse_limits`).
+    element: a stricter limit per element unless ``like_pairs=False``) fails
+    (``failed_collapse``; see :func:`jaxinv.relax.fire.collapse_limits`).
 
     Returns the relaxed structures in input order as a host :class:`Crystal`:
     ``labels`` ``energy`` (eV, no P V term), ``stress`` (3x3, eV/Å^3, ASE sign),
@@ -63,7 +63,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     """
     config = FireConfig(fmax=fmax, stress_tol=stress_tol, max_steps=max_steps, pressure=pressure_gpa * GPA,
                         cell=cell, criterion=criterion, min_bond_fraction=min_bond_fraction,
-                        min_like_bond_fraction=min_like_bond_fraction)
+                        like_pairs=like_pairs)
     if not (distributed and jax.process_count() > 1):
         return RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
                           **queue_options).run(structures)

@@ -39,15 +39,20 @@ Failures are flagged, never raised:
   (-18.8 eV/atom). Real bonds stay above about 0.74 of the sum (triple bonds,
   metal-metal quadruple bonds); the shortest in perov_5 is 0.667 (Cs-N in the
   hypothetical CsBeN3) and in carbon_24 0.80, hence 0.65.
-  Two atoms of one element have a stricter limit, ``min_like_bond_fraction``
-  (0.72): homonuclear bonds in crystals stay above about 0.77 of the sum
-  (N2 1.10 Å, acetylide C-C 1.20 Å; perov_5's shortest is 0.795, carbon_24's
-  0.80), while a SevenNet-0 search of SnS ended with Sn-Sn at 1.86 Å, 0.67 of
-  the sum, 2.9 eV/atom below every other method's best. The exception is the
-  transition metals of groups 5-8, whose quadruple-bonded dimers reach 0.68
-  (Mo-Mo 2.14 Å in K4Mo2Cl8): they keep ``min_bond_fraction``
-  (``MULTIPLE_BOND_DIMERS``). The like-pair limit is a fact about elements,
-  so it applies with covalent radii only, not with a potential's own radii.
+  Two atoms of one element have their own, stricter limit per element
+  (``like_bond_fractions``; ``like_pairs=False`` turns it off, e.g. at pressures
+  of tens of GPa). A SevenNet-0 search of SnS ended with Sn-Sn at 1.86 Å (0.67
+  of the sum) and another with flat Sn and S sheets, Sn-Sn 2.18 Å (0.78), 1.3
+  eV/atom below every real SnS structure. Three tiers, from the shortest known
+  bonds between two atoms of one element: H and groups 12-18 except B, C and
+  N stay above about 0.90 (S2 0.90, Cd2^2+ 0.90, O2 0.92, Sn 0.96), so 0.85;
+  alkali and alkaline-earth cations, B, C, N, group 3, the lanthanides and the
+  other d and f elements reach 0.78-0.84 (Cs-Cs 0.795 in perov_5's CsBN3, CsCl
+  0.84, C-C 0.78 in CaC2, N2 0.775, alpha-Ce 0.84), so 0.72; the transition
+  metals of groups 5-8 and U, Np, Pu (``MULTIPLE_BOND_DIMERS``) reach 0.68-0.70
+  (Mo-Mo 2.14 Å in K4Mo2Cl8, U-U 2.75 Å in alpha-U), so ``min_bond_fraction``.
+  These are facts about elements, so they apply with covalent radii only, not
+  with a potential's own radii.
   Potentials in reduced units give their own radii (``Potential.bond_radii``);
 * ``FAILED_ISOLATED``: an atom has no neighbor within the potential's cutoff
   (a cell of isolated atoms, or an atom left in vacuum): the potential exerts
@@ -81,7 +86,8 @@ from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
            "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "STATUS_NAMES", "GPA", "gather_slots",
-           "covalent_radii", "collapse_limits", "MULTIPLE_BOND_DIMERS", "coarse_criteria"]
+           "covalent_radii", "collapse_limits", "like_bond_fractions", "MULTIPLE_BOND_DIMERS", "STRICT_LIKE_PAIRS",
+           "coarse_criteria"]
 
 RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE, FAILED_ISOLATED = range(8)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
@@ -105,8 +111,8 @@ class FireConfig:
     max_volume_ratio: float = 4.0
     # a pair closer than this times the sum of its atoms' bond radii fails the structure (0 disables)
     min_bond_fraction: float = 0.65
-    # the same for two atoms of one element (covalent radii only; MULTIPLE_BOND_DIMERS keep the above)
-    min_like_bond_fraction: float = 0.72
+    # two atoms of one element: the stricter limits of like_bond_fractions (with covalent radii)
+    like_pairs: bool = True
     bond_radii: tuple | None = None  # Å per atomic number 0..118; None: covalent radii (Potential.bond_radii)
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
@@ -146,8 +152,7 @@ class FireConfig:
             raise ValueError(f"criterion={self.criterion!r}; choose 'stress' or 'ase'")
         if self.bond_radii is not None and len(self.bond_radii) != 119:
             raise ValueError(f"bond_radii needs one radius per atomic number 0..118, got {len(self.bond_radii)}")
-        for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction",
-                     "min_like_bond_fraction"):
+        for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -185,21 +190,35 @@ def coarse_criteria(config: FireConfig, potential) -> str | None:
             f"meet it and are called converged")
 
 
-# V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os: their metal-metal multiple bonds are shorter than the like-pair limit
-MULTIPLE_BOND_DIMERS = (23, 24, 25, 26, 41, 42, 43, 44, 73, 74, 75, 76)
+# V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os, U Np Pu: like pairs as short as min_bond_fraction
+MULTIPLE_BOND_DIMERS = (23, 24, 25, 26, 41, 42, 43, 44, 73, 74, 75, 76, 92, 93, 94)
+# H and groups 12-18 except B, C, N: like pairs above about 0.90 of the sum in every known structure
+STRICT_LIKE_PAIRS = (1, 2, 8, 9, 10, *range(13, 19), *range(30, 37), *range(48, 55), *range(80, 87))
+STRICT_LIKE_FRACTION, LIKE_FRACTION = 0.85, 0.72
+
+
+def like_bond_fractions(min_bond_fraction: float = 0.65) -> np.ndarray:
+    """(119,) the collapse limit of two atoms of one element, by atomic number, in units
+    of twice its covalent radius (module docstring): 0.85 for ``STRICT_LIKE_PAIRS``,
+    ``min_bond_fraction`` for ``MULTIPLE_BOND_DIMERS``, 0.72 for the rest; never below
+    ``min_bond_fraction``."""
+    like = np.full(119, LIKE_FRACTION)
+    like[list(STRICT_LIKE_PAIRS)] = STRICT_LIKE_FRACTION
+    like[list(MULTIPLE_BOND_DIMERS)] = min_bond_fraction
+    return np.maximum(like, min_bond_fraction)
 
 
 def collapse_limits(z_a, z_b, config: FireConfig = FireConfig(), xp=np):
     """The shortest allowed distance (Å) between atoms of atomic numbers ``z_a`` and ``z_b``
-    (arrays, broadcast): ``min_bond_fraction`` times their bond-radius sum, or
-    ``min_like_bond_fraction`` for two atoms of one element outside ``MULTIPLE_BOND_DIMERS``
-    (with covalent radii only). ``xp=jnp`` inside a jitted function."""
+    (arrays, broadcast): ``min_bond_fraction`` times their bond-radius sum, or for two atoms
+    of one element :func:`like_bond_fractions` of it (``like_pairs``, covalent radii only).
+    ``xp=jnp`` inside a jitted function."""
     own_radii = config.bond_radii is not None
     radii = xp.asarray(config.bond_radii if own_radii else covalent_radii())
-    like = np.full(119, config.min_bond_fraction if own_radii else
-                   max(config.min_like_bond_fraction, config.min_bond_fraction))
-    like[list(MULTIPLE_BOND_DIMERS)] = config.min_bond_fraction
-    fraction = xp.where(z_a == z_b, xp.asarray(like)[z_b], config.min_bond_fraction)
+    fraction = config.min_bond_fraction
+    if config.like_pairs and not own_radii:
+        like = xp.asarray(like_bond_fractions(config.min_bond_fraction))
+        fraction = xp.where(z_a == z_b, like[z_b], fraction)
     return fraction * (radii[z_a] + radii[z_b])
 
 
