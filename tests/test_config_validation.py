@@ -90,6 +90,7 @@ def fails(argv, capsys):
     (["run", "search", "composition=Xx2O"], "composition"),
     (["run", "search", "composition=Si8", "algorithm.name=ga"], "algorithm.name"),
     (["run", "search", "composition=Si8", "fingerprint.sigma=0"], "fingerprint.sigma"),
+    (["run", "search", "composition=Si8", "algorithm.options.soft_model=hessian"], "algorithm.options"),
     (["run", "relax", "potential=nonexistent"], "potential.name"),
     (["run", "relax", "potential.name=nonexistent"], "potential.name"),
     (["run", "search", "composition=Si8", "potential=nonexistent"], "potential.name"),
@@ -140,6 +141,8 @@ def test_messages_say_what_is_wrong(capsys, nothing_loads):
         assert "registered: " + ", ".join(REGISTERED) in err
     _, err = fails(["run", "relax", "potential=lj", "potential.options.sigmaa=2"], capsys)
     assert "lj has no option 'sigmaa'" in err and "sigma" in err
+    _, err = fails(["run", "search", "composition=Si8", "algorithm.options.soft_model=hessian"], capsys)
+    assert "soft_model='hessian'; choose one of potential, bonds" in err
 
 
 # ------------------------------------------------------------------------------- potentials

@@ -71,8 +71,11 @@ def _options_problem(options, node):
     if unknown:
         return f"{node.name} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(allowed)}"
     try:
-        algorithm_options(node.name, options)
-    except OmegaConfBaseException as e:
+        values = algorithm_options(node.name, options)
+        schema = ALGORITHMS[node.name][1]
+        if schema is not None:
+            type(schema)(**values)  # the library config's own checks (e.g. EAConfig.soft_model)
+    except (OmegaConfBaseException, ValueError) as e:
         return str(e).strip().splitlines()[0]
     return None
 

@@ -37,6 +37,9 @@ log = logging.getLogger("jaxinv.search")
 USPEX_RATES = {"heredity": 0.5, "random": 0.2, "soft": 0.1, "strain": 0.1, "permutation": 0.1}
 
 
+SOFT_MODELS = ("potential", "bonds")  # whose Hessian gives a soft mutation's mode
+
+
 @dataclass(frozen=True)
 class EAConfig:
     population: int = 16
@@ -50,6 +53,10 @@ class EAConfig:
     soft_model: str = "potential"  # whose Hessian gives soft modes: potential | bonds (ops.bond_soft_mutation)
     transmutation: float = 0.1  # rate added for composition ranges
 
+    def __post_init__(self):
+        if self.soft_model not in SOFT_MODELS:
+            raise ValueError(f"soft_model={self.soft_model!r}; choose one of {', '.join(SOFT_MODELS)}")
+
     def __hash__(self):
         return hash(repr(self))
 
@@ -57,8 +64,6 @@ class EAConfig:
 def effective_rates(problem: Problem, config: EAConfig) -> dict:
     """Operator rates with the ones that cannot act removed (permutation on one
     species, strain on a cluster's box) and transmutation added for ranges, normalised."""
-    if config.soft_model not in SOFT_MODELS:
-        raise ValueError(f"soft_model={config.soft_model!r}; choose one of {SOFT_MODELS}")
     rates = {k: float(v) for k, v in config.rates.items() if v > 0}
     unknown = set(rates) - {"heredity", "random", "soft", "strain", "permutation", "transmutation", "rattle"}
     if unknown:
@@ -93,7 +98,6 @@ def _select_parents(key, fitness, valid, n, fraction, tournament):
     return order[jnp.min(draws, axis=-1)]  # lower position = fitter
 
 
-SOFT_MODELS = ("potential", "bonds")
 SOFT_CHUNK = 4  # soft mutations per call (10% of 2 x batch slots draw one: ~3 for a batch of 16)
 
 
