@@ -148,7 +148,7 @@ def test_soft_mutation_moves_along_a_mode_only_where_the_ea_drew_it():
 
     lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
     space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
-    config = EAConfig(population=6, soft_amplitude=(0.25, 0.25))  # x bond 1.12: 0.28 A
+    config = EAConfig(population=6, soft_amplitude=(0.25, 0.25), soft_model="potential")  # x bond 1.12: 0.28 A
     population, _ = random_crystals(space, 6, np.random.default_rng(3), symmetric=False)
     n, soft_rows = 10, [0, 3, 4, 7, 9]
     codes = np.full(n, OP["heredity"])
