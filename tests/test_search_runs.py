@@ -156,7 +156,7 @@ def test_compiled_operators_take_the_potential_parameters_they_are_given():
     lj = lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5)
     wider = dataclasses.replace(lj, params=jax.tree_util.tree_map(lambda p: 1.1 * p, lj.params))
     space = SearchSpace.fixed("Ar4", bond_length=1.12, min_distance=0.8, volume_per_atom=1.6)
-    config = EAConfig(soft_amplitude=(0.25, 0.25))
+    config = EAConfig(soft_amplitude=(0.25, 0.25), soft_model="potential")  # the bond model takes no parameters
     c, _ = random_crystals(space, 4, np.random.default_rng(3), symmetric=False)
     keys, rows = jax.random.split(jax.random.PRNGKey(0), 4), np.arange(4)
     made = [ea._make_soften(Problem(space, pot, FireConfig(), batch=4), config, (3, 3, 3), 512)(keys, c, rows)
