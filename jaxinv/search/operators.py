@@ -276,9 +276,9 @@ def bond_curvature(first: Crystal, graph):
     ``exp(-BOND_DECAY (r / r0 - 1))`` (r0: the sum of the two covalent radii), so short
     bonds are stiff and distant pairs barely count: (H v)_i = sum over i's bonds of
     k (u . (v_i - v_j)) u, u the bond's unit vector. Each pair is in the graph both ways."""
-    from ase.data import covalent_radii
+    from jaxinv.relax.fire import covalent_radii
 
-    radii = jnp.asarray(covalent_radii)
+    radii = jnp.asarray(covalent_radii())
     u = edge_vectors(batched(first), graph)[0]
     r = jnp.linalg.norm(u, axis=-1)
     send, recv, mask = graph.senders[0], graph.receivers[0], graph.mask[0]
