@@ -427,10 +427,13 @@ def test_queue_regrows_the_graph_for_the_step_that_overflowed():
         assert not bool(build_graph(moved, rc, regrown.images, regrown.capacity).overflow[0])
 
 
-def test_search_relaxer_compaction_gives_the_same_relaxations(float64):
-    """Gathering the last running structures into smaller batches (the CPU default) changes
-    nothing but the cost: same energies, structures, statuses and step counts."""
+def test_search_relaxer_slots_and_compaction_give_the_same_relaxations(float64):
+    """How a generation's structures share slots changes nothing but the cost: one slot each
+    (an accelerator), the CPU default of a quarter as many slots refilled from the list, and
+    gathering the last running structures into smaller batches all give the same energies,
+    structures, statuses and step counts."""
     from jaxinv.potentials.registry import load_potential
+    from jaxinv.relax.queue import default_batch_fraction
     from jaxinv.search import SearchSpace
     from jaxinv.search.composition import graph_floor
     from jaxinv.search.seeds import random_crystals
@@ -440,16 +443,19 @@ def test_search_relaxer_compaction_gives_the_same_relaxations(float64):
     pot = load_potential("sw_si")
     config = FireConfig(fmax=0.02, max_steps=600)
     floor = graph_floor(space, pot.cutoff + config.skin_for(pot.cutoff))
-    compacted = search_relaxer(pot, config, 8, floor, compact=True)
-    whole = search_relaxer(pot, config, 8, floor, compact=False)
-    a, b = compacted.run(starts), whole.run(starts)
+    compacted = search_relaxer(pot, config, 8, floor, compact=True, slots=8)
+    whole = search_relaxer(pot, config, 8, floor, compact=False, slots=8)
+    refilled = search_relaxer(pot, config, 8, floor)
+    a, b, c = compacted.run(starts), whole.run(starts), refilled.run(starts)
     assert compacted.stats["compactions"] >= 1 and whole.stats["compactions"] == 0
+    assert refilled.stats["batch_sizes"] == [int(np.ceil(8 * default_batch_fraction()))]
     assert np.ptp(b.labels["steps"]) > 50  # the relaxations differ in length, so compaction had work to do
-    np.testing.assert_array_equal(a.labels["status"], b.labels["status"])
-    np.testing.assert_array_equal(a.labels["steps"], b.labels["steps"])
-    np.testing.assert_allclose(a.labels["energy"], b.labels["energy"], atol=1e-8)
-    np.testing.assert_allclose(a.frac, b.frac, atol=1e-7)
-    np.testing.assert_allclose(a.lattice, b.lattice, atol=1e-7)
+    for other in (a, c):
+        np.testing.assert_array_equal(other.labels["status"], b.labels["status"])
+        np.testing.assert_array_equal(other.labels["steps"], b.labels["steps"])
+        np.testing.assert_allclose(other.labels["energy"], b.labels["energy"], atol=1e-8)
+        np.testing.assert_allclose(other.frac, b.frac, atol=1e-7)
+        np.testing.assert_allclose(other.lattice, b.lattice, atol=1e-7)
 
 
 def test_search_relaxer_tightens_a_generous_capacity_once_without_changing_results(float64):

@@ -112,11 +112,18 @@ from jaxinv.relax.fire import (FAILED_GRAPH, RUNNING, Criteria, FireConfig, Rela
                                gather_slots, tree_select)
 
 __all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "MEMORY_FRACTION", "device_memory",
-           "is_out_of_memory", "probe_bytes_per_edge"]
+           "default_batch_fraction", "is_out_of_memory", "probe_bytes_per_edge"]
 
 PRECISIONS = ("float64", "float32")
 MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch (a CPU)
 MIN_COMPACT = 4  # the smallest batch the running slots are gathered into
+
+
+def default_batch_fraction() -> float:
+    """Largest batch as a fraction of the pending list (module docstring): 1/4 on a CPU, where a
+    batch costs the sum of its slots and finished slots must be refilled from the list, 1 on an
+    accelerator, where a batch costs about what one structure does."""
+    return 0.25 if jax.default_backend() == "cpu" else 1.0
 MEMORY_FRACTION = 0.7  # of the device's free memory one batch may take (an accelerator)
 RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
 DENSE_FACTOR = 4.0  # estimated edges above this times a group's median: relaxed in a later pass
@@ -255,7 +262,7 @@ class RelaxQueue:
         self.memory_fraction = float(memory_fraction)
         self.oom_limit: dict[int, int] = {}  # padded size -> most slots since a batch of it ran out of memory
         if batch_fraction is None:
-            batch_fraction = 0.25 if jax.default_backend() == "cpu" else 1.0
+            batch_fraction = default_batch_fraction()
         if not 0.0 < batch_fraction <= 1.0:
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction}")
         self.batch_fraction = float(batch_fraction)
