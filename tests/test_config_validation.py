@@ -90,6 +90,7 @@ def fails(argv, capsys):
     (["run", "search", "composition=Xx2O"], "composition"),
     (["run", "search", "composition=Si8", "algorithm.name=ga"], "algorithm.name"),
     (["run", "search", "composition=Si8", "fingerprint.sigma=0"], "fingerprint.sigma"),
+    (["run", "search", "composition=Si8", "slots=0"], "slots"),
     (["run", "search", "composition=Si8", "algorithm.options.soft_model=hessian"], "algorithm.options"),
     (["run", "relax", "potential=nonexistent"], "potential.name"),
     (["run", "relax", "potential.name=nonexistent"], "potential.name"),

@@ -146,6 +146,7 @@ class Config(RunConfig, RelaxSettings):
     volume_per_atom: float = checked(0.0, non_negative)
     seeds: Optional[str] = checked(None, Rule(_seeds_problem, "an existing path or dataset:NAME[:SPLIT]"))
     batch: int = checked(16, at_least(1))
+    slots: Optional[int] = checked(None, at_least(1))
     max_relaxations: int = checked(400, at_least(1))
     max_generations: int = checked(1000, at_least(1))
     target: Optional[float] = None
@@ -210,7 +211,7 @@ def build_problem(cfg, skipped: list | None = None) -> Problem:
         seeds, _ = from_structures(space, structures, names=names)
     relax = fire_config(cfg, cell="fixed" if cfg.cluster else "frechet")
     fp = FingerprintConfig(**{f.name: getattr(cfg.fingerprint, f.name) for f in dataclasses.fields(FingerprintConfig)})
-    return Problem(space, potential, relax, batch=cfg.batch, fingerprint=fp,
+    return Problem(space, potential, relax, batch=cfg.batch, slots=cfg.slots, fingerprint=fp,
                    objective=resolve_objective(cfg.objective), seeds=seeds)
 
 

@@ -93,6 +93,7 @@ class Problem:
     potential: Potential
     relax: FireConfig = field(default_factory=FireConfig)
     batch: int = 16  # structures relaxed per step
+    slots: int | None = None  # relaxation slots they run through (None: search_relaxer's rule, a quarter on a CPU)
     fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
     objective: Callable[[Crystal], np.ndarray] | None = None
     seeds: Crystal | None = None
@@ -218,7 +219,7 @@ class Search:
         self.algorithm, self.problem, self.name = algorithm, problem, name
         pot, space = problem.potential, problem.space
         cutoff = pot.cutoff + problem.relax.skin_for(pot.cutoff)
-        self.relaxer = search_relaxer(pot, problem.relax, problem.batch, graph_floor(space, cutoff))
+        self.relaxer = search_relaxer(pot, problem.relax, problem.batch, graph_floor(space, cutoff), slots=problem.slots)
         self.fingerprint_graphs = StickyGraph(problem.r_max, *graph_floor(space, problem.r_max))
         self._operator_graphs: dict = {}  # operator name -> (images, capacity)
 
