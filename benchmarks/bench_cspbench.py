@@ -61,7 +61,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-TARGETS = HERE.parent.parent / "shared" / "data" / "cspbench" / "targets.csv"
+# the shared data folder beside the checkout, or $JAXINV_DATA (where jaxinv.data looks first)
+TARGETS = Path(os.environ.get("JAXINV_DATA") or HERE.parent.parent / "shared" / "data") / "cspbench" / "targets.csv"
 OUT = HERE / "results" / "cspbench"
 BUDGET_S = 600.0
 SOLVED_MEV = 2.0
