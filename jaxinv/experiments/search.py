@@ -273,8 +273,11 @@ def main(cfg, run):
         # later relaxations move the hull, so the final distance is what hull.csv says
         from pymatgen.core import Composition
 
-        final = {r["formula"]: r["e_above_hull"] for r in table}.get(
-            Composition(summary["best_formula"]).reduced_formula)
+        # the hull's height at the best's composition is its best row's enthalpy less that row's distance;
+        # the best itself may be an earlier, higher structure of that composition
+        row = {r["formula"]: r for r in table}.get(Composition(summary["best_formula"]).reduced_formula)
+        final = None if row is None else (summary["best_enthalpy_per_atom"]
+                                          - (row["enthalpy_per_atom"] - row["e_above_hull"]))
         summary["best_e_above_final_hull"] = final
         print(f"best: {summary['best_formula']} at {summary['best_fitness']:.5f} eV/atom above the hull known when "
               f"it was relaxed" + (f", {final:.5f} above the final hull (hull.csv)" if final is not None else "")
