@@ -117,6 +117,9 @@ __all__ = ["RelaxQueue", "as_crystal", "PRECISIONS", "MAX_EDGES", "MAX_BATCH", "
 PRECISIONS = ("float64", "float32")
 MAX_EDGES, MAX_BATCH = 60_000, 128  # default edge budget and slots per batch (a CPU)
 MIN_COMPACT = 4  # the smallest batch the running slots are gathered into
+MEMORY_FRACTION = 0.7  # of the device's free memory one batch may take (an accelerator)
+RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
+DENSE_FACTOR = 4.0  # estimated edges above this times a group's median: relaxed in a later pass
 
 
 def default_batch_fraction() -> float:
@@ -124,9 +127,7 @@ def default_batch_fraction() -> float:
     batch costs the sum of its slots and finished slots must be refilled from the list, 1 on an
     accelerator, where a batch costs about what one structure does."""
     return 0.25 if jax.default_backend() == "cpu" else 1.0
-MEMORY_FRACTION = 0.7  # of the device's free memory one batch may take (an accelerator)
-RESULT_LABELS = ("energy", "stress", "status", "steps")  # what a relaxation writes into Crystal.labels
-DENSE_FACTOR = 4.0  # estimated edges above this times a group's median: relaxed in a later pass
+
 
 log = logging.getLogger("jaxinv.relax")
 
