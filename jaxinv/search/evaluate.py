@@ -14,8 +14,8 @@ through a quarter as many slots (the queue's :func:`~jaxinv.relax.queue.default_
 refilled from the generation's list as they finish. The FIRE step counts of one generation
 spread from 1 to ``max_steps`` (ZnCO3 with SevenNet-0: 3,948 steps in all for 16 random
 structures, 4 of them at the 500-step cap): 16 slots pay 16 x 500 slot-steps, 4 refilled
-slots about the sum. Measured on one core, cold, ZnCO3's first generation came at 88 s
-instead of 138 s (issue 27).
+slots about the sum. Measured on one core, cold, ZnCO3's first generation came at 82 s
+instead of 128 s and each later one took 63 s instead of 102 s (issue 27).
 
 The batch keeps its size to the end of each generation (no ``compact``, on a CPU too):
 gathering the last running structures into fewer slots is a second relaxation program,
