@@ -4,7 +4,7 @@ import pytest
 from ase import Atoms
 from ase.db import connect
 
-from jaxinv.search.history import hull_table, plot_hull
+from jaxinv.search.history import above_final_hull, hull_table, plot_hull
 
 
 def _write(db, symbols, enthalpy, ident, status="converged"):
@@ -38,6 +38,11 @@ def test_hull_table_known_distances(tmp_path):
     assert [f for f, r in table.items() if r["on_hull"]] == ["Ti", "TiGa", "Ga"]
     assert table["Ti3Ga"]["fraction"] == 0.25  # of Ga, the heavier element
     assert isinstance(table["Ti"]["space_group"], int)
+    # one structure's own final distance: the earlier TiGa cell at -5.5 is 0.1 above the hull
+    rows = list(table.values())
+    np.testing.assert_allclose(above_final_hull(rows, "Ti2Ga2", -5.5), 0.1, atol=1e-9)
+    np.testing.assert_allclose(above_final_hull(rows, "Ti3Ga", table["Ti3Ga"]["enthalpy_per_atom"]), 0.2, atol=1e-9)
+    assert above_final_hull(rows, "Ti2Ga", -6.0) is None
     png = plot_hull(list(table.values()), tmp_path / "hull.png", "test")
     assert png.stat().st_size > 5000
 
@@ -75,9 +80,8 @@ def test_variable_composition_search_writes_the_hull(tmp_path, capsys):
     # the best's fitness was against the hull of its time; the summary also gives the final distance
     import json
 
-    from pymatgen.core import Composition
-
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
 
     summary = json.loads((out / "summary.json").read_text())
     # the final distance of the best structure itself (not of its composition's best), by pymatgen from hull.csv

@@ -251,7 +251,7 @@ def main(cfg, run):
                 fh.write(f"{r['ident']},{r['fitness']:.6f},{r['objective1']:.6f},{r['enthalpy']:.6f}\n")
         summary["pareto_front"] = len(front)
     if problem.space.variable:
-        from jaxinv.search.history import hull_table, plot_hull
+        from jaxinv.search.history import above_final_hull, hull_table, plot_hull
 
         try:
             table = hull_table(run.out_dir / "history.db")
@@ -270,14 +270,8 @@ def main(cfg, run):
             summary["hull"] = [f"{r['formula']} ({r['space_group']})" for r in table if r["on_hull"]]
             print("on the hull: " + ", ".join(summary["hull"]))
         # a hull search's fitness is the distance to the hull known when the structure was relaxed;
-        # later relaxations move the hull, so the final distance is what hull.csv says
-        from pymatgen.core import Composition
-
-        # the hull's height at the best's composition is its best row's enthalpy less that row's distance;
-        # the best itself may be an earlier, higher structure of that composition
-        row = {r["formula"]: r for r in table}.get(Composition(summary["best_formula"]).reduced_formula)
-        final = None if row is None else (summary["best_enthalpy_per_atom"]
-                                          - (row["enthalpy_per_atom"] - row["e_above_hull"]))
+        # later relaxations move the hull, so the final distance is measured against hull.csv's
+        final = above_final_hull(table, summary["best_formula"], summary["best_enthalpy_per_atom"])
         summary["best_e_above_final_hull"] = final
         print(f"best: {summary['best_formula']} at {summary['best_fitness']:.5f} eV/atom above the hull known when "
               f"it was relaxed" + (f", {final:.5f} above the final hull (hull.csv)" if final is not None else "")

@@ -22,7 +22,7 @@ import numpy as np
 from jaxinv.crystal import Crystal
 from jaxinv.relax.fire import STATUS_NAMES
 
-__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "plot_hull"]
+__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "above_final_hull", "plot_hull"]
 
 
 class History:
@@ -154,6 +154,19 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
                       "space_group": space_group_number(structure, symprec), "ident": ident,
                       "structures": counts[f]})
     return sorted(table, key=lambda r: (r["fraction"], r["formula"]))
+
+
+def above_final_hull(table: list[dict], formula: str, enthalpy_per_atom: float) -> float | None:
+    """Distance (eV/atom) of one structure of ``formula`` above the hull of ``table``
+    (:func:`hull_table`): its enthalpy less the hull's height at its composition, which is
+    that composition's best row less the row's own distance. The structure may be an earlier,
+    higher one of that composition. None when ``table`` has no row of the composition."""
+    from pymatgen.core import Composition
+
+    row = {r["formula"]: r for r in table}.get(Composition(formula).reduced_formula)
+    if row is None:
+        return None
+    return float(enthalpy_per_atom - (row["enthalpy_per_atom"] - row["e_above_hull"]))
 
 
 def plot_hull(table: list[dict], path: str | Path, title: str = "") -> Path:
