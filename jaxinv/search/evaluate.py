@@ -42,10 +42,10 @@ __all__ = ["search_relaxer", "enthalpy_per_atom"]
 def search_relaxer(potential: Potential, config: FireConfig, batch: int, graph_floor: tuple,
                    chunk_steps: int = 50, compact: bool | None = False, slots: int | None = None) -> RelaxQueue:
     """The relaxation driver of a search whose generations hold ``batch`` structures: ``slots``
-    fixed slots (None: ``batch`` times the queue's default batch fraction, module docstring,
-    rounded up to whole multiples of the process's devices) of one
-    padded size, graph sizes from ``graph_floor`` = ``(images, capacity)``; ``compact`` off
-    (module docstring; None: the queue's default, on for a CPU)."""
+    fixed slots of one padded size (None: ``batch`` times the queue's default batch fraction,
+    module docstring, rounded up to a whole multiple of the process's devices), graph sizes
+    from ``graph_floor`` = ``(images, capacity)``; ``compact`` off (module docstring; None:
+    the queue's default, on for a CPU)."""
     if slots is None:  # whole multiples of the devices, so that a batch still splits over them
         devices = jax.local_device_count()
         slots = devices * max(1, int(np.ceil(batch * default_batch_fraction() / devices)))
