@@ -4,7 +4,7 @@ import pytest
 from ase import Atoms
 from ase.db import connect
 
-from jaxinv.search.history import above_final_hull, hull_table, plot_hull
+from jaxinv.search.history import hull_table, most_stable, plot_hull
 
 
 def _write(db, symbols, enthalpy, ident, status="converged"):
@@ -38,11 +38,11 @@ def test_hull_table_known_distances(tmp_path):
     assert [f for f, r in table.items() if r["on_hull"]] == ["Ti", "TiGa", "Ga"]
     assert table["Ti3Ga"]["fraction"] == 0.25  # of Ga, the heavier element
     assert isinstance(table["Ti"]["space_group"], int)
-    # one structure's own final distance: the earlier TiGa cell at -5.5 is 0.1 above the hull
+    # the run's result: the hull's most stable compound, not an element (formation 0)
     rows = list(table.values())
-    np.testing.assert_allclose(above_final_hull(rows, "Ti2Ga2", -5.5), 0.1, atol=1e-9)
-    np.testing.assert_allclose(above_final_hull(rows, "Ti3Ga", table["Ti3Ga"]["enthalpy_per_atom"]), 0.2, atol=1e-9)
-    assert above_final_hull(rows, "Ti2Ga", -6.0) is None
+    assert most_stable(rows)["formula"] == "TiGa"
+    assert most_stable([table["Ti"], table["Ga"], table["Ti3Ga"], table["TiGa3"]])["formula"] == "Ti3Ga"
+    assert most_stable([table["Ti"], table["Ga"]])["formula"] == "Ti"
     png = plot_hull(list(table.values()), tmp_path / "hull.png", "test")
     assert png.stat().st_size > 5000
 
@@ -77,20 +77,17 @@ def test_variable_composition_search_writes_the_hull(tmp_path, capsys):
     assert all(float(r["e_above_hull"]) >= 0 for r in rows)
     assert min(float(r["formation_per_atom"]) for r in rows) < 0
     assert (out / "hull.png").stat().st_size > 5000
-    # the best's fitness was against the hull of its time; the summary also gives the final distance
+    # the result is the hull's most stable compound, written with every hull phase
     import json
 
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
+    from pymatgen.core import Structure
 
     summary = json.loads((out / "summary.json").read_text())
-    # the final distance of the best structure itself (not of its composition's best), by pymatgen from hull.csv
-    pd = PhaseDiagram([PDEntry(Composition(r["formula"]), float(r["enthalpy_per_atom"]) *
-                               Composition(r["formula"]).num_atoms) for r in rows])
-    best = Composition(summary["best_formula"])
-    expected = pd.get_e_above_hull(PDEntry(best, summary["best_enthalpy_per_atom"] * best.num_atoms),
-                                   allow_negative=True)
-    row = next(r for r in rows if r["formula"] == best.reduced_formula)
-    assert summary["best_e_above_final_hull"] == pytest.approx(expected, abs=1e-5)
-    assert summary["best_e_above_final_hull"] >= float(row["e_above_hull"]) - 1e-6
-    assert "above the final hull (hull.csv)" in capsys.readouterr().out
+    deepest = min((r for r in rows if r["on_hull"] == "True" and r["formula"] not in ("Ar", "Kr")),
+                  key=lambda r: float(r["formation_per_atom"]))
+    assert summary["best_formula"] == deepest["formula"] and summary["best_fitness"] == pytest.approx(0, abs=1e-8)
+    assert summary["best_formation_per_atom"] == pytest.approx(float(deepest["formation_per_atom"]), abs=1e-6)
+    best = Structure.from_file(out / "best.cif")
+    assert best.composition.reduced_formula == deepest["formula"]
+    assert sorted(p.stem for p in (out / "hull").glob("*.cif")) == sorted(on_hull)
+    assert "best: " + deepest["formula"] in capsys.readouterr().out

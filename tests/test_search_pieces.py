@@ -418,3 +418,31 @@ def test_random_crystals_keep_every_composition_of_a_range():
         for k in range(len(ci)):  # single-atom Ne cells too: their distance is to their own images
             n = int(c.mask[k].sum())
             assert _min_distance_fast(c.lattice[k], c.frac[k][:n]) >= space.min_distance - 1e-9
+
+
+def test_survival_caps_each_reduced_composition():
+    """Ar-Kr, 2-4 atoms. Eight distinct members: five ArKr-type (ArKr and Ar2Kr2 are one
+    reduced composition) best of all, then Ar, Kr and Ar3Kr. With a cap of 2, a population
+    of 5 keeps the two best ArKr and the best of each other composition; without it, the
+    five ArKr. With too few compositions to fill the population, capped members fill it."""
+    from jaxinv.potentials import lennard_jones
+    from jaxinv.search import Problem
+    from jaxinv.search.core import empty_population, survive
+
+    space = SearchSpace.binary("Ar", "Kr", 2, 4, bond_length=1.2)
+    problem = Problem(space, lennard_jones(species=["Ar", "Kr"]))
+    comps = [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1), (2, 0), (0, 3), (3, 1)]
+    fitness = np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07])
+    pool = empty_population(problem, len(comps))
+    numbers = np.array([space.numbers(space.compositions.index(c))[0] for c in comps])
+    masks = np.array([space.numbers(space.compositions.index(c))[1] for c in comps])
+    fp = np.eye(len(comps), pool.fingerprint.shape[1])  # all distinct
+    pool = pool.replace(crystal=pool.crystal.replace(numbers=numbers, mask=masks), enthalpy=fitness,
+                        fitness=fitness, objectives=fitness[:, None], fingerprint=fp, ident=np.arange(len(comps)),
+                        valid=np.ones(len(comps), bool))
+    groups = space.reduced_indices()[problem.composition_indices(pool.crystal)]
+    assert groups[0] == groups[1] and len(set(groups)) == 4
+    kept = lambda p: list(np.asarray(p.ident)[np.asarray(p.valid)])
+    assert kept(survive(pool, 5, 0.002, 0.002)) == [0, 1, 2, 3, 4]
+    assert kept(survive(pool, 5, 0.002, 0.002, groups, 2)) == [0, 1, 5, 6, 7]
+    assert kept(survive(pool, 7, 0.002, 0.002, groups, 1)) == [0, 5, 6, 7, 1, 2, 3]

@@ -10,7 +10,9 @@ Writes ``history.db`` (ASE database of every relaxed structure: energy, fitness,
 operator, parents), ``convergence.png``, ``best.cif``, ``summary.json``, and
 ``front.csv`` (Pareto front, two objectives) or, for a composition range,
 ``hull.csv`` (the best structure of each reduced composition: enthalpy, formation
-enthalpy, distance above the final hull, space group) and ``hull.png``. Rerunning
+enthalpy, distance above the final hull, space group), ``hull.png`` and ``hull/``
+(a CIF of each phase on the hull); there ``best.cif`` is the hull's most stable
+compound. Rerunning
 with ``out_dir=<the same folder>`` resumes the search.
 """
 from __future__ import annotations
@@ -251,7 +253,7 @@ def main(cfg, run):
                 fh.write(f"{r['ident']},{r['fitness']:.6f},{r['objective1']:.6f},{r['enthalpy']:.6f}\n")
         summary["pareto_front"] = len(front)
     if problem.space.variable:
-        from jaxinv.search.history import above_final_hull, hull_table, plot_hull
+        from jaxinv.search.history import hull_table, most_stable, phase_structures, plot_hull
 
         try:
             table = hull_table(run.out_dir / "history.db")
@@ -267,16 +269,26 @@ def main(cfg, run):
         if table:
             plot_hull(table, run.path("hull.png"), f"{search.name}, {problem.potential.name}: "
                                                     f"{int(state.relaxations)} relaxations")
-            summary["hull"] = [f"{r['formula']} ({r['space_group']})" for r in table if r["on_hull"]]
-            print("on the hull: " + ", ".join(summary["hull"]))
-        # a hull search's fitness is the distance to the hull known when the structure was relaxed;
-        # later relaxations move the hull, so the final distance is measured against hull.csv's
-        final = above_final_hull(table, summary["best_formula"], summary["best_enthalpy_per_atom"])
-        summary["best_e_above_final_hull"] = final
-        print(f"best: {summary['best_formula']} at {summary['best_fitness']:.5f} eV/atom above the hull known when "
-              f"it was relaxed" + (f", {final:.5f} above the final hull (hull.csv)" if final is not None else "")
-              + f"; {summary['relaxations']} relaxations")
-    else:
+            on_hull = [r for r in table if r["on_hull"]]
+            summary["hull"] = [f"{r['formula']} ({r['space_group']})" for r in on_hull]
+            print("on the hull: " + ", ".join(summary["hull"]) + f" (structures in {run.path('hull')})")
+            # the result of a hull search is the final hull, not the history's best fitness (a
+            # distance to the hull known when that structure was relaxed): best.cif is its most
+            # stable compound, hull/ holds every phase on it
+            best_row = most_stable(table)
+            structures = phase_structures(run.out_dir / "history.db", on_hull + [best_row])
+            run.path("hull").mkdir(exist_ok=True)
+            for r in on_hull:
+                structures[r["formula"]].to(filename=str(run.path("hull") / f"{r['formula']}.cif"))
+            structures[best_row["formula"]].to(filename=str(run.path("best.cif")))
+            summary.update(best_formula=best_row["formula"], best_fitness=best_row["e_above_hull"],
+                           best_enthalpy_per_atom=best_row["enthalpy_per_atom"],
+                           best_formation_per_atom=best_row["formation_per_atom"],
+                           best_space_group=best_row["space_group"])
+            print(f"best: {best_row['formula']} (space group {best_row['space_group']}), formation enthalpy "
+                  f"{best_row['formation_per_atom']:.5f} eV/atom, {best_row['e_above_hull']:.5f} above the hull; "
+                  f"{summary['relaxations']} relaxations")
+    if not (problem.space.variable and table):
         print(f"best: {summary['best_formula']} fitness {summary['best_fitness']:.5f} after "
               f"{summary['relaxations']} relaxations")
     run.save_json(summary, "summary.json")

@@ -132,6 +132,14 @@ class SearchSpace:
         cells = groups[int(rng.integers(len(groups)))]
         return int(cells[int(rng.integers(len(cells)))])
 
+    def reduced_indices(self) -> np.ndarray:
+        """(C,) the reduced composition of each composition index, numbered in the order of
+        first appearance (TiGa and Ti2Ga2 share one)."""
+        out = np.zeros(len(self.compositions), np.int64)
+        for g, cells in enumerate(self._reduced_groups()):
+            out[cells] = g
+        return out
+
     def _reduced_groups(self) -> list[list[int]]:
         """Composition indices grouped by reduced composition (ordered by first index)."""
         import math

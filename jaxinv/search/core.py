@@ -400,18 +400,40 @@ def _order(objectives, fitness, valid):
     return nsga2_order(objectives, valid)
 
 
-def survive(pool: Population, size: int, threshold: float, energy_tol: float) -> Population:
+def survive(pool: Population, size: int, threshold: float, energy_tol: float, groups: np.ndarray | None = None,
+            per_group: int = 0) -> Population:
     """The best ``size`` distinct members of ``pool``.
 
     Members are ordered by fitness (NSGA-II rank and crowding with two
     objectives); a member within ``threshold`` (fingerprint) and ``energy_tol``
-    (eV/atom) of a better kept one is a duplicate and dropped. Missing members
-    are invalid slots. The order is one jitted function; the gather is on the host.
+    (eV/atom) of a better kept one is a duplicate and dropped. With ``groups``
+    ((len(pool),) labels) and ``per_group`` > 0, at most ``per_group`` members of a
+    group survive while members of other groups are left to fill the population
+    (niching: a hull search keeps compositions off the current hull breeding).
+    Missing members are invalid slots. The order is one jitted function; the gather
+    and the niche cap are on the host.
     """
     idx, keep = _survive_order(pool, threshold, energy_tol)
-    idx, keep = np.asarray(idx)[:size], np.asarray(keep)[:size]
+    idx, keep = np.asarray(idx), np.asarray(keep)
+    if groups is not None and per_group > 0:
+        idx, keep = _cap_groups(idx, keep, np.asarray(groups)[idx], per_group)
+    idx, keep = idx[:size], keep[:size]
     out = to_host(take(pool, idx))
     return out.replace(valid=keep & out.valid, fitness=np.where(keep, out.fitness, np.inf))
+
+
+def _cap_groups(idx: np.ndarray, keep: np.ndarray, groups: np.ndarray, per_group: int):
+    """Reorder a survival order (kept members first, best first): each group's best
+    ``per_group`` kept members, then the other kept members, then the dropped ones,
+    each part in its former order."""
+    rank = np.zeros(len(idx), np.int64)  # how many better kept members share the group
+    seen: dict[int, int] = {}
+    for i in np.flatnonzero(keep):
+        rank[i] = seen.get(int(groups[i]), 0)
+        seen[int(groups[i])] = rank[i] + 1
+    part = np.where(~keep, 2, np.where(rank < per_group, 0, 1))
+    order = np.argsort(part, stable=True)
+    return idx[order], keep[order]
 
 
 @jax.jit

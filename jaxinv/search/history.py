@@ -22,7 +22,8 @@ import numpy as np
 from jaxinv.crystal import Crystal
 from jaxinv.relax.fire import STATUS_NAMES
 
-__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "above_final_hull", "plot_hull"]
+__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "most_stable", "phase_structures",
+           "plot_hull"]
 
 
 class History:
@@ -156,17 +157,27 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
     return sorted(table, key=lambda r: (r["fraction"], r["formula"]))
 
 
-def above_final_hull(table: list[dict], formula: str, enthalpy_per_atom: float) -> float | None:
-    """Distance (eV/atom) of one structure of ``formula`` above the hull of ``table``
-    (:func:`hull_table`): its enthalpy less the hull's height at its composition, which is
-    that composition's best row less the row's own distance. The structure may be an earlier,
-    higher one of that composition. None when ``table`` has no row of the composition."""
-    from pymatgen.core import Composition
+def most_stable(table: list[dict]) -> dict:
+    """The row of :func:`hull_table` a composition-range search reports as its result:
+    the compound closest to the final hull, and among compounds on it the one with the
+    lowest formation enthalpy (the deepest point of the hull). An element is the answer
+    only when no compound was relaxed. The history's best fitness is a poorer choice:
+    it is the distance to the hull known at evaluation time, so the first element or
+    compound that touched an early hull keeps it (an Al-Ni run reported an fcc Ni cell
+    that ended 0.073 eV/atom above the final hull)."""
+    compounds = [r for r in table if 0.0 < r["fraction"] < 1.0] or table
+    return min(compounds, key=lambda r: (not r["on_hull"], 0.0 if r["on_hull"] else r["e_above_hull"],
+                                         r["formation_per_atom"]))
 
-    row = {r["formula"]: r for r in table}.get(Composition(formula).reduced_formula)
-    if row is None:
-        return None
-    return float(enthalpy_per_atom - (row["enthalpy_per_atom"] - row["e_above_hull"]))
+
+def phase_structures(path: str | Path, rows: list[dict]) -> dict:
+    """pymatgen ``Structure`` of each row of :func:`hull_table` (by its history ident),
+    keyed by formula: what ``hull/`` and ``best.cif`` of a composition-range run hold."""
+    from ase.db import connect
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    db = connect(str(path))
+    return {r["formula"]: AseAtomsAdaptor.get_structure(db.get(ident=int(r["ident"])).toatoms()) for r in rows}
 
 
 def plot_hull(table: list[dict], path: str | Path, title: str = "") -> Path:
