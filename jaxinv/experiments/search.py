@@ -12,8 +12,7 @@ operator, parents), ``convergence.png``, ``best.cif``, ``summary.json``, and
 ``hull.csv`` (the best structure of each reduced composition: enthalpy, formation
 enthalpy, distance above the final hull, space group), ``hull.png`` and ``hull/``
 (a CIF of each phase on the hull); there ``best.cif`` is the hull's most stable
-compound. Rerunning
-with ``out_dir=<the same folder>`` resumes the search.
+compound. Rerunning with ``out_dir=<the same folder>`` resumes the search.
 """
 from __future__ import annotations
 
