@@ -46,7 +46,7 @@ def _rec(t, s):
 def test_collapse_rule_uses_the_relaxers_limit():
     from jaxinv.relax import FireConfig
 
-    assert FireConfig.min_bond_fraction == 0.65 and FireConfig.like_pairs
+    assert FireConfig.min_bond_fraction == 0.65 and FireConfig.species_limits
     assert bc.closest_over_limit(_squashed()) == pytest.approx(0.8 / (0.65 * (1.66 + 1.02)), rel=1e-3)
     assert bc.collapsed(_squashed())
     assert not bc.collapsed(_rocksalt(5.64))  # Na-Cl 2.82 Å, 1.05 of the sum

@@ -139,12 +139,13 @@ def well_at(fraction, depth=2.0):
     return Potential("morse-well", energy, {}, cutoff=6.0, species=(16, 42, 50))
 
 
-def test_two_atoms_of_one_element_have_the_stricter_like_pair_limit():
+def test_species_limits_for_like_pairs_and_p_block_pairs():
     """Issue 27's SnS: SevenNet-0 searches ended with Sn-Sn at 1.86 Å (0.67 of the covalent sum)
     and in flat Sn sheets at 2.18 Å (0.78), above the 0.65 limit of any pair and far below every
-    real SnS structure. Two Sn atoms now fail below 0.85 of their sum, two C atoms below 0.72;
-    Mo-Mo (quadruple bonds at 0.68) and a Sn-S pair keep 0.65. A Morse well at 0.69 of each
-    pair's sum, pairs started at 0.8 of it, 8 Å cells, fixed."""
+    real SnS structure; a GaP search ended with Ga-P at 0.68 and -62 eV/atom. Two Sn atoms now
+    fail below 0.85 of their sum, two C atoms below 0.72, two different p-block elements (Sn-S,
+    Ga-P) below 0.75; Mo-Mo (quadruple bonds at 0.68) and Mo-S keep 0.65. A Morse well at 0.69
+    of each pair's sum, pairs started at 0.8 of it, 8 Å cells, fixed."""
     from jaxinv.relax.fire import MULTIPLE_BOND_DIMERS, collapse_limits, covalent_radii, like_bond_fractions
 
     radii = covalent_radii()
@@ -153,26 +154,30 @@ def test_two_atoms_of_one_element_have_the_stricter_like_pair_limit():
         d = 0.8 * (radii[z_a] + radii[z_b])
         return Structure(Lattice.cubic(8.0), [a, b], [[0, 0, 0], [d / 8.0, 0, 0]])
 
-    out = relax([pair("Sn", "Sn", 50, 50), pair("Sn", "S", 50, 16), pair("Mo", "Mo", 42, 42)], well_at(0.69),
-                fmax=0.01, cell="fixed", progress=False)
-    assert status_names(out) == ["failed_collapse", "converged", "converged"]
-    ratio = [closest(s) / (radii[z] + radii[w]) for s, (z, w) in zip(out.to_structures(), [(50, 50), (50, 16), (42, 42)])]
-    assert np.allclose(ratio[1:], 0.69, atol=0.01) and ratio[0] < 0.85
-    off = relax([pair("Sn", "Sn", 50, 50)], well_at(0.69), fmax=0.01, cell="fixed", progress=False, like_pairs=False)
-    assert status_names(off) == ["converged"]
+    pairs = [("Sn", "Sn", 50, 50), ("Sn", "S", 50, 16), ("Mo", "S", 42, 16), ("Mo", "Mo", 42, 42)]
+    out = relax([pair(*p) for p in pairs], well_at(0.69), fmax=0.01, cell="fixed", progress=False)
+    assert status_names(out) == ["failed_collapse", "failed_collapse", "converged", "converged"]
+    ratio = [closest(s) / (radii[p[2]] + radii[p[3]]) for s, p in zip(out.to_structures(), pairs)]
+    assert np.allclose(ratio[2:], 0.69, atol=0.01) and ratio[0] < 0.85 and ratio[1] < 0.75
+    off = relax([pair(*p) for p in pairs[:2]], well_at(0.69), fmax=0.01, cell="fixed", progress=False,
+                species_limits=False)
+    assert status_names(off) == ["converged", "converged"]
     # the limits themselves, and a potential's own radii (reduced units) keep one fraction for all pairs
-    z_a, z_b = np.array([50, 50, 42, 6, 55, 92]), np.array([50, 16, 42, 6, 55, 92])
-    sums = np.array([2 * 1.39, 1.39 + 1.05, 2 * 1.54, 2 * 0.76, 2 * 2.44, 2 * 1.96])
-    assert np.allclose(collapse_limits(z_a, z_b), [0.85, 0.65, 0.65, 0.72, 0.72, 0.65] * sums)
+    z_a, z_b = np.array([50, 50, 42, 6, 55, 92, 31, 8, 42]), np.array([50, 16, 42, 6, 55, 92, 15, 6, 16])
+    sums = np.array([2 * 1.39, 1.39 + 1.05, 2 * 1.54, 2 * 0.76, 2 * 2.44, 2 * 1.96, 1.22 + 1.07, 0.66 + 0.76,
+                     1.54 + 1.05])
+    assert np.allclose(collapse_limits(z_a, z_b), [0.85, 0.75, 0.65, 0.72, 0.72, 0.65, 0.75, 0.65, 0.65] * sums)
     assert 42 in MULTIPLE_BOND_DIMERS and 50 not in MULTIPLE_BOND_DIMERS
     assert like_bond_fractions().min() == 0.65 and like_bond_fractions(0.9).min() == 0.9
+    assert np.allclose(collapse_limits(z_a, z_b, FireConfig(min_bond_fraction=0.8)) / sums, [0.85, 0.8, 0.8, 0.8,
+                                                                                              0.8, 0.8, 0.8, 0.8, 0.8])
     own = FireConfig(bond_radii=(0.5,) * 119)
     assert np.allclose(collapse_limits(z_a, z_b, own), 0.65)
     # a search's fitness follows the relaxer's status
     relaxer = search_relaxer(well_at(0.69), FireConfig(fmax=0.01, max_steps=300, cell="fixed"), 2, ((1, 1, 1), 16),
                              compact=False)
     fitness = enthalpy_per_atom(relaxer.run(Crystal.from_structures([pair("Sn", "Sn", 50, 50),
-                                                                     pair("Sn", "S", 50, 16)])), 0.0)
+                                                                     pair("Mo", "S", 42, 16)])), 0.0)
     assert np.isinf(fitness[0]) and np.isfinite(fitness[1])
 
 

@@ -16,7 +16,7 @@ __all__ = ["relax", "status_names", "converged", "failed", "energy_per_atom"]
 def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stress_tol: float = FireConfig.stress_tol,
           max_steps: int = FireConfig.max_steps, pressure_gpa: float = 0.0, cell: str = FireConfig.cell,
           criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
-          like_pairs: bool = FireConfig.like_pairs,
+          species_limits: bool = FireConfig.species_limits,
           checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
           distributed: bool = False, **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
@@ -30,8 +30,8 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     component (plus the pressure) is below ``stress_tol`` (eV/Å^3);
     ``criterion='ase'`` stops exactly where ASE's FIRE + FrechetCellFilter would
     (see :mod:`jaxinv.relax.fire`). A structure with two atoms closer than
-    ``min_bond_fraction`` times their covalent-radius sum (two atoms of one
-    element: a stricter limit per element unless ``like_pairs=False``) fails
+    ``min_bond_fraction`` times their covalent-radius sum (stricter limits for two
+    atoms of one element and two p-block elements unless ``species_limits=False``) fails
     (``failed_collapse``; see :func:`jaxinv.relax.fire.collapse_limits`).
 
     Returns the relaxed structures in input order as a host :class:`Crystal`:
@@ -63,7 +63,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     """
     config = FireConfig(fmax=fmax, stress_tol=stress_tol, max_steps=max_steps, pressure=pressure_gpa * GPA,
                         cell=cell, criterion=criterion, min_bond_fraction=min_bond_fraction,
-                        like_pairs=like_pairs)
+                        species_limits=species_limits)
     if not (distributed and jax.process_count() > 1):
         return RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
                           **queue_options).run(structures)

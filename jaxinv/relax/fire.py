@@ -40,8 +40,8 @@ Failures are flagged, never raised:
   metal-metal quadruple bonds); the shortest in perov_5 is 0.667 (Cs-N in the
   hypothetical CsBeN3) and in carbon_24 0.80, hence 0.65.
   Two atoms of one element have their own, stricter limit per element
-  (``like_bond_fractions``; ``like_pairs=False`` turns it off, e.g. at pressures
-  of tens of GPa). A SevenNet-0 search of SnS ended with Sn-Sn at 1.86 Å (0.67
+  (``like_bond_fractions``; ``species_limits=False`` turns it off, e.g. at
+  pressures of tens of GPa). A SevenNet-0 search of SnS ended with Sn-Sn at 1.86 Å (0.67
   of the sum) and another with flat Sn and S sheets, Sn-Sn 2.18 Å (0.78), 1.3
   eV/atom below every real SnS structure. Three tiers, from the shortest known
   bonds between two atoms of one element: H and groups 12-18 except B, C and
@@ -51,8 +51,13 @@ Failures are flagged, never raised:
   0.84, C-C 0.78 in CaC2, N2 0.775, alpha-Ce 0.84), so 0.72; the transition
   metals of groups 5-8 and U, Np, Pu (``MULTIPLE_BOND_DIMERS``) reach 0.68-0.70
   (Mo-Mo 2.14 Å in K4Mo2Cl8, U-U 2.75 Å in alpha-U), so ``min_bond_fraction``.
-  These are facts about elements, so they apply with covalent radii only, not
-  with a potential's own radii.
+  Two different elements of the strict tier (H and groups 12-18 except B, C, N)
+  fail below 0.75: their shortest known bonds are double bonds to oxygen at 0.84
+  (S=O, P=O, Xe=O; I-O 0.87), and the 45,768 such pairs in perov_5 stay above 0.88.
+  SevenNet-0 searches found GaAs at 0.64 and GaP at 0.68 of the sum (a 4-atom GaP
+  cell at 6.3 Å^3/atom and -62 eV/atom, against -4.62 for wurtzite) above the 0.65
+  of other pairs. These are facts about elements, so they apply with covalent radii
+  only, not with a potential's own radii; ``species_limits=False`` turns them off.
   Potentials in reduced units give their own radii (``Potential.bond_radii``);
 * ``FAILED_ISOLATED``: an atom has no neighbor within the potential's cutoff
   (a cell of isolated atoms, or an atom left in vacuum): the potential exerts
@@ -111,8 +116,9 @@ class FireConfig:
     max_volume_ratio: float = 4.0
     # a pair closer than this times the sum of its atoms' bond radii fails the structure (0 disables)
     min_bond_fraction: float = 0.65
-    # two atoms of one element: the stricter limits of like_bond_fractions (with covalent radii)
-    like_pairs: bool = True
+    # the stricter limits of collapse_limits for two atoms of one element and for two p-block
+    # elements (with covalent radii; off for tens of GPa)
+    species_limits: bool = True
     bond_radii: tuple | None = None  # Å per atomic number 0..118; None: covalent radii (Potential.bond_radii)
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
@@ -195,6 +201,9 @@ MULTIPLE_BOND_DIMERS = (23, 24, 25, 26, 41, 42, 43, 44, 73, 74, 75, 76, 92, 93, 
 # H and groups 12-18 except B, C, N: like pairs above about 0.90 of the sum in every known structure
 STRICT_LIKE_PAIRS = (1, 2, 8, 9, 10, *range(13, 19), *range(30, 37), *range(48, 55), *range(80, 87))
 STRICT_LIKE_FRACTION, LIKE_FRACTION = 0.85, 0.72
+# two different elements of STRICT_LIKE_PAIRS (module docstring)
+STRICT_UNLIKE_FRACTION = 0.75
+_STRICT = np.isin(np.arange(119), STRICT_LIKE_PAIRS)
 
 
 def like_bond_fractions(min_bond_fraction: float = 0.65) -> np.ndarray:
@@ -210,14 +219,18 @@ def like_bond_fractions(min_bond_fraction: float = 0.65) -> np.ndarray:
 
 def collapse_limits(z_a, z_b, config: FireConfig = FireConfig(), xp=np):
     """The shortest allowed distance (Å) between atoms of atomic numbers ``z_a`` and ``z_b``
-    (arrays, broadcast): ``min_bond_fraction`` times their bond-radius sum, or for two atoms
-    of one element :func:`like_bond_fractions` of it (``like_pairs``, covalent radii only).
-    ``xp=jnp`` inside a jitted function."""
+    (arrays, broadcast): ``min_bond_fraction`` times their bond-radius sum; with
+    ``species_limits`` and covalent radii, :func:`like_bond_fractions` of the element for
+    two atoms of one element and ``STRICT_UNLIKE_FRACTION`` for two different elements of
+    ``STRICT_LIKE_PAIRS`` (never below ``min_bond_fraction``). ``xp=jnp`` inside a jitted
+    function."""
     own_radii = config.bond_radii is not None
     radii = xp.asarray(config.bond_radii if own_radii else covalent_radii())
     fraction = config.min_bond_fraction
-    if config.like_pairs and not own_radii:
+    if config.species_limits and not own_radii:
         like = xp.asarray(like_bond_fractions(config.min_bond_fraction))
+        strict = xp.asarray(_STRICT)
+        fraction = xp.where(strict[z_a] & strict[z_b], max(STRICT_UNLIKE_FRACTION, fraction), fraction)
         fraction = xp.where(z_a == z_b, like[z_b], fraction)
     return fraction * (radii[z_a] + radii[z_b])
 
