@@ -5,6 +5,7 @@ prototypes relaxed with the same potential.
         potential=sevennet0 algorithm=ea batch=32 max_relaxations=1600 out_dir=/tmp/hull_gati
     python benchmarks/bench_hull.py --run /tmp/hull_gati
     python benchmarks/bench_hull.py --system Al-Ni --run /tmp/alni_0 /tmp/alni_1 --out /tmp/alni.json
+    python benchmarks/bench_hull.py --compare results/hull/gati.json results/hull/gati_uniform.json ...
 
 The prototypes are textbook structures of the system and its elements (built from
 their Wyckoff positions, lattice constants from experiment), relaxed by jaxinv's
@@ -12,6 +13,8 @@ batched FIRE with SevenNet-0 like the search's own structures. Each gets its
 distance above each run's hull; a negative distance means the search missed a phase
 the potential prefers. Writes ``benchmarks/results/hull/<system>.json`` (one run:
 its hull and prototypes; several: a list of them under ``runs``) and a hull plot per run.
+``--compare`` reads such files and measures each run against the union hull of all of
+them and their prototypes: which of its phases a run missed, and by how much.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -66,9 +71,14 @@ def prototypes(system: str = "Ga-Ti"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--system", default="Ga-Ti", choices=sorted(PROTOTYPES))
-    p.add_argument("--run", required=True, nargs="+", help="`jaxinv run search` folders of the system's range")
+    p.add_argument("--run", nargs="+", help="`jaxinv run search` folders of the system's range")
     p.add_argument("--out", default=None, help="default: results/hull/<system>.json")
+    p.add_argument("--compare", nargs="+", help="files this script wrote: each run against the union hull")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(args.compare)
+    if not args.run:
+        p.error("--run or --compare is required")
 
     from jaxinv.crystal import Crystal
     from jaxinv.metrics.structure import space_group_number
@@ -122,6 +132,45 @@ def _score_run(run: Path, relaxed_protos: list[dict]) -> dict:
             row["above_search_hull"] = float(pd.get_e_above_hull(entry, allow_negative=True))
         rows.append(row)
     return {"run": str(run), "relaxations": sum(r["structures"] for r in table), "hull": table, "prototypes": rows}
+
+
+def compare(paths: list[str]) -> list[dict]:
+    """Every run in ``paths`` against the union hull: the lowest enthalpy per reduced
+    composition over all runs and all relaxed prototypes. A union phase lying more than
+    2 meV/atom below a run's own hull is a miss of that run."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    runs = []
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        runs.extend(doc.get("runs", [doc]))
+    best: dict[str, float] = {}
+    for run in runs:
+        points = [(r["formula"], r["enthalpy_per_atom"]) for r in run["hull"]]
+        points += [(p["formula"], p["energy_per_atom"]) for p in run["prototypes"] if p["energy_per_atom"] is not None]
+        for f, e in points:
+            best[f] = min(best.get(f, np.inf), e)
+
+    def entry(f, e):
+        return PDEntry(Composition(f), e * Composition(f).num_atoms, name=f)
+
+    union = PhaseDiagram([entry(f, e) for f, e in best.items()])
+    heavy = max(union.elements, key=lambda el: el.Z)  # phases in order of its fraction, as hull.csv
+    phases = sorted((e.name for e in union.stable_entries), key=lambda f: Composition(f).get_atomic_fraction(heavy))
+    print("union hull:", ", ".join(phases))
+    rows = []
+    for run in runs:
+        own = PhaseDiagram([entry(r["formula"], r["enthalpy_per_atom"]) for r in run["hull"]])
+        tries = {r["formula"]: r["structures"] for r in run["hull"]}
+        misses = {f: 1e3 * float(own.get_e_above_hull(entry(f, best[f]), allow_negative=True)) for f in phases}
+        misses = {f: m for f, m in misses.items() if m < -2.0}
+        rows.append({"run": run["run"], "relaxations": run["relaxations"], "misses_mev": misses,
+                     "tries": {f: tries.get(f, 0) for f in phases}})
+        print(f"{run['run']}: {run['relaxations']} relaxations; missed (meV/atom below its hull): "
+              + (", ".join(f"{f} {m:.1f}" for f, m in misses.items()) or "none")
+              + "; relaxed " + ", ".join(f"{f} {tries.get(f, 0)}" for f in phases))
+    return rows
 
 
 def _atoms(formula: str) -> int:

@@ -56,10 +56,11 @@ class EAConfig:
     soft_model: str = "bonds"
     transmutation: float = 0.1  # rate added for composition ranges
     # composition ranges: at most this many members of one reduced composition survive while
-    # other compositions can fill the population (0: no cap). Ranked by hull distance alone, a
-    # Ga-Ti population of 16 held almost only hull compositions, and a TiGa2 phase below the
-    # final hull got 10 of 1,616 relaxations
-    per_composition: int = 2
+    # other compositions can fill the population (niching; 0: no cap). Off by default: it moves
+    # misses rather than removing them (issue 27, SevenNet-0, phases missed against the union
+    # of all runs: Al-Ni 1-5 atoms, 3 seeds of 192 relaxations, 7 with a cap of 2 and 6
+    # without; Ga-Ti 2-10 atoms, 1,600 relaxations, 3 and 3 at population 16, 2 and 3 at 32)
+    per_composition: int = 0
 
     def __post_init__(self):
         if self.soft_model not in SOFT_MODELS:
