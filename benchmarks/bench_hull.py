@@ -23,10 +23,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402  (after the thread setting)
 
 OUT = Path(__file__).resolve().parent / "results" / "hull"
 
