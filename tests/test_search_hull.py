@@ -91,3 +91,31 @@ def test_variable_composition_search_writes_the_hull(tmp_path, capsys):
     assert best.composition.reduced_formula == deepest["formula"]
     assert sorted(p.stem for p in (out / "hull").glob("*.cif")) == sorted(on_hull)
     assert "best: " + deepest["formula"] in capsys.readouterr().out
+
+
+def test_runs_are_compared_against_the_union_hull(tmp_path):
+    """bench_hull --compare: Ti -7 and Ga -3 eV/atom in both runs; run A has TiGa at -5.6
+    (formation -0.6), run B only at -5.4, so A's TiGa is on the union hull and lies 0.2
+    eV/atom below B's hull (a miss of B); a prototype that failed (energy None) is ignored,
+    and a Ti3Ga prototype above the union hull is no phase."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_hull
+
+    def run(name, tiga, protos):
+        hull = [{"formula": f, "enthalpy_per_atom": e, "structures": 3} for f, e in
+                [("Ti", -7.0), ("TiGa", tiga), ("Ga", -3.0)]]
+        return {"run": name, "relaxations": 9, "hull": hull, "prototypes": protos}
+
+    protos = [{"formula": "Ti3Ga", "energy_per_atom": -6.2}, {"formula": "TiGa3", "energy_per_atom": None}]
+    (tmp_path / "a.json").write_text(json.dumps(run("A", -5.6, protos)))
+    (tmp_path / "b.json").write_text(json.dumps({"system": "Ga-Ti", "runs": [run("B", -5.4, protos)]}))
+    rows = {r["run"]: r for r in bench_hull.compare([str(tmp_path / "a.json"), str(tmp_path / "b.json")])}
+    # Ti3Ga at -6.2 is above the union hull at x = 1/4 (-6.3, halfway from Ti to A's TiGa)
+    assert rows["A"]["misses_mev"] == {}
+    assert set(rows["B"]["misses_mev"]) == {"TiGa"}
+    assert rows["B"]["misses_mev"]["TiGa"] == pytest.approx(-200.0, abs=1e-6)
+    assert rows["B"]["tries"] == {"Ti": 3, "TiGa": 3, "Ga": 3}
