@@ -113,13 +113,12 @@ def main(argv=None):
 
 def _score_run(run: Path, relaxed_protos: list[dict]) -> dict:
     """One run's hull (``hull_table``) and each relaxed prototype's distance above it."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
 
     from jaxinv.search.history import hull_table
 
-    table = hull_table(run / "history.db")
-    pd = PhaseDiagram([PDEntry(r["formula"], r["enthalpy_per_atom"] * _atoms(r["formula"]), name=r["formula"])
-                       for r in table])
+    table = [{k: v for k, v in r.items() if k != "structure"} for r in hull_table(run / "history.db")]
+    pd = PhaseDiagram([_entry(r["formula"], r["enthalpy_per_atom"]) for r in table])
     rows = []
     for p in relaxed_protos:
         s = p["structure"]
@@ -127,8 +126,8 @@ def _score_run(run: Path, relaxed_protos: list[dict]) -> dict:
                "status": p["status"], "energy_per_atom": p["energy"] if p["ok"] else None,
                "space_group_after": p["space_group_after"]}
         if p["ok"]:
-            entry = PDEntry(s.composition, p["energy"] * len(s))
-            row["above_search_hull"] = float(pd.get_e_above_hull(entry, allow_negative=True))
+            row["above_search_hull"] = float(pd.get_e_above_hull(_entry(row["formula"], p["energy"]),
+                                                                 allow_negative=True))
         rows.append(row)
     return {"run": str(run), "relaxations": sum(r["structures"] for r in table), "hull": table, "prototypes": rows}
 
@@ -137,7 +136,7 @@ def compare(paths: list[str]) -> list[dict]:
     """Every run in ``paths`` against the union hull: the lowest enthalpy per reduced
     composition over all runs and all relaxed prototypes. A union phase lying more than
     2 meV/atom below a run's own hull is a miss of that run."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.core import Composition
 
     runs = []
@@ -151,18 +150,15 @@ def compare(paths: list[str]) -> list[dict]:
         for f, e in points:
             best[f] = min(best.get(f, np.inf), e)
 
-    def entry(f, e):
-        return PDEntry(Composition(f), e * Composition(f).num_atoms, name=f)
-
-    union = PhaseDiagram([entry(f, e) for f, e in best.items()])
+    union = PhaseDiagram([_entry(f, e) for f, e in best.items()])
     heavy = max(union.elements, key=lambda el: el.Z)  # phases in order of its fraction, as hull.csv
     phases = sorted((e.name for e in union.stable_entries), key=lambda f: Composition(f).get_atomic_fraction(heavy))
     print("union hull:", ", ".join(phases))
     rows = []
     for run in runs:
-        own = PhaseDiagram([entry(r["formula"], r["enthalpy_per_atom"]) for r in run["hull"]])
+        own = PhaseDiagram([_entry(r["formula"], r["enthalpy_per_atom"]) for r in run["hull"]])
         tries = {r["formula"]: r["structures"] for r in run["hull"]}
-        misses = {f: 1e3 * float(own.get_e_above_hull(entry(f, best[f]), allow_negative=True)) for f in phases}
+        misses = {f: 1e3 * float(own.get_e_above_hull(_entry(f, best[f]), allow_negative=True)) for f in phases}
         misses = {f: m for f, m in misses.items() if m < -2.0}
         rows.append({"run": run["run"], "relaxations": run["relaxations"], "misses_mev": misses,
                      "tries": {f: tries.get(f, 0) for f in phases}})
@@ -172,10 +168,13 @@ def compare(paths: list[str]) -> list[dict]:
     return rows
 
 
-def _atoms(formula: str) -> int:
+def _entry(formula: str, energy_per_atom: float):
+    """A phase-diagram entry of ``formula`` (any cell of it) at ``energy_per_atom``."""
+    from pymatgen.analysis.phase_diagram import PDEntry
     from pymatgen.core import Composition
 
-    return int(Composition(formula).num_atoms)
+    c = Composition(formula)
+    return PDEntry(c, energy_per_atom * c.num_atoms, name=formula)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,6 @@ def main(cfg, run):
                        max_generations=cfg.max_generations, target=cfg.target, out_dir=run.out_dir,
                        checkpoint=cfg.checkpoint, progress=cfg.progress, fingerprint=fingerprint)
     best = state.best.crystal.to_host()
-    best.to_structures()[0].to(filename=str(run.path("best.cif")))
     summary = {"algorithm": search.name, "composition": cfg.composition, "potential": problem.potential.name,
                "generations": int(state.generation), "relaxations": int(state.relaxations),
                "best_fitness": float(state.best.fitness[0]), "best_enthalpy_per_atom": float(state.best.enthalpy[0]),
@@ -252,7 +251,7 @@ def main(cfg, run):
                 fh.write(f"{r['ident']},{r['fitness']:.6f},{r['objective1']:.6f},{r['enthalpy']:.6f}\n")
         summary["pareto_front"] = len(front)
     if problem.space.variable:
-        from jaxinv.search.history import hull_table, most_stable, phase_structures, plot_hull
+        from jaxinv.search.history import hull_table, most_stable, plot_hull
 
         try:
             table = hull_table(run.out_dir / "history.db")
@@ -275,11 +274,10 @@ def main(cfg, run):
             # distance to the hull known when that structure was relaxed): best.cif is its most
             # stable compound, hull/ holds every phase on it
             best_row = most_stable(table)
-            structures = phase_structures(run.out_dir / "history.db", on_hull + [best_row])
             run.path("hull").mkdir(exist_ok=True)
             for r in on_hull:
-                structures[r["formula"]].to(filename=str(run.path("hull") / f"{r['formula']}.cif"))
-            structures[best_row["formula"]].to(filename=str(run.path("best.cif")))
+                r["structure"].to(filename=str(run.path("hull") / f"{r['formula']}.cif"))
+            best_row["structure"].to(filename=str(run.path("best.cif")))
             summary.update(best_formula=best_row["formula"], best_fitness=best_row["e_above_hull"],
                            best_enthalpy_per_atom=best_row["enthalpy_per_atom"],
                            best_formation_per_atom=best_row["formation_per_atom"],
@@ -288,6 +286,7 @@ def main(cfg, run):
                   f"{best_row['formation_per_atom']:.5f} eV/atom, {best_row['e_above_hull']:.5f} above the hull; "
                   f"{summary['relaxations']} relaxations")
     if not (problem.space.variable and table):
+        best.to_structures()[0].to(filename=str(run.path("best.cif")))
         print(f"best: {summary['best_formula']} fitness {summary['best_fitness']:.5f} after "
               f"{summary['relaxations']} relaxations")
     run.save_json(summary, "summary.json")

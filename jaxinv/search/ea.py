@@ -237,7 +237,7 @@ class Evolutionary(Algorithm):
     def _survive(self, problem: Problem, pool: Population) -> Population:
         """(mu + lambda) survival; in a composition range, capped per reduced composition."""
         groups = None
-        if problem.space.variable:
+        if problem.space.variable and self.config.per_composition > 0:
             ci = problem.composition_indices(pool.crystal)
             groups = np.where(ci >= 0, problem.space.reduced_indices()[ci], -1 - np.arange(len(ci)))
         return survive(pool, self.config.population, problem.fingerprint.threshold, problem.fingerprint.energy_tol,

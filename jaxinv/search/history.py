@@ -22,8 +22,7 @@ import numpy as np
 from jaxinv.crystal import Crystal
 from jaxinv.relax.fire import STATUS_NAMES
 
-__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "most_stable", "phase_structures",
-           "plot_hull"]
+__all__ = ["History", "convergence_curve", "plot_convergence", "hull_table", "most_stable", "plot_hull"]
 
 
 class History:
@@ -113,8 +112,9 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
     the enthalpy (eV/atom), the formation enthalpy against the run's own elemental
     phases, the distance above the final hull (the fitness stored in the history is
     the distance at evaluation time, against the hull known then), ``on_hull``,
-    the space group of that structure (spglib, ``symprec`` Å), its history ident
-    and how many structures of the composition were relaxed. Sorted by the
+    the structure itself (pymatgen, ``structure``) and its space group (spglib,
+    ``symprec`` Å), its history ident and how many structures of the composition
+    were relaxed. Sorted by the
     fraction of the heavier element. Raises ``ValueError`` when an element has no
     successful structure, since no hull can be drawn then."""
     from ase.db import connect
@@ -152,7 +152,7 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
         table.append({"formula": f, "fraction": float(Composition(f).get_atomic_fraction(elements[-1])),
                       "enthalpy_per_atom": h, "formation_per_atom": float(pd.get_form_energy_per_atom(entry)),
                       "e_above_hull": e_above, "on_hull": e_above < 1e-8,
-                      "space_group": space_group_number(structure, symprec), "ident": ident,
+                      "structure": structure, "space_group": space_group_number(structure, symprec), "ident": ident,
                       "structures": counts[f]})
     return sorted(table, key=lambda r: (r["fraction"], r["formula"]))
 
@@ -168,16 +168,6 @@ def most_stable(table: list[dict]) -> dict:
     compounds = [r for r in table if 0.0 < r["fraction"] < 1.0] or table
     return min(compounds, key=lambda r: (not r["on_hull"], 0.0 if r["on_hull"] else r["e_above_hull"],
                                          r["formation_per_atom"]))
-
-
-def phase_structures(path: str | Path, rows: list[dict]) -> dict:
-    """pymatgen ``Structure`` of each row of :func:`hull_table` (by its history ident),
-    keyed by formula: what ``hull/`` and ``best.cif`` of a composition-range run hold."""
-    from ase.db import connect
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    db = connect(str(path))
-    return {r["formula"]: AseAtomsAdaptor.get_structure(db.get(ident=int(r["ident"])).toatoms()) for r in rows}
 
 
 def plot_hull(table: list[dict], path: str | Path, title: str = "") -> Path:
