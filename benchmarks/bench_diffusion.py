@@ -24,9 +24,14 @@ Subcommands (each writes one JSON under ``benchmarks/results/diffusion/``):
 * ``energy``: ``--n`` samples relaxed with SevenNet-0 by the batched relaxer:
   energy per atom (single point) and CDVAE validity before and after, relaxation
   statuses; a histogram PNG.
+* ``curve``: the CSP learning curve. One CSP model per training-set size (a random
+  subset of our train split, ``data.limit``), each trained for the same number of
+  steps in a fresh process, then k = 1 on every test composition; match rate and
+  RMSE against size, beside DiffCSP's published number, as JSON and a PNG.
 
     OPENBLAS_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_diffusion.py csp --model <csp run> --k20-limit 100
     python benchmarks/bench_diffusion.py guidance --model <de novo run> --verifier <train_property run>/model
+    OPENBLAS_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_diffusion.py curve --sizes 3017 750 188 --root /tmp/lc
 """
 from __future__ import annotations
 
@@ -360,6 +365,61 @@ def cmd_stability(args):
     return out
 
 
+DIFFCSP_K1 = {"perov_5": 0.5202, "carbon_24": 0.1754}  # published, on CDVAE's splits (for orientation)
+
+
+def cmd_curve(args):
+    """Train one CSP model per size (resumable: a size whose run folder has a CSP score
+    is read, not rerun) and collect the k = 1 scores."""
+    import subprocess
+    import sys
+
+    out = {"dataset": args.data, "split": "jaxinv's 80/10/10 hash split of val.csv; sizes are random subsets of "
+           "its train split", "steps": args.steps, "runs": []}
+    for n in args.sizes:
+        run = Path(args.root) / f"{args.data}_n{n}"
+        res = run / "results.json"
+        if not (res.exists() and "csp" in json.loads(res.read_text())):
+            cmd = [sys.executable, "-c", "import sys; from jaxinv.cli import main; sys.exit(main())", "run", "train_generative", "model=diffcsp", f"data={args.data}",
+                   f"data.limit={n}", f"train.steps={args.steps}", f"train.time_limit_min={args.time_limit_min}",
+                   "n_samples=100000", "n_jobs=1", "progress=false", f"seed={args.seed}", f"out_dir={run}"]
+            print(" ".join(cmd[3:]), flush=True)
+            subprocess.run(cmd, check=True)
+        r = json.loads(res.read_text())
+        last = r["history"][-5:]
+        rec = {"n_train_requested": n, "steps": r["steps"], "train_s": r["train_seconds"],
+               "loss_last": {k: float(np.mean([h[k] for h in last])) for k in last[0] if k != "step"},
+               "sample_s": r["sampling"]["seconds"], "n_test": r["sampling"]["n"], **r["csp"]["csp"],
+               "validity": r["csp"]["validity"]}
+        out["runs"].append(rec)
+        print(json.dumps(rec), flush=True)
+        _save(args, out)
+    _plot_curve(out, Path(args.out).with_suffix(".png"))
+    return out
+
+
+def _plot_curve(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(out["runs"], key=lambda r: r["n_train_requested"])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot([r["n_train_requested"] for r in runs], [100 * r["match_rate"] for r in runs], "o-",
+            label=f"jaxinv diffusion, {out['steps']} steps")
+    if out["dataset"] in DIFFCSP_K1:
+        ax.axhline(100 * DIFFCSP_K1[out["dataset"]], ls="--", c="gray", label="DiffCSP published (CDVAE split)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training crystals")
+    ax.set_ylabel("CSP match rate, k = 1 (%)")
+    ax.set_title(f"{out['dataset']}: learning curve")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _save(args, out):
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,8 +454,17 @@ def main(argv=None):
             s.add_argument("--n-anchor", type=int, default=64, help="pyxtal and test structures given the protocol")
             s.add_argument("--e-ref", type=float, default=None, help="the reference (eV/atom) of an earlier run")
             s.add_argument("--samples", default=None, help="saved samples (extxyz) instead of sampling")
+    c = sub.add_parser("curve")
+    c.add_argument("--data", default="perov_5")
+    c.add_argument("--sizes", type=int, nargs="+", required=True, help="training crystals per model")
+    c.add_argument("--steps", type=int, default=12000)
+    c.add_argument("--time-limit-min", type=float, default=60)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--root", required=True, help="one run folder per size goes here")
+    c.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    args.out = args.out or str(OUT / f"{args.cmd}_{Path(args.model).name}.json")
+    name = args.data if args.cmd == "curve" else Path(args.model).name
+    args.out = args.out or str(OUT / f"{args.cmd}_{name}.json")
     return globals()[f"cmd_{args.cmd}"](args)
 
 

@@ -585,3 +585,32 @@ def test_cli_train_only(tmp_path):
     model, params = CrystalDiffusion.load(run / "checkpoint")
     with pytest.raises(ValueError, match="zero structures|nothing to sample"):
         model.sample(params, jax.random.PRNGKey(0), compositions=[])
+
+
+def test_learning_curve_collects_finished_runs(tmp_path):
+    """bench_diffusion curve: a size whose run folder already holds a CSP score is read,
+    not retrained; the record carries that run's match rate, steps and mean of the last
+    losses, sizes come out in the order asked, and the PNG is written."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_diffusion
+
+    for n, rate in ((100, 0.2), (400, 0.35)):
+        run = tmp_path / f"perov_5_n{n}"
+        run.mkdir()
+        history = [{"step": s, "total": 1.0 - s / 1e4, "frac": 0.5} for s in range(100, 1100, 100)]
+        run.joinpath("results.json").write_text(json.dumps({
+            "steps": 1000, "train_seconds": 12.0, "history": history,
+            "sampling": {"n": 369, "seconds": 30.0},
+            "csp": {"csp": {"match_rate": rate, "rmse": 0.1}, "validity": 0.99}}))
+    out = tmp_path / "curve.json"
+    res = bench_diffusion.main(["curve", "--sizes", "400", "100", "--steps", "1000", "--root", str(tmp_path),
+                                "--out", str(out)])
+    assert [r["n_train_requested"] for r in res["runs"]] == [400, 100]
+    assert [r["match_rate"] for r in res["runs"]] == [0.35, 0.2]
+    assert res["runs"][0]["loss_last"]["total"] == pytest.approx(1.0 - 800 / 1e4)  # steps 600-1000
+    assert json.loads(out.read_text())["runs"][1]["n_test"] == 369
+    assert out.with_suffix(".png").stat().st_size > 1000
