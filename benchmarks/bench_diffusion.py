@@ -207,6 +207,9 @@ def cmd_denovo(args):
         args.n = len(samples)
     else:
         samples, dt = _sample(model, params, args.seed, n=args.n, batch_size=args.batch_size)
+        from jaxinv.io import write_extxyz
+
+        write_extxyz(samples, Path(args.out).with_suffix(".extxyz"))  # kept: scoring 10,000 can fail or be redone
     t0 = time.perf_counter()
     metrics, _ = generation_metrics(samples, model.dataset, ds.subset("test").structures(),
                                     ds.subset("train").structures(), n_jobs=args.n_jobs, progress=False)
@@ -405,13 +408,18 @@ def _plot_curve(out, path):
     import matplotlib.pyplot as plt
 
     runs = sorted(out["runs"], key=lambda r: r["n_train_requested"])
+    n = np.array([r["n_train_requested"] for r in runs])
+    rate = np.array([r["match_rate"] for r in runs])
+    half = 1.96 * np.sqrt(rate * (1 - rate) / np.array([r["n_targets"] for r in runs]))  # binomial, 95 %
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot([r["n_train_requested"] for r in runs], [100 * r["match_rate"] for r in runs], "o-",
-            label=f"jaxinv diffusion, {out['steps']} steps")
+    ax.errorbar(n, 100 * rate, yerr=100 * half, fmt="o-", capsize=3, label=f"jaxinv diffusion, {out['steps']} steps")
     if out["dataset"] in DIFFCSP_K1:
         ax.axhline(100 * DIFFCSP_K1[out["dataset"]], ls="--", c="gray", label="DiffCSP published (CDVAE split)")
     ax.set_xscale("log")
-    ax.set_xlabel("training crystals")
+    ax.set_xticks(n, [str(x) for x in n])
+    ax.minorticks_off()
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("training crystals (random subsets of our train split)")
     ax.set_ylabel("CSP match rate, k = 1 (%)")
     ax.set_title(f"{out['dataset']}: learning curve")
     ax.legend(fontsize=8)

@@ -605,7 +605,7 @@ def test_learning_curve_collects_finished_runs(tmp_path):
         run.joinpath("results.json").write_text(json.dumps({
             "steps": 1000, "train_seconds": 12.0, "history": history,
             "sampling": {"n": 369, "seconds": 30.0},
-            "csp": {"csp": {"match_rate": rate, "rmse": 0.1}, "validity": 0.99}}))
+            "csp": {"csp": {"match_rate": rate, "rmse": 0.1, "n_targets": 369}, "validity": 0.99}}))
     out = tmp_path / "curve.json"
     res = bench_diffusion.main(["curve", "--sizes", "400", "100", "--steps", "1000", "--root", str(tmp_path),
                                 "--out", str(out)])
