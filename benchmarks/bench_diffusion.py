@@ -383,9 +383,11 @@ def cmd_curve(args):
         run = Path(args.root) / f"{args.data}_n{n}"
         res = run / "results.json"
         if not (res.exists() and "csp" in json.loads(res.read_text())):
-            cmd = [sys.executable, "-c", "import sys; from jaxinv.cli import main; sys.exit(main())", "run", "train_generative", "model=diffcsp", f"data={args.data}",
+            cli = "import sys; from jaxinv.cli import main; sys.exit(main())"
+            cmd = [sys.executable, "-c", cli, "run", "train_generative", "model=diffcsp", f"data={args.data}",
                    f"data.limit={n}", f"train.steps={args.steps}", f"train.time_limit_min={args.time_limit_min}",
-                   "n_samples=100000", "n_jobs=1", "progress=false", f"seed={args.seed}", f"out_dir={run}"]
+                   "n_samples=100000",  # more than any test split: one sample per test composition
+                   "n_jobs=1", "progress=false", f"seed={args.seed}", f"out_dir={run}"]
             print(" ".join(cmd[3:]), flush=True)
             subprocess.run(cmd, check=True)
         r = json.loads(res.read_text())
