@@ -211,10 +211,15 @@ def cmd_denovo(args):
 
         write_extxyz(samples, Path(args.out).with_suffix(".extxyz"))  # kept: scoring 10,000 can fail or be redone
     t0 = time.perf_counter()
-    metrics, _ = generation_metrics(samples, model.dataset, ds.subset("test").structures(),
-                                    ds.subset("train").structures(), n_jobs=args.n_jobs, progress=False)
+    reference = [s for split in args.reference.split("+") for s in ds.subset(split).structures()]
+    if args.reference_limit:  # a seeded random subset: how the coverage depends on the reference's size
+        keep = np.random.default_rng(args.seed).permutation(len(reference))[:args.reference_limit]
+        reference = [reference[i] for i in np.sort(keep)]
+    metrics, _ = generation_metrics(samples, model.dataset, reference, ds.subset("train").structures(),
+                                    n_jobs=args.n_jobs, progress=False)
     out = {"model": str(args.model), "n": args.n, "sample_s": dt, "crystals_per_s": args.n / dt,
-           "metrics_s": time.perf_counter() - t0, "metrics": metrics}
+           "reference": args.reference, "n_reference": len(reference), "metrics_s": time.perf_counter() - t0,
+           "metrics": metrics}
     print(json.dumps(out, indent=1, default=float), flush=True)
     _save(args, out)
     return out
@@ -452,6 +457,8 @@ def main(argv=None):
             s.add_argument("--k20-limit", type=int, default=100, help="test compositions given k candidates")
         if name == "denovo":
             s.add_argument("--samples", default=None, help="score these saved samples (extxyz) instead of sampling")
+            s.add_argument("--reference", default="test", help="the splits scored against, e.g. valid+test")
+            s.add_argument("--reference-limit", type=int, default=0, help="a random subset of that many")
         if name == "guidance":
             s.add_argument("--window", type=float, nargs=2, default=[1.5, 3.0])
             s.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])

@@ -36,7 +36,9 @@ def test_generation_metrics_written(perov, tmp_path):
     assert m["properties"]["density"]["n_gen"] == 9  # valid samples only
     assert np.isnan(m["properties"]["heat_ref"]["wdist"])  # CIFs carry no labels
     assert m["novelty"]["novel_rate"] == 1.0  # test structures are not in the training split
-    assert "| COV-R (%) |" in (out / "metrics.md").read_text()
+    assert m["coverage_valid_only"]["n_generated"] == 9  # the crushed sample is left out
+    report = (out / "metrics.md").read_text()
+    assert "| COV-R (%) |" in report and "| all (CDVAE): 10 |" in report and "| valid only: 9 |" in report
     rows = list(csv.DictReader(open(out / "per_sample.csv")))
     assert len(rows) == 10 and rows[-1]["struct_valid"] == "0" and rows[0]["valid"] == "1"
 

@@ -181,3 +181,29 @@ def test_subsample_valid_is_seeded_and_only_valid():
     a = subsample_valid(valid, 5, seed=1)
     assert len(a) == 5 and valid[a].all() and (a == subsample_valid(valid, 5, seed=1)).all()
     assert len(subsample_valid(valid, 1000)) == valid.sum()
+
+
+def test_coverage_under_both_rules(perov):
+    """Six test crystals as drawn, and six more squeezed to 0.2 of their lattice lengths
+    (closest pairs below CDVAE's 0.5 Å: structurally invalid). Under CDVAE's rule the
+    squeezed ones still count: three of them keep a CrystalNN fingerprint within the
+    cutoff of their reference and cover it. Under the valid-only rule only the six valid
+    samples count, and each covers exactly its own reference."""
+    from jaxinv.metrics import score_generation
+
+    refs = perov.structures(np.flatnonzero(perov.split == "test")[:12])
+    squeezed = []
+    for s in refs[6:]:
+        s = s.copy()
+        s.scale_lattice(s.volume * 0.2 ** 3)
+        squeezed.append(s)
+    m, per = score_generation(refs[:6] + squeezed, refs, dataset="perov_5", n_jobs=1, fingerprint_cache=False,
+                              metrics=("validity", "coverage"), progress=False)
+    assert per["valid"].tolist() == [True] * 6 + [False] * 6
+    every, valid = m["coverage"], m["coverage_valid_only"]
+    assert (every["n_generated"], valid["n_generated"]) == (12, 6)
+    assert (valid["cov_recall"], valid["cov_precision"]) == (0.5, 1.0)
+    # squeezed samples cover three of their references, and two squeezed samples lie within
+    # the cutoffs of some reference
+    assert every["cov_recall"] == 0.75
+    assert every["cov_precision"] == pytest.approx(8 / 12)
