@@ -114,8 +114,7 @@ def hull_table(path: str | Path, symprec: float = 0.1) -> list[dict]:
     the distance at evaluation time, against the hull known then), ``on_hull``,
     the structure itself (pymatgen, ``structure``) and its space group (spglib,
     ``symprec`` Å), its history ident and how many structures of the composition
-    were relaxed. Sorted by the
-    fraction of the heavier element. Raises ``ValueError`` when an element has no
+    were relaxed. Sorted by the fraction of the heavier element. Raises ``ValueError`` when an element has no
     successful structure, since no hull can be drawn then."""
     from ase.db import connect
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
