@@ -34,7 +34,9 @@ The scorer does not use any method's own success logic: it re-evaluates every sa
 structure of every run of a target with SevenNet-0 (energy per atom = enthalpy per
 atom at zero pressure, no relaxation), drops structures whose closest pair is below
 its collapse limit, 0.65 times the sum of the two atoms' covalent radii, or 0.72 or
-0.85 for two atoms of one element (the relaxer's rule, ``jaxinv.relax.fire.collapse_limits``), takes the lowest over all
+0.85 for two atoms of one element (the relaxer's rule, ``jaxinv.relax.fire.collapse_limits``),
+drops those whose formation energy against SevenNet-0's elemental references is below
+-5 eV/atom (the relaxer's energy floor, ``jaxinv.potentials.references``), takes the lowest over all
 methods and seeds as the reference, and reports per run: best − reference
 (meV/atom), solved (within 2 meV/atom), the best structure's spglib space group
 (symprec 0.1) against the Materials Project one, and the time to the first solved
@@ -120,6 +122,25 @@ def collapsed(structure) -> bool:
     return closest_over_limit(structure) < 1.0
 
 
+def below_energy_floor(structure, energy_per_atom) -> bool:
+    """The relaxer's FAILED_ENERGY rule: a SevenNet-0 formation energy, against SevenNet-0's
+    elemental references, below ``FireConfig.min_formation_energy`` (a hole whose pairs
+    stay above the collapse limits; ``jaxinv.potentials.references``)."""
+    from jaxinv.potentials.references import formation_energy, shipped_element_energies
+    from jaxinv.relax.fire import FireConfig
+
+    z = np.array([[site.specie.Z for site in structure]])
+    energy = np.array([float(energy_per_atom) * z.shape[1]])
+    formation = formation_energy(z, np.ones(z.shape, bool), energy, shipped_element_energies("7net-0"))[0]
+    return bool(formation < FireConfig.min_formation_energy)
+
+
+def untrustworthy(structure, energy_per_atom) -> bool:
+    """Never a best: non-finite, collapsed, or below the energy floor."""
+    return (not np.isfinite(energy_per_atom) or collapsed(structure)
+            or below_energy_floor(structure, energy_per_atom))
+
+
 # ----------------------------------------------------------------- one run
 def run_dir(out, target_id) -> Path:
     return Path(out) / target_id
@@ -157,11 +178,11 @@ class Recorder:
             self._write({"t": time.time() - self.t0, "seen": self.seen, **extra})
 
     def offer(self, structure, energy_per_atom, count=True, **extra) -> bool:
-        """Records ``structure`` if it beats the best so far and is not collapsed
+        """Records ``structure`` if it beats the best so far and is trustworthy (:func:`untrustworthy`)
         (``count``: one more structure seen; jaxinv sets ``seen`` per batch instead)."""
         self.seen += int(count)
         e = float(energy_per_atom)
-        if structure is None or not np.isfinite(e) or e >= self.best or collapsed(structure):
+        if structure is None or not np.isfinite(e) or e >= self.best or untrustworthy(structure, e):
             self.tick(**extra)
             return False
         self.best = e
@@ -382,7 +403,8 @@ def score_runs(runs: dict, target_sg: int, energy_fn=sevennet_energies, solved_m
 
     ``runs`` maps (method, seed) to a list of stream records (``t``, ``structure`` as a
     pymatgen dict or Structure). Every structure is re-evaluated with ``energy_fn``
-    (structures -> energy per atom); collapsed and non-finite ones are dropped; the
+    (structures -> energy per atom); untrustworthy ones (non-finite, collapsed, below the
+    energy floor) are dropped; the
     reference is the lowest over all runs. Returns (reference, rows)."""
     from pymatgen.core import Structure
 
@@ -390,7 +412,7 @@ def score_runs(runs: dict, target_sg: int, energy_fn=sevennet_energies, solved_m
     structures = [r["structure"] if isinstance(r["structure"], Structure) else Structure.from_dict(r["structure"])
                   for _, r in flat]
     energies = np.asarray(energy_fn(structures), float) if structures else np.zeros(0)
-    valid = np.array([np.isfinite(e) and not collapsed(s) for s, e in zip(structures, energies)], bool)
+    valid = np.array([not untrustworthy(s, e) for s, e in zip(structures, energies)], bool)
     reference = float(energies[valid].min()) if valid.any() else np.nan
     rows = []
     for key in runs:

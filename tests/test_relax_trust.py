@@ -136,7 +136,7 @@ def well_at(fraction, depth=2.0):
             x = jnp.exp(-2.0 * (r - fraction * (radii[zi] + radii[zj])))
             return depth * ((1.0 - x) ** 2 - 1.0)
         return pair_energy_sum(pair, crystal, graph)
-    return Potential("morse-well", energy, {}, cutoff=6.0, species=(16, 42, 50))
+    return Potential("morse-well", energy, {}, cutoff=6.0, species=(16, 26, 42, 50))
 
 
 def test_species_limits_for_like_pairs_and_p_block_pairs():
@@ -154,11 +154,13 @@ def test_species_limits_for_like_pairs_and_p_block_pairs():
         d = 0.8 * (radii[z_a] + radii[z_b])
         return Structure(Lattice.cubic(8.0), [a, b], [[0, 0, 0], [d / 8.0, 0, 0]])
 
-    pairs = [("Sn", "Sn", 50, 50), ("Sn", "S", 50, 16), ("Mo", "S", 42, 16), ("Mo", "Mo", 42, 42)]
+    pairs = [("Sn", "Sn", 50, 50), ("Sn", "S", 50, 16), ("Mo", "S", 42, 16), ("Mo", "Mo", 42, 42),
+             ("Fe", "Fe", 26, 26)]
     out = relax([pair(*p) for p in pairs], well_at(0.69), fmax=0.01, cell="fixed", progress=False)
-    assert status_names(out) == ["failed_collapse", "failed_collapse", "converged", "converged"]
+    # Fe-Fe at 0.69: SevenNet-0's SmFeAsO holes (Fe has no multiple-bond dimers as short as Mo's)
+    assert status_names(out) == ["failed_collapse", "failed_collapse", "converged", "converged", "failed_collapse"]
     ratio = [closest(s) / (radii[p[2]] + radii[p[3]]) for s, p in zip(out.to_structures(), pairs)]
-    assert np.allclose(ratio[2:], 0.69, atol=0.01) and ratio[0] < 0.85 and ratio[1] < 0.75
+    assert np.allclose(ratio[2:4], 0.69, atol=0.01) and ratio[0] < 0.85 and ratio[1] < 0.75 and ratio[4] < 0.72
     off = relax([pair(*p) for p in pairs[:2]], well_at(0.69), fmax=0.01, cell="fixed", progress=False,
                 species_limits=False)
     assert status_names(off) == ["converged", "converged"]
@@ -167,7 +169,7 @@ def test_species_limits_for_like_pairs_and_p_block_pairs():
     sums = np.array([2 * 1.39, 1.39 + 1.05, 2 * 1.54, 2 * 0.76, 2 * 2.44, 2 * 1.96, 1.22 + 1.07, 0.66 + 0.76,
                      1.54 + 1.05])
     assert np.allclose(collapse_limits(z_a, z_b), [0.85, 0.75, 0.65, 0.72, 0.72, 0.65, 0.75, 0.65, 0.65] * sums)
-    assert 42 in MULTIPLE_BOND_DIMERS and 50 not in MULTIPLE_BOND_DIMERS
+    assert 42 in MULTIPLE_BOND_DIMERS and 50 not in MULTIPLE_BOND_DIMERS and 26 not in MULTIPLE_BOND_DIMERS
     assert like_bond_fractions().min() == 0.65 and like_bond_fractions(0.9).min() == 0.9
     assert np.allclose(collapse_limits(z_a, z_b, FireConfig(min_bond_fraction=0.8)) / sums, [0.85, 0.8, 0.8, 0.8,
                                                                                               0.8, 0.8, 0.8, 0.8, 0.8])
@@ -209,3 +211,30 @@ def test_a_criterion_coarser_than_the_potentials_forces_is_flagged(caplog):
     # LJ fcc has its nearest neighbours at 1.09 sigma: d^3 / sqrt(2) = 19.7 Å^3/atom (the switched tail
     # moves it by under 1%)
     assert v_coarse > 1.8 * v_fine and 19.4 < v_fine < 20.2
+
+
+def test_an_energy_far_below_the_elemental_references_fails_even_with_pairs_above_the_limits():
+    """A hole whose pairs stay above the collapse limits (SevenNet-0's SmFeAsO at -14.16 eV/atom
+    with Fe-Fe at 0.68 of the sum): the formation energy against the potential's elemental
+    references gives it away. Here the hole is at 3.0 Å, 1.35 of the Si-Si covalent sum (beyond
+    the physical minimum at 2.36 Å), 40 eV deep; the references say Si is at -1 eV/atom."""
+    hole = dict(center=3.0, width=0.1, depth=80.0)
+    guarded = holed_si(**hole)
+    guarded = Potential(guarded.name, guarded.energy_fn, {}, cutoff=5.0, species=(14,),
+                        metadata={"element_energies": {"Si": -1.0}})
+    starts = [si2(3.05), si2(2.45)]
+    out = relax(starts, guarded, fmax=0.01, cell="fixed", progress=False)
+    assert status_names(out) == ["failed_energy", "converged"]
+    assert closest(out.to_structures()[0]) > 1.3 * SI_BOND  # not a collapse: the pair rule cannot see it
+    assert abs(closest(out.to_structures()[1]) - 2.36) < 0.05
+    # the same hole without references (or with none for Si) "converges" 20 eV/atom below the real minimum
+    for metadata in ({}, {"element_energies": {"C": -1.0}}):
+        bare = Potential("holed-si", guarded.energy_fn, {}, cutoff=5.0, species=(14,), metadata=metadata)
+        off = relax(starts, bare, fmax=0.01, cell="fixed", progress=False)
+        assert status_names(off) == ["converged", "converged"]
+        assert energy_per_atom(off)[0] < energy_per_atom(off)[1] - 20.0
+    # and a search never ranks it
+    relaxer = search_relaxer(guarded, FireConfig(fmax=0.02, max_steps=300, cell="fixed"), 2, ((1, 1, 1), 16),
+                             compact=False)
+    enthalpy = enthalpy_per_atom(relaxer.run(Crystal.from_structures(starts)), 0.0)
+    assert np.isinf(enthalpy[0]) and np.isfinite(enthalpy[1])

@@ -60,6 +60,9 @@ class Potential:
     ``metadata["bond_radii"]`` (119 radii in Å, by atomic number) sets the length
     scale of the relaxer's collapse guard for potentials in reduced units; by
     default it is the covalent radii (:attr:`bond_radii` is None).
+    ``metadata["element_energies"]`` (119 values in eV/atom, NaN where unknown) are its
+    elemental reference energies for the relaxer's energy floor; by default the table
+    that ships for its name (:mod:`jaxinv.potentials.references`), else none.
     """
 
     name: str
@@ -75,6 +78,17 @@ class Potential:
         (covalent radii)."""
         radii = self.metadata.get("bond_radii")
         return None if radii is None else tuple(float(r) for r in radii)
+
+    @functools.cached_property
+    def element_energies(self) -> tuple | None:
+        """Elemental reference energies (eV/atom, atomic numbers 0..118, NaN where none) for the
+        relaxer's energy floor, or None (no floor)."""
+        from jaxinv.potentials.references import as_array, shipped_element_energies
+
+        table = self.metadata.get("element_energies")
+        if table is None:
+            return shipped_element_energies(self.name)
+        return as_array(table) if isinstance(table, dict) else tuple(float(x) for x in table)
 
     def __call__(self, crystal: Crystal, graph: Graph | None = None, stress: bool = True) -> "Outputs":
         """Energies, forces and stress of a batch (host convenience; builds the graph)."""

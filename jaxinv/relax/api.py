@@ -17,6 +17,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
           max_steps: int = FireConfig.max_steps, pressure_gpa: float = 0.0, cell: str = FireConfig.cell,
           criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
           species_limits: bool = FireConfig.species_limits,
+          min_formation_energy: float = FireConfig.min_formation_energy,
           checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
           distributed: bool = False, **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
@@ -32,7 +33,10 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     (see :mod:`jaxinv.relax.fire`). A structure with two atoms closer than
     ``min_bond_fraction`` times their covalent-radius sum (stricter limits for two
     atoms of one element and two p-block elements unless ``species_limits=False``) fails
-    (``failed_collapse``; see :func:`jaxinv.relax.fire.collapse_limits`).
+    (``failed_collapse``; see :func:`jaxinv.relax.fire.collapse_limits`), and so does one
+    whose formation energy against the potential's elemental references falls below -5
+    eV/atom (``min_formation_energy``; ``-inf`` turns it off), far below any known compound
+    (``failed_energy``: a hole with no short pair; :mod:`jaxinv.potentials.references`).
 
     Returns the relaxed structures in input order as a host :class:`Crystal`:
     ``labels`` ``energy`` (eV, no P V term), ``stress`` (3x3, eV/Å^3, ASE sign),
@@ -63,7 +67,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     """
     config = FireConfig(fmax=fmax, stress_tol=stress_tol, max_steps=max_steps, pressure=pressure_gpa * GPA,
                         cell=cell, criterion=criterion, min_bond_fraction=min_bond_fraction,
-                        species_limits=species_limits)
+                        species_limits=species_limits, min_formation_energy=min_formation_energy)
     if not (distributed and jax.process_count() > 1):
         return RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
                           **queue_options).run(structures)
@@ -101,7 +105,7 @@ def converged(relaxed: Crystal) -> np.ndarray:
 
 
 def failed(relaxed: Crystal) -> np.ndarray:
-    """(B,) bool: the relaxation failed (NaN, cell, graph, collapse or isolated atoms)."""
+    """(B,) bool: the relaxation failed (NaN, cell, graph, collapse, isolated atoms or energy floor)."""
     return np.asarray(relaxed.labels["status"]) >= FAILED_NAN
 
 

@@ -47,10 +47,13 @@ Failures are flagged, never raised:
   bonds between two atoms of one element: H and groups 12-18 except B, C and
   N stay above about 0.90 (S2 0.90, Cd2^2+ 0.90, O2 0.92, Sn 0.96), so 0.85;
   alkali and alkaline-earth cations, B, C, N, group 3, the lanthanides and the
-  other d and f elements reach 0.78-0.84 (Cs-Cs 0.795 in perov_5's CsBN3, CsCl
-  0.84, C-C 0.78 in CaC2, N2 0.775, alpha-Ce 0.84), so 0.72; the transition
-  metals of groups 5-8 and U, Np, Pu (``MULTIPLE_BOND_DIMERS``) reach 0.68-0.70
-  (Mo-Mo 2.14 Å in K4Mo2Cl8, U-U 2.75 Å in alpha-U), so ``min_bond_fraction``.
+  other d and f elements reach 0.76-0.84 (Cs-Cs 0.795 in perov_5's CsBN3, CsCl
+  0.84, C-C 0.78 in CaC2, N2 0.775, alpha-Ce 0.84, Fe-Fe 0.77 in the Fe2 molecule
+  and 0.81 in the shortest Fe-Fe bond of a complex, 2.13 Å), so 0.72; the transition
+  metals of groups 5-8 other than Fe, and U, Np, Pu (``MULTIPLE_BOND_DIMERS``) reach
+  0.68-0.70 (Mo-Mo 2.14 Å in K4Mo2Cl8, U-U 2.75 Å in alpha-U), so ``min_bond_fraction``.
+  SevenNet-0 searches of SmFeAsO slid into cells of -10.3 to -14.2 eV/atom (real
+  SmFeAsO: about -7.0) with Fe-Fe at 0.68-0.70 of the sum, which Fe's tier fails.
   Two different elements of the strict tier (H and groups 12-18 except B, C, N)
   fail below 0.75: their shortest known bonds are double bonds to oxygen at 0.84
   (S=O, P=O, Xe=O; I-O 0.87), and the 45,768 such pairs in perov_5 stay above 0.88.
@@ -62,6 +65,13 @@ Failures are flagged, never raised:
 * ``FAILED_ISOLATED``: an atom has no neighbor within the potential's cutoff
   (a cell of isolated atoms, or an atom left in vacuum): the potential exerts
   no force on it, so "no force" says nothing about a minimum;
+* ``FAILED_ENERGY``: the formation energy against the potential's own elemental
+  references (``element_energies``, :mod:`jaxinv.potentials.references`) fell below
+  ``min_formation_energy`` (-5 eV/atom; no known compound is below about -4.5): a hole
+  whose pairs stay above the collapse limits. A SevenNet-0 search of SmFeAsO relaxed an
+  8-atom cell to -14.16 eV/atom (formation -8.5; real SmFeAsO is near -7.0, formation
+  -1.35) with Fe-Fe at 0.68 and As-Fe at 0.73 of their covalent sums. Off for a
+  potential without references, and for a structure with an element that has none;
 * ``MAX_STEPS``: not converged within ``max_steps``.
 
 The neighbor graph is built with a skin (``cutoff + skin``) and rebuilt inside
@@ -87,17 +97,19 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal, bucket_size
 from jaxinv.graph import Graph, build_graph, edge_lengths
 from jaxinv.potentials.base import strained
+from jaxinv.potentials.references import formation_energy
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
-           "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "STATUS_NAMES", "GPA", "gather_slots",
+           "FAILED_CELL", "FAILED_GRAPH", "FAILED_COLLAPSE", "FAILED_ISOLATED", "FAILED_ENERGY", "STATUS_NAMES", "GPA", "gather_slots",
            "covalent_radii", "collapse_limits", "like_bond_fractions", "MULTIPLE_BOND_DIMERS", "STRICT_LIKE_PAIRS",
            "coarse_criteria"]
 
-RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE, FAILED_ISOLATED = range(8)
+(RUNNING, CONVERGED, MAX_STEPS, FAILED_NAN, FAILED_CELL, FAILED_GRAPH, FAILED_COLLAPSE, FAILED_ISOLATED,
+ FAILED_ENERGY) = range(9)
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED_NAN: "failed_nan",
                 FAILED_CELL: "failed_cell", FAILED_GRAPH: "failed_graph", FAILED_COLLAPSE: "failed_collapse",
-                FAILED_ISOLATED: "failed_isolated"}
+                FAILED_ISOLATED: "failed_isolated", FAILED_ENERGY: "failed_energy"}
 GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å^3
 
 
@@ -120,6 +132,11 @@ class FireConfig:
     # elements (with covalent radii; off for tens of GPa)
     species_limits: bool = True
     bond_radii: tuple | None = None  # Å per atomic number 0..118; None: covalent radii (Potential.bond_radii)
+    # eV/atom per atomic number 0..118 (NaN: none), the potential's elemental references; None: no
+    # energy floor (Potential.element_energies, filled in by for_potential)
+    element_energies: tuple | None = None
+    # a formation energy (eV/atom) against element_energies below this fails the structure (failed_energy)
+    min_formation_energy: float = -5.0
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
     dt_max: float = 1.0
@@ -146,18 +163,23 @@ class FireConfig:
 
     def for_potential(self, potential) -> "FireConfig":
         """This config with the collapse guard in ``potential``'s length units (its
-        ``bond_radii``, when it has its own and none are set here)."""
-        if self.bond_radii is None and getattr(potential, "bond_radii", None) is not None:
-            return dataclasses.replace(self, bond_radii=potential.bond_radii)
-        return self
+        ``bond_radii``, when it has its own and none are set here) and the energy floor at
+        its elemental references (``element_energies``, likewise)."""
+        config = self
+        if config.bond_radii is None and getattr(potential, "bond_radii", None) is not None:
+            config = dataclasses.replace(config, bond_radii=potential.bond_radii)
+        if config.element_energies is None and getattr(potential, "element_energies", None) is not None:
+            config = dataclasses.replace(config, element_energies=potential.element_energies)
+        return config
 
     def __post_init__(self):
         if self.cell not in CELL_MODES:
             raise ValueError(f"cell={self.cell!r}; choose one of {CELL_MODES}")
         if self.criterion not in ("stress", "ase"):
             raise ValueError(f"criterion={self.criterion!r}; choose 'stress' or 'ase'")
-        if self.bond_radii is not None and len(self.bond_radii) != 119:
-            raise ValueError(f"bond_radii needs one radius per atomic number 0..118, got {len(self.bond_radii)}")
+        for name in ("bond_radii", "element_energies"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != 119:
+                raise ValueError(f"{name} needs one value per atomic number 0..118, got {len(getattr(self, name))}")
         for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -196,8 +218,8 @@ def coarse_criteria(config: FireConfig, potential) -> str | None:
             f"meet it and are called converged")
 
 
-# V Cr Mn Fe, Nb Mo Tc Ru, Ta W Re Os, U Np Pu: like pairs as short as min_bond_fraction
-MULTIPLE_BOND_DIMERS = (23, 24, 25, 26, 41, 42, 43, 44, 73, 74, 75, 76, 92, 93, 94)
+# V Cr Mn, Nb Mo Tc Ru, Ta W Re Os, U Np Pu: like pairs as short as min_bond_fraction
+MULTIPLE_BOND_DIMERS = (23, 24, 25, 41, 42, 43, 44, 73, 74, 75, 76, 92, 93, 94)
 # H and groups 12-18 except B, C, N: like pairs above about 0.90 of the sum in every known structure
 STRICT_LIKE_PAIRS = (1, 2, 8, 9, 10, *range(13, 19), *range(30, 37), *range(48, 55), *range(80, 87))
 STRICT_LIKE_FRACTION, LIKE_FRACTION = 0.85, 0.72
@@ -300,11 +322,12 @@ class RelaxState:
 
 
 @struct.dataclass
-class Geometry:
-    """Per-structure geometry checks of one evaluation, (B,) each."""
+class Checks:
+    """Per-structure trust checks of one evaluation, (B,) each."""
 
     closest: jax.Array  # shortest edge within the cutoff over its collapse limit (collapse_limits)
     isolated: jax.Array  # bool: some atom has no neighbor within the cutoff
+    below_floor: jax.Array  # bool: formation energy below min_formation_energy (FAILED_ENERGY)
 
 
 @struct.dataclass
@@ -356,8 +379,8 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
 
     def evaluate_potential(params, crystal, graph, fire: FireState, pressure):
         """The :class:`Evaluation` at FIRE's coordinates (energy, physical forces and stress,
-        generalized forces), the volume and the geometry checks (closest pair relative to its
-        collapse limit; an atom without neighbors), in one reverse pass."""
+        generalized forces), the volume and the :class:`Checks` (closest pair relative to its
+        collapse limit; an atom without neighbors; the energy floor), in one reverse pass."""
         reference_lattice, q, lam, factor = fire.reference_lattice, fire.q, fire.lam, fire.factor
         frac = jnp.einsum("bnj,bji->bni", q, jnp.linalg.inv(reference_lattice))
         lattice_now, _, f = current_cell(reference_lattice, q, lam, factor)
@@ -391,21 +414,26 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         eye = jnp.eye(3, dtype=deps.dtype)
         stress = deps / volume[:, None, None] - pressure[:, None, None] * eye  # d(PV)/d(eps) = P V 1
         f_cell = project_cell_force(-dlam, cfg.cell)
-        return Evaluation(e, forces, stress, f_q, f_cell), volume, Geometry(closest, isolated)
+        below_floor = jnp.zeros_like(e, bool)
+        if cfg.element_energies is not None:  # NaN (an element without a reference) compares False
+            formation = formation_energy(crystal.numbers, crystal.mask, e, np.asarray(cfg.element_energies), xp=jnp)
+            below_floor = formation < cfg.min_formation_energy
+        return Evaluation(e, forces, stress, f_q, f_cell), volume, Checks(closest, isolated, below_floor)
 
-    def geometry_status(status, geometry: "Geometry", accept, closest_start):
-        """FAILED_COLLAPSE / FAILED_ISOLATED for accepted evaluations whose geometry is untrustworthy.
+    def trust_status(status, checks: Checks, accept, closest_start):
+        """FAILED_COLLAPSE / FAILED_ISOLATED / FAILED_ENERGY for accepted evaluations that cannot be trusted.
 
         A pair below the limit fails its structure once it is closer than it started, or when the
         structure stops there (converged or out of steps): a potential's hole pulls such a pair in,
         while a start that is merely too close (a search's child, a user's guess) under a real
-        repulsion moves apart and goes on."""
-        status = jnp.where(accept & geometry.isolated, FAILED_ISOLATED, status)
+        repulsion moves apart and goes on. An energy below the floor fails at once: no real
+        structure, start or minimum, is there."""
+        status = jnp.where(accept & checks.isolated, FAILED_ISOLATED, status)
         if cfg.min_bond_fraction > 0:
             stopping = (status == CONVERGED) | (status == MAX_STEPS)
-            collapsed = (geometry.closest < 1.0) & ((geometry.closest < closest_start) | stopping)
+            collapsed = (checks.closest < 1.0) & ((checks.closest < closest_start) | stopping)
             status = jnp.where(accept & collapsed, FAILED_COLLAPSE, status)
-        return status
+        return jnp.where(accept & checks.below_floor, FAILED_ENERGY, status)
 
     def converged(ev: Evaluation, volume, mask, crit: Criteria):
         forces, stress, f_q, f_cell = ev.forces, ev.stress, ev.f_q, ev.f_cell
@@ -473,7 +501,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         ok = finite(evaluation.energy, evaluation.forces, evaluation.stress, coords, lattice)  # a NaN coordinate would silently lose its edges
         done = converged(evaluation, volume, crystal.mask, crit)
         status = jnp.where(~ok, FAILED_NAN, jnp.where(done, CONVERGED, RUNNING))
-        status = geometry_status(status, checks, ok & ~graph.overflow, checks.closest)
+        status = trust_status(status, checks, ok & ~graph.overflow, checks.closest)
         status = jnp.where(graph.image_overflow, FAILED_GRAPH, status)
         status = jnp.where(present, status, CONVERGED).astype(jnp.int32)  # empty slots are done
         neighbors = Neighbors(graph, crystal.frac, lattice, graph.n_edges > graph.capacity)
@@ -556,7 +584,7 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         status = jnp.where(accept & done, CONVERGED, status)
         status = jnp.where((status == RUNNING) & (out.steps >= s.criteria.max_steps), MAX_STEPS, status)
         # the checks come last: a structure that stops in a potential's hole is a failure, not a minimum
-        status = geometry_status(status, checks, accept, out.closest_start)
+        status = trust_status(status, checks, accept, out.closest_start)
         bad_cell = (ratio < cfg.min_volume_ratio) | (ratio > cfg.max_volume_ratio)
         status = jnp.where(accept & bad_cell, FAILED_CELL, status)
         # the graph built this step is kept even for a rejected step: it is what an overflow needed
