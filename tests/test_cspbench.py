@@ -63,10 +63,15 @@ def test_collapse_rule_uses_the_relaxers_limit():
 
 def test_scorer_reference_solved_space_group_and_time():
     good, near, worse, squashed = _rocksalt(5.64), _rocksalt(5.60), _cscl(3.3), _squashed()
+    # a hole without a short pair: Na-Cl at 3.25 Å, but 18.5 eV/atom below SevenNet-0's Na and Cl
+    deep = _rocksalt(6.5)
     energies = {round(good.volume, 2): -3.0000, round(near.volume, 2): -2.9985,  # 1.5 meV/atom above
-                round(worse.volume, 2): -2.98, round(squashed.volume, 2): -50.0}  # a potential's hole
+                round(worse.volume, 2): -2.98, round(squashed.volume, 2): -50.0,  # a potential's hole
+                round(deep.volume, 2): -20.0}
+    assert not bc.collapsed(deep) and bc.below_energy_floor(deep, -20.0) and not bc.below_energy_floor(good, -3.0)
     runs = {("m1", 0): [_rec(5.0, near), _rec(40.0, good)],
-            ("m2", 0): [_rec(2.0, squashed), _rec(9.0, worse)],  # collapsed: never a best nor the reference
+            # collapsed or below the energy floor: never a best nor the reference
+            ("m2", 0): [_rec(2.0, squashed), _rec(3.0, deep), _rec(9.0, worse)],
             ("m2", 1): []}  # a run that saved nothing
     ref, rows = bc.score_runs(runs, 225, _energy_by_volume(energies))
     assert ref == pytest.approx(-3.0)
@@ -102,6 +107,7 @@ def test_stream_budget_torn_line_resume_table_and_plot(tmp_path, monkeypatch):
     rec = bc.Recorder(stream, t0=time.time())
     good, squashed = _rocksalt(5.64), _squashed()
     assert not rec.offer(squashed, -50.0)  # a collapsed structure is not even recorded
+    assert not rec.offer(_rocksalt(6.5), -20.0)  # nor one below the energy floor
     assert rec.offer(good, -3.0) and not rec.offer(good, -2.0)
     with open(stream, "a") as fh:  # a record after the budget and a line torn by the kill
         fh.write(json.dumps(_rec(1e9, good)) + "\n" + '{"t": 3.0, "energy_per')
