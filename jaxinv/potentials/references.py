@@ -17,7 +17,7 @@ Why: machine-learned potentials have holes, geometries whose energy falls far be
 anything physical. The relaxer's collapse rule (:func:`jaxinv.relax.fire.collapse_limits`)
 catches the ones with a pair too close; a SevenNet-0 search of SmFeAsO found one without:
 an 8-atom cell at -14.16 eV/atom, every real SmFeAsO structure near -7.0, with its
-closest pairs at 0.68 and 0.73 of their covalent sums, above the limits that real
+closest pairs at 0.68 and 0.69 of their covalent sums, above the limits that real
 short bonds (uranyl's U=O at 0.67, vanadyl's V=O at 0.72) need. Its energy gives it
 away instead: the formation energy against these references is ``E/N - sum_i x_i mu_i``,
 and no known compound lies below about -4.5 eV/atom (the rare-earth trifluorides:
