@@ -3,7 +3,7 @@
 A potential's elemental reference energy ``mu_Z`` is its lowest energy per atom of
 element Z over a handful of relaxed structures: ASE's reference state of the element
 (``ase.build.bulk``, where ASE can build it), fcc, bcc, hcp, simple cubic, diamond,
-and a dimer in a 12 Å box (for H, N, O, the halogens: their solids are molecular).
+and a dimer in a 12 Å box (the form of H, N, O and the halogens, whose solids are molecular).
 Each candidate is relaxed with the batched relaxer, and only converged ones count,
 so an elemental structure that falls into a short-range hole is never a reference.
 These are bounds, not ground states, and their errors are what the floor's margin is
@@ -26,7 +26,7 @@ formation). :class:`~jaxinv.relax.fire.FireConfig` fails a structure whose forma
 energy falls below ``min_formation_energy`` (-5 eV/atom) as ``failed_energy``.
 
 SevenNet-0's table ships with jaxinv (``data/element_energies.json``, written by
-``python -m jaxinv.potentials.references 7net-0``); any other potential gets one
+``python -m jaxinv.potentials.references sevennet0``); any other potential gets one
 with :func:`element_energies` and ``Potential.metadata["element_energies"]``
 (119 values, eV/atom by atomic number, NaN where unknown: a structure with such an
 element is never tested). Without a table the floor is off.
@@ -49,7 +49,7 @@ log = logging.getLogger("jaxinv.potentials")
 
 TABLE = "element_energies.json"
 BOX = 12.0  # Å, the dimer's cubic box (twice SevenNet-0's 5 Å cutoff and more)
-LATTICES = ("reference", "fcc", "bcc", "hcp", "sc", "diamond")
+FMAX = 0.02  # eV/Å, the references' convergence
 
 
 def _candidates(symbol: str) -> list[tuple[str, object]]:
@@ -81,7 +81,7 @@ def _dimer(symbol: str):
     return Atoms([symbol, symbol], positions=[[c - d / 2, c, c], [c + d / 2, c, c]], cell=[BOX] * 3, pbc=True)
 
 
-def element_energies(potential, symbols=None, fmax: float = 0.02, max_steps: int = 1000,
+def element_energies(potential, symbols=None, fmax: float = FMAX, max_steps: int = 1000,
                      progress: bool = False) -> dict[str, dict]:
     """``{symbol: {"energy_per_atom": eV, "structure": which candidate}}``: the lowest energy
     per atom of each element over its converged candidates (module docstring); an element
@@ -99,9 +99,10 @@ def element_energies(potential, symbols=None, fmax: float = 0.02, max_steps: int
         for name, a in _candidates(s):
             names.append((s, name))
             atoms.append(a)
-    bulk = relax(atoms, potential, fmax=fmax, max_steps=max_steps, progress=progress)
-    dimers = relax([_dimer(s) for s in symbols], potential, fmax=fmax, max_steps=max_steps, cell="fixed",
-                   progress=progress)
+    # no energy floor: these relaxations are what a floor is measured from
+    options = dict(fmax=fmax, max_steps=max_steps, progress=progress, min_formation_energy=-np.inf)
+    bulk = relax(atoms, potential, **options)
+    dimers = relax([_dimer(s) for s in symbols], potential, cell="fixed", **options)
     names += [(s, "dimer") for s in symbols]
     energy = np.concatenate([energy_per_atom(bulk), energy_per_atom(dimers)])
     ok = np.concatenate([converged(bulk), converged(dimers)]) & np.isfinite(energy)
@@ -157,7 +158,7 @@ def main(argv=None):
     out = Path(args.out)
     tables = json.loads(out.read_text()) if out.is_file() else {}
     tables[potential.name] = {"command": f"python -m jaxinv.potentials.references {args.potential}",
-                              "fmax": 0.02, "elements": table}
+                              "fmax": FMAX, "elements": table}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(tables, indent=1) + "\n")
     print(f"{len(table)} elements of {potential.name} written to {out}")
