@@ -182,7 +182,7 @@ class Recorder:
         (``count``: one more structure seen; jaxinv sets ``seen`` per batch instead)."""
         self.seen += int(count)
         e = float(energy_per_atom)
-        if structure is None or not np.isfinite(e) or e >= self.best or untrustworthy(structure, e):
+        if structure is None or e >= self.best or untrustworthy(structure, e):  # NaN: untrustworthy
             self.tick(**extra)
             return False
         self.best = e
