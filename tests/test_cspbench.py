@@ -99,6 +99,36 @@ def test_solved_threshold_is_two_mev():
     assert [r["solved"] for r in rows] == [True, False, True]
 
 
+def test_an_earlier_reference_keeps_a_lone_run_honest(tmp_path, capsys):
+    good, near = _rocksalt(5.64), _rocksalt(5.60)
+    energy = _energy_by_volume({round(good.volume, 2): -3.0, round(near.volume, 2): -2.9950})
+    lone = {("m1", 0): [_rec(5.0, near)]}
+    # alone, its best is the reference: solved at 0 meV/atom
+    ref, (row,) = bc.score_runs(lone, 225, energy)
+    assert ref == pytest.approx(-2.995) and row["solved"]
+    # against an earlier benchmark's lower reference: 5 meV/atom up, not solved
+    ref, (row,) = bc.score_runs(lone, 225, energy, reference=-3.0)
+    assert ref == -3.0 and not row["solved"] and row["best_minus_reference_mev"] == pytest.approx(5.0)
+    # an earlier reference above this run's best does not raise the bar
+    ref, (row,) = bc.score_runs(lone, 225, energy, reference=-2.9)
+    assert ref == pytest.approx(-2.995) and row["solved"]
+    # through score() and an earlier scores.json; a lone run without one is warned about
+    stream, done, _ = bc.run_files(tmp_path, "mp-8882", "m1", 0)
+    stream.parent.mkdir(parents=True)
+    stream.write_text(json.dumps(_rec(5.0, near)) + "\n")
+    done.write_text(json.dumps({"method": "m1", "seed": 0, "budget_s": 600, "wall_s": 600, "returncode": -9,
+                                "command": "x"}))
+    (row,) = bc.score(tmp_path, energy_fn=energy)
+    assert row["solved"] and "mp-8882 has a single run and no earlier reference" in capsys.readouterr().err
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([{"target": "mp-8882", "reference_energy_per_atom": -3.0},
+                                   {"target": "mp-2731", "reference_energy_per_atom": None}]))
+    assert bc.earlier_references(earlier) == {"mp-8882": -3.0}
+    (row,) = bc.score(tmp_path, energy_fn=energy, references=bc.earlier_references(earlier))
+    assert not row["solved"] and row["best_minus_reference_mev"] == pytest.approx(5.0)
+    assert "single run" not in capsys.readouterr().err
+
+
 def test_stream_budget_torn_line_resume_table_and_plot(tmp_path, monkeypatch):
     row = bc.target_row("GaP")
     assert row["material_id"] == "mp-8882" and row["primitive_formula"] == "Ga2P2" and row["nsites"] == 4
