@@ -1,5 +1,9 @@
 import os
+import sys
+from pathlib import Path
 
+# tests import the benchmark scripts (benchmarks/bench_*.py) as modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # tests must not write to the user's XLA compilation cache (tests/test_xla_cache.py checks it)
 os.environ.setdefault("JAXINV_XLA_CACHE", "off")

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-import sys
-from pathlib import Path
 
+import bench_cspbench as bc  # benchmarks/, on sys.path from conftest
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_cspbench as bc  # noqa: E402
 
 
 def _rocksalt(a):  # Fm-3m (225), primitive cell of 2 atoms; Na-Cl at a/2
@@ -204,7 +200,6 @@ def test_ase_ga_survives_a_raising_operator(tmp_path, monkeypatch):
     from ase_ga.offspring_creator import OperationSelector
 
     from jaxinv.relax import FireConfig
-    from jaxinv.search import SearchSpace
 
     bs = bc._bench_search()
     space, pot, _, _, _, _ = bs.case("lj_fcc8")

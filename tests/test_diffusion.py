@@ -592,10 +592,7 @@ def test_learning_curve_collects_finished_runs(tmp_path):
     not retrained; the record carries that run's match rate, steps and mean of the last
     losses, sizes come out in the order asked, and the PNG is written."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_diffusion
 
     for n, rate in ((100, 0.2), (400, 0.35)):

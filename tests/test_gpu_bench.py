@@ -7,13 +7,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import bench_gpu  # benchmarks/, on sys.path from conftest
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_gpu  # noqa: E402
 
 
 def _env(tmp_path, **extra):

@@ -99,10 +99,7 @@ def test_runs_are_compared_against_the_union_hull(tmp_path):
     eV/atom below B's hull (a miss of B); a prototype that failed (energy None) is ignored,
     and a Ti3Ga prototype above the union hull is no phase."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_hull
 
     def run(name, tiga, protos):
