@@ -1,4 +1,6 @@
 """Small searches with known answers, checkpoint/resume, history and the experiment."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from jaxinv.potentials import lennard_jones
 from jaxinv.potentials.registry import load_potential
 from jaxinv.relax import FireConfig
 from jaxinv.search import (OPERATORS, EAConfig, Problem, SearchSpace, evolutionary, make_search, run_search)
+from jaxinv.search.ea import RESTART_TOL
 from jaxinv.search.history import History
 
 LJ = lennard_jones(sigma=1.0, epsilon=1.0, species=None, cutoff=9.0, truncation="none")
@@ -117,6 +120,40 @@ def test_two_objectives_keep_a_pareto_ordered_population():
     valid = np.asarray(pop.valid)
     assert np.all(np.diff(rank[valid]) >= 0)  # survivors sorted front by front
     np.testing.assert_allclose(f[valid, 1], volume(pop.crystal)[valid], rtol=1e-6)
+
+
+def test_a_stagnant_population_restarts_from_random_structures():
+    """EAConfig.restart_after: once the population's best has stood that many generations the
+    population is dropped, the next batch is all random structures, and the best found stays."""
+    search = evolutionary(lj13_problem(), dataclasses.replace(EA, restart_after=1))
+    state = search.init(jax.random.PRNGKey(0))
+    assert np.isfinite(float(state.algorithm.run_best)) and int(state.algorithm.restarts) == 0
+    best = float(state.best.energy[0])
+    for _ in range(8):  # the icosahedron comes within a few generations, then nothing improves
+        before = state.algorithm
+        state = search.step(state)
+        assert float(state.best.energy[0]) <= best + 1e-9
+        best = float(state.best.energy[0])
+        if int(state.algorithm.restarts) > int(before.restarts):
+            break
+        # no restart at restart_after=1: the population's best gained more than RESTART_TOL
+        assert float(state.algorithm.run_best) < float(before.run_best) - RESTART_TOL
+        assert int(state.algorithm.stale) == 0
+    else:
+        pytest.fail("no restart in 8 generations at restart_after=1")
+    assert not np.any(np.asarray(state.population.valid)) and int(state.algorithm.stale) == 0
+    assert abs(best - LJ13_ENERGY) < 1e-3  # kept in the search's best
+    state = search.step(state)
+    assert np.all(np.asarray(state.evaluated.operator) == OPERATORS.index("random"))
+    assert np.all(np.asarray(state.evaluated.parents) == -1)
+    assert np.asarray(state.population.valid).sum() > 0 and np.isfinite(float(state.algorithm.run_best))
+    assert abs(float(state.best.energy[0]) - LJ13_ENERGY) < 1e-3
+    # a restart needs one composition and one objective
+    ranged = Problem(SearchSpace.binary("Ar", "Kr", 2, 4, bond_length=1.2), LJ, FireConfig(), batch=8)
+    with pytest.raises(ValueError, match="restart_after"):
+        evolutionary(ranged, dataclasses.replace(EA, restart_after=3))
+    with pytest.raises(ValueError, match="restart_after"):
+        EAConfig(restart_after=-1)
 
 
 @pytest.mark.parametrize("name", ["random", "pso", "basin_hopping", "annealing", "minima_hopping"])

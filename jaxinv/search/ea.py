@@ -7,7 +7,9 @@ mode of a bond model or of the potential, a fresh random fraction, transmutation
 composition ranges), fingerprint
 de-duplication against each other and the population, relaxation of the first
 ``batch`` novel ones, and (mu + lambda) survival of the best distinct structures
-(NSGA-II ranking and crowding when a second objective is set). Random search
+(NSGA-II ranking and crowding when a second objective is set). With
+``restart_after``, a population whose best has stood that many generations is
+dropped and the search starts again from random structures. Random search
 (AIRSS, Pickard & Needs 2011) is the same loop with only the random operator.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ USPEX_RATES = {"heredity": 0.5, "random": 0.2, "soft": 0.1, "strain": 0.1, "perm
 
 
 SOFT_MODELS = ("potential", "bonds")  # whose Hessian gives a soft mutation's mode
+RESTART_TOL = 1e-3  # eV/atom: a smaller gain of the population's best counts as no improvement
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,20 @@ class EAConfig:
     # of all runs: Al-Ni 1-5 atoms, 3 seeds of 192 relaxations, 7 with a cap of 2 and 6
     # without; Ga-Ti 2-10 atoms, 1,600 relaxations, 3 and 3 at population 16, 2 and 3 at 32)
     per_composition: int = 0
+    # restart from random structures when the population's best has not improved by more than
+    # RESTART_TOL for this many generations (0: never). The best found is kept in the search's
+    # best and its history; the population is dropped, since once one basin fills it every
+    # operator breeds that basin again (issue 27: SevenNet-0 SnS, 3 seeds all ending in the
+    # Cmc2_1 stacking 4 meV/atom up, and Cr3Ga in P2_1/m from generation 1 on)
+    restart_after: int = 0
 
     def __post_init__(self):
         if self.soft_model not in SOFT_MODELS:
             raise ValueError(f"soft_model={self.soft_model!r}; choose one of {', '.join(SOFT_MODELS)}")
         if self.per_composition < 0:
             raise ValueError(f"per_composition={self.per_composition}; must be >= 0 (0: no cap)")
+        if self.restart_after < 0:
+            raise ValueError(f"restart_after={self.restart_after}; must be >= 0 (0: never restart)")
 
     def __hash__(self):
         return hash(repr(self))
@@ -196,9 +207,14 @@ def _soft_children(children: Crystal, codes, keys, population: Crystal, mothers,
 @struct.dataclass
 class EAState:
     """The EA's own state: the lowest enthalpy per atom found for each composition of
-    the space, the reference of hull fitness in a composition range."""
+    the space (the reference of hull fitness in a composition range), and the population's
+    best since the last restart with how long it has stood (``EAConfig.restart_after``)."""
 
     best_per_composition: np.ndarray  # (C,) eV/atom, inf until a composition has been evaluated
+    # defaults let a checkpoint written before these fields existed resume
+    run_best: np.ndarray = np.float64(np.inf)  # () the population's best fitness since the last restart
+    stale: np.ndarray = np.int64(0)  # () int: generations since run_best last improved by RESTART_TOL
+    restarts: np.ndarray = np.int64(0)  # () int: restarts so far (EAConfig.restart_after)
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,9 @@ class Evolutionary(Algorithm):
 
     def check(self, problem: Problem) -> None:
         effective_rates(problem, self.config)
+        if self.config.restart_after and (problem.space.variable or problem.objective is not None):
+            # a hull distance or a Pareto front has no single best whose stagnation means a stuck basin
+            raise ValueError("restart_after needs one fixed composition and no second objective")
 
     def first(self, problem: Problem, key) -> Candidates:
         """The user's seeds, then random structures up to the population size."""
@@ -232,7 +251,9 @@ class Evolutionary(Algorithm):
         (pop,) = hull_fitness(problem, comp_best, [evaluated.population])
         evaluated = evaluated.replace(population=pop)
         pool = concat(empty_population(problem, self.config.population), pop)
-        return initial_state(problem, k_next, evaluated, self._survive(problem, pool), EAState(comp_best))
+        survivors = self._survive(problem, pool)
+        return initial_state(problem, k_next, evaluated, survivors,
+                             EAState(comp_best, _best_fitness(survivors)))
 
     def _survive(self, problem: Problem, pool: Population) -> Population:
         """(mu + lambda) survival; in a composition range, capped per reduced composition."""
@@ -252,6 +273,9 @@ class Evolutionary(Algorithm):
         codes_table = np.array([OP[k] for k in rates])
         probs = np.array(list(rates.values()))
         pop = state.population
+        if not np.any(np.asarray(pop.valid)):  # after a restart: a fresh random batch
+            crystal = problem.random(problem.batch, host_seed(k_rand))
+            return state, Candidates(crystal, np.full(problem.batch, OP["random"]), -np.ones((problem.batch, 2)))
         n = config.oversample * problem.batch
         codes = np.asarray(codes_table[np.asarray(_draw_operators(k_ops, probs, n=n))])
         parents = np.asarray(_select_parents(k_par, np.asarray(pop.fitness), np.asarray(pop.valid), n=n,
@@ -302,7 +326,21 @@ class Evolutionary(Algorithm):
         comp_best = best_per_composition(problem, state.algorithm.best_per_composition, evaluated.population)
         pop, new = hull_fitness(problem, comp_best, [state.population, evaluated.population])
         evaluated = evaluated.replace(population=new)
-        return next_state(state, key, evaluated, self._survive(problem, concat(pop, new)), EAState(comp_best))
+        survivors = self._survive(problem, concat(pop, new))
+        previous = state.algorithm
+        run_best, stale, restarts = _best_fitness(survivors), np.int64(0), previous.restarts
+        if not run_best < previous.run_best - RESTART_TOL:
+            run_best, stale = previous.run_best, np.int64(previous.stale + 1)
+        if self.config.restart_after and stale >= self.config.restart_after:
+            log.info("generation %d: no gain over %.4f eV/atom for %d generations; restarting from random "
+                     "structures", int(state.generation) + 1, float(run_best), int(stale))
+            survivors = empty_population(problem, self.config.population)
+            run_best, stale, restarts = np.float64(np.inf), np.int64(0), np.int64(restarts + 1)
+        return next_state(state, key, evaluated, survivors, EAState(comp_best, run_best, stale, restarts))
+
+
+def _best_fitness(pop: Population) -> np.ndarray:
+    return np.float64(np.min(np.where(np.asarray(pop.valid), np.asarray(pop.fitness), np.inf)))
 
 
 def evolutionary(problem: Problem, config: EAConfig = EAConfig(), name: str = "ea") -> Search:
