@@ -157,6 +157,14 @@ def test_jaxinv_method_names():
         "soft_model": "bonds"}
     with pytest.raises(ValueError):
         bc.jaxinv_algorithm("jaxinv_nope")
+    # every variant's options are fields of its algorithm's config
+    import dataclasses
+
+    from jaxinv.search import ALGORITHMS
+
+    for name, (alg, options) in bc.JAXINV_VARIANTS.items():
+        config = dataclasses.replace(ALGORITHMS[alg][1], **options)
+        assert all(getattr(config, k) == v for k, v in options.items()), name
 
 
 def _smoke(tmp_path, method, budget=60.0):
