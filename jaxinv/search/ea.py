@@ -29,7 +29,7 @@ from jaxinv.search import operators as ops
 from jaxinv.search.composition import graph_floor
 from jaxinv.search.core import (OP, Algorithm, Candidates, Population, Problem, Search, SearchState,
                                 best_per_composition, concat, empty_population, host_seed, hull_fitness, initial_state,
-                                next_state, survive, take, to_host)
+                                next_state, random_candidates, survive, take, to_host)
 
 __all__ = ["EAConfig", "EAState", "Evolutionary", "evolutionary", "random_search", "USPEX_RATES"]
 
@@ -274,8 +274,7 @@ class Evolutionary(Algorithm):
         probs = np.array(list(rates.values()))
         pop = state.population
         if not np.any(np.asarray(pop.valid)):  # after a restart: a fresh random batch
-            crystal = problem.random(problem.batch, host_seed(k_rand))
-            return state, Candidates(crystal, np.full(problem.batch, OP["random"]), -np.ones((problem.batch, 2)))
+            return state, random_candidates(problem, k_rand, problem.batch)
         n = config.oversample * problem.batch
         codes = np.asarray(codes_table[np.asarray(_draw_operators(k_ops, probs, n=n))])
         parents = np.asarray(_select_parents(k_par, np.asarray(pop.fitness), np.asarray(pop.valid), n=n,
