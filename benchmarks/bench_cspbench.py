@@ -127,15 +127,18 @@ def collapsed(structure) -> bool:
 
 def below_energy_floor(structure, energy_per_atom) -> bool:
     """The relaxer's FAILED_ENERGY rule: a SevenNet-0 formation energy, against SevenNet-0's
-    elemental references, below ``FireConfig.min_formation_energy`` (a hole whose pairs
-    stay above the collapse limits; ``jaxinv.potentials.references``)."""
-    from jaxinv.potentials.references import formation_energy, shipped_element_energies
+    elemental references, below ``FireConfig.min_formation_energy`` or its
+    ``electronegativity_floor`` (a hole whose pairs stay above the collapse limits;
+    ``jaxinv.potentials.references``)."""
+    from jaxinv.potentials.references import formation_energy, formation_floor, shipped_element_energies
     from jaxinv.relax.fire import FireConfig
 
     z = np.array([[site.specie.Z for site in structure]])
+    mask = np.ones(z.shape, bool)
     energy = np.array([float(energy_per_atom) * z.shape[1]])
-    formation = formation_energy(z, np.ones(z.shape, bool), energy, shipped_element_energies("7net-0"))[0]
-    return bool(formation < FireConfig.min_formation_energy)
+    formation = formation_energy(z, mask, energy, shipped_element_energies("7net-0"))[0]
+    floor = formation_floor(z, mask, FireConfig.min_formation_energy, FireConfig.electronegativity_floor)[0]
+    return bool(formation < floor)
 
 
 def untrustworthy(structure, energy_per_atom) -> bool:

@@ -268,7 +268,7 @@ def test_search_killed_and_resumed(tmp_path, env):
     run_to_end(SEARCH, killed, env)
     finish(reference)
     a, b = json.loads((killed / "summary.json").read_text()), json.loads((whole / "summary.json").read_text())
-    for k in ("generations", "relaxations", "best_fitness", "best_enthalpy_per_atom", "best_formula"):
+    for k in ("generations", "relaxations", "best_fitness", "best_enthalpy_per_atom", "best_formula", "restarts"):
         assert a[k] == b[k], k
     assert a["generations"] == 3 and a["relaxations"] == 28  # 16, then 4 per generation
     ha, hb = _history(killed), _history(whole)

@@ -238,6 +238,8 @@ def main(cfg, run):
                "generations": int(state.generation), "relaxations": int(state.relaxations),
                "best_fitness": float(state.best.fitness[0]), "best_enthalpy_per_atom": float(state.best.enthalpy[0]),
                "best_formula": best.formulas()[0], "history": "history.db", "plot": "convergence.png"}
+    if getattr(state.algorithm, "restarts", None) is not None:  # EAConfig.restart_after
+        summary["restarts"] = int(state.algorithm.restarts)
     from jaxinv.search.history import History
 
     rows = History(run.out_dir / "history.db").rows()

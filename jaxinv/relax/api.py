@@ -18,6 +18,7 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
           criterion: str = FireConfig.criterion, min_bond_fraction: float = FireConfig.min_bond_fraction,
           species_limits: bool = FireConfig.species_limits,
           min_formation_energy: float = FireConfig.min_formation_energy,
+          electronegativity_floor: tuple | None = FireConfig.electronegativity_floor,
           checkpoint: str | None = None, progress: bool = True, precision: str = PRECISIONS[0],
           distributed: bool = False, **queue_options) -> Crystal:
     """Relax pymatgen structures, ASE atoms or a :class:`~jaxinv.crystal.Crystal`.
@@ -35,8 +36,11 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     atoms of one element and two p-block elements unless ``species_limits=False``) fails
     (``failed_collapse``; see :func:`jaxinv.relax.fire.collapse_limits`), and so does one
     whose formation energy against the potential's elemental references falls below -5
-    eV/atom (``min_formation_energy``; ``-inf`` turns it off), far below any known compound
-    (``failed_energy``: a hole with no short pair; :mod:`jaxinv.potentials.references`).
+    eV/atom (``min_formation_energy``; ``-inf`` turns it off), far below any known compound,
+    or below ``c0 + c1 * dchi`` with ``(c0, c1) = electronegativity_floor`` (-1 - 2 dchi
+    eV/atom by default, dchi the largest Pauling electronegativity difference of its
+    elements; ``None`` turns it off) (``failed_energy``: a hole with no short pair;
+    :mod:`jaxinv.potentials.references`).
 
     Returns the relaxed structures in input order as a host :class:`Crystal`:
     ``labels`` ``energy`` (eV, no P V term), ``stress`` (3x3, eV/Å^3, ASE sign),
@@ -67,7 +71,8 @@ def relax(structures, potential: Potential, fmax: float = FireConfig.fmax, stres
     """
     config = FireConfig(fmax=fmax, stress_tol=stress_tol, max_steps=max_steps, pressure=pressure_gpa * GPA,
                         cell=cell, criterion=criterion, min_bond_fraction=min_bond_fraction,
-                        species_limits=species_limits, min_formation_energy=min_formation_energy)
+                        species_limits=species_limits, min_formation_energy=min_formation_energy,
+                        electronegativity_floor=electronegativity_floor)
     if not (distributed and jax.process_count() > 1):
         return RelaxQueue(potential, config, checkpoint=checkpoint, progress=progress, precision=precision,
                           **queue_options).run(structures)

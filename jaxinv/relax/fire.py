@@ -72,8 +72,13 @@ Failures are flagged, never raised:
   8-atom cell to -14.16 eV/atom (formation -8.5; real SmFeAsO is near -7.0, formation
   -1.35) with Fe-Fe at 0.68 and As-Fe at 0.69 of their covalent sums, above the pair
   limits of the time (Fe's like-pair tier catches it now; the floor is the net for holes
-  that no pair limit names). Off for a potential without references, and for a
-  structure with an element that has none;
+  that no pair limit names). The floor also rises with how ionic the structure can be:
+  below ``c0 + c1 * dchi`` (``electronegativity_floor``, -1 - 2 dchi eV/atom, dchi the
+  largest Pauling electronegativity difference of its elements) fails too, which catches
+  a SevenNet-0 GaP cell of flat sheets at formation -2.05 eV/atom (floor -1.76; wurtzite
+  -0.42) while real low-dchi compounds stay 0.41 eV/atom or more above it
+  (:func:`~jaxinv.potentials.references.electronegativity_floor`). Off for a potential
+  without references, and for a structure with an element that has none;
 * ``MAX_STEPS``: not converged within ``max_steps``.
 
 The neighbor graph is built with a skin (``cutoff + skin``) and rebuilt inside
@@ -99,7 +104,7 @@ import jax.numpy as jnp
 from jaxinv.crystal import Crystal, bucket_size
 from jaxinv.graph import Graph, build_graph, edge_lengths
 from jaxinv.potentials.base import strained
-from jaxinv.potentials.references import formation_energy
+from jaxinv.potentials.references import formation_energy, formation_floor
 from jaxinv.relax.cell import CELL_MODES, current_cell, project_cell_force
 
 __all__ = ["FireConfig", "Criteria", "RelaxState", "FireState", "Evaluation", "Neighbors", "fire_relaxer", "RUNNING", "CONVERGED", "MAX_STEPS", "FAILED_NAN",
@@ -139,6 +144,9 @@ class FireConfig:
     element_energies: tuple | None = None
     # a formation energy (eV/atom) against element_energies below this fails the structure (failed_energy)
     min_formation_energy: float = -5.0
+    # (c0, c1): so does one below c0 + c1 * dchi eV/atom, dchi the largest Pauling electronegativity
+    # difference among its elements (references.electronegativity_floor); None: only min_formation_energy
+    electronegativity_floor: tuple | None = (-1.0, -2.0)
     # FIRE constants, as ase.optimize.FIRE
     dt_start: float = 0.1
     dt_max: float = 1.0
@@ -182,6 +190,10 @@ class FireConfig:
         for name in ("bond_radii", "element_energies"):
             if getattr(self, name) is not None and len(getattr(self, name)) != 119:
                 raise ValueError(f"{name} needs one value per atomic number 0..118, got {len(getattr(self, name))}")
+        if self.electronegativity_floor is not None:
+            if len(self.electronegativity_floor) != 2:
+                raise ValueError(f"electronegativity_floor needs (c0, c1), got {self.electronegativity_floor!r}")
+            object.__setattr__(self, "electronegativity_floor", tuple(float(c) for c in self.electronegativity_floor))
         for name in ("fmax", "stress_tol", "skin", "dt_start", "max_step", "min_bond_fraction"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -419,7 +431,8 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         below_floor = jnp.zeros_like(e, bool)
         if cfg.element_energies is not None:  # NaN (an element without a reference) compares False
             formation = formation_energy(crystal.numbers, crystal.mask, e, np.asarray(cfg.element_energies), xp=jnp)
-            below_floor = formation < cfg.min_formation_energy
+            below_floor = formation < formation_floor(crystal.numbers, crystal.mask, cfg.min_formation_energy,
+                                                      cfg.electronegativity_floor, xp=jnp)
         return Evaluation(e, forces, stress, f_q, f_cell), volume, Checks(closest, isolated, below_floor)
 
     def trust_status(status, checks: Checks, accept, closest_start):
