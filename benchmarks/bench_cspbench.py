@@ -247,13 +247,15 @@ def search_jaxinv(row, method, seed, budget, t0, rec: Recorder):
         pop = state.evaluated.population
         h = np.asarray(pop.enthalpy)
         rec.seen = int(state.relaxations)
+        where = {"generation": int(state.generation)}
+        if getattr(state.algorithm, "restarts", None) is not None:  # EAConfig.restart_after
+            where["restarts"] = int(state.algorithm.restarts)
         for b in np.argsort(h):  # the lowest non-collapsed member, if it beats the record
             if not np.isfinite(h[b]) or h[b] >= rec.best:
                 break
-            if rec.offer(pop.crystal[int(b)].to_structures()[0], h[b], count=False,
-                         generation=int(state.generation)):
+            if rec.offer(pop.crystal[int(b)].to_structures()[0], h[b], count=False, **where):
                 break
-        rec.tick(generation=int(state.generation))
+        rec.tick(**where)
         if time.time() - t0 >= budget:
             return
         state = search.step(state)

@@ -196,8 +196,13 @@ def test_smoke_gap_one_minute(tmp_path):
 @pytest.mark.slow
 def test_smoke_gap_jaxinv_two_minutes(tmp_path):
     """jaxinv's default search (EA, batch 16) on GaP with SevenNet-0, cold XLA cache, 2 minutes:
-    its first batch (compilation included) was recorded at 64 s on one core; about 2.5 minutes."""
+    its first batch (compilation included) was recorded at 64 s on one core; about 2.5 minutes.
+    Every line of its stream says the EA's generation and restarts (none: restart_after is off)."""
     _smoke(tmp_path, "jaxinv", budget=120.0)
+    stream = bc.run_files(tmp_path, "mp-8882", "jaxinv", 0)[0]
+    lines = [json.loads(line) for line in stream.read_text().splitlines()]
+    assert lines and all(r["restarts"] == 0 and r["generation"] >= 0 for r in lines if "generation" in r)
+    assert any("generation" in r for r in lines)
 
 
 def test_ase_ga_survives_a_raising_operator(tmp_path, monkeypatch):

@@ -58,14 +58,10 @@ def low_difference_compounds():
     """The four real compounds closest to their electronegativity floor among the 85 of
     ``benchmarks/energy_floor.py``, from experimental lattice parameters: CoSi (B20, dchi
     0.02), MoP (WC type, 0.03), PtP2 (pyrite, 0.09) and WS2 (2H, 0.22)."""
-    from ase.spacegroup import crystal
+    import energy_floor
 
-    return [crystal(["Co", "Si"], [(0.143,) * 3, (0.843,) * 3], spacegroup=198, cellpar=[4.447] * 3 + [90] * 3),
-            crystal(["Mo", "P"], [(0, 0, 0), (1 / 3, 2 / 3, 1 / 2)], spacegroup=187,
-                    cellpar=[3.223, 3.223, 3.191, 90, 90, 120]),
-            crystal(["Pt", "P"], [(0, 0, 0), (0.393,) * 3], spacegroup=205, cellpar=[5.696] * 3 + [90] * 3),
-            crystal(["W", "S"], [(1 / 3, 2 / 3, 1 / 4), (1 / 3, 2 / 3, 0.622)], spacegroup=194,
-                    cellpar=[3.153, 3.153, 12.323, 90, 90, 120])]
+    known = energy_floor.compounds()
+    return [known[name] for name in ("CoSi", "MoP", "PtP2", "WS2")]
 
 
 def test_real_compounds_stay_above_their_floors_and_the_holes_fail(sevennet):
@@ -91,6 +87,12 @@ def test_real_compounds_stay_above_their_floors_and_the_holes_fail(sevennet):
     assert np.all(np.abs(formation[:4] - experiment) < 0.8), formation[:4]
     assert np.all(margin[:8] > 0.3), margin  # 0.41 and more in energy_floor.py
     assert formation[8] < -8.0 and margin[9] < -0.2, (formation, margin)
+    # what `jaxinv run relax` writes to relaxed.csv for these: the same formation energies and floors
+    from jaxinv.experiments.relax import formation_and_floor
+
+    written, floor = formation_and_floor(out, FireConfig().for_potential(sevennet))
+    assert np.allclose(written, formation) and np.allclose(written - floor, margin)
+    assert floor[4] == pytest.approx(-1.0 - 2.0 * (1.90 - 1.88))  # CoSi
     # the CSPBench scorer applies the relaxer's rules: every hole record is caught, the real
     # structures are not
     per_atom = np.asarray(out.labels["energy"]) / mask.sum(-1)

@@ -4,7 +4,9 @@
     jaxinv run relax structures=path/to/cifs potential=sw_si fmax=0.01
 
 Writes ``relaxed.csv`` (index, id, formula, energy, energy per atom, steps,
-status, max force, max stress), relaxed CIFs, ``relaxed.extxyz`` and a summary.
+status, max force, max stress, volume, and, for a potential with elemental references,
+the formation energy per atom and the floor below which a structure is ``failed_energy``),
+relaxed CIFs, ``relaxed.extxyz`` and a summary.
 Rerunning with ``out_dir=<the same folder>`` resumes from the checkpoint.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ from jaxinv.config import (DataConfig, PotentialConfig, RunConfig, at_least, bet
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
-from jaxinv.relax import GPA, FireConfig, energy_per_atom, relax, status_names
+from jaxinv.potentials.references import formation_energy, formation_floor
+from jaxinv.relax import GPA, FireConfig, energy_per_atom, status_names
 from jaxinv.relax.queue import MAX_EDGES, PRECISIONS, RelaxQueue
 
 log = logging.getLogger("jaxinv.relax")
@@ -64,6 +67,23 @@ class Config(RunConfig, RelaxSettings):
     write_cifs: bool = True
 
 
+def formation_and_floor(results, config: FireConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) each relaxed structure's formation energy per atom against the potential's
+    elemental references and the floor below which it is ``failed_energy`` (eV/atom): what a
+    user needs to see why a structure failed, or how near it came. NaN without references."""
+    numbers, mask = np.asarray(results.numbers), np.asarray(results.mask)
+    nan = np.full(numbers.shape[0], np.nan)
+    if config.element_energies is None:
+        return nan, nan
+    formation = formation_energy(numbers, mask, np.asarray(results.labels["energy"]), config.element_energies)
+    floor = formation_floor(numbers, mask, config.min_formation_energy, config.electronegativity_floor)
+    return formation, floor
+
+
+def _number(x) -> str:
+    return f"{x:.6f}" if np.isfinite(x) else ""
+
+
 def _inputs(cfg):
     """Structures, their ids (file stems, ``<stem>_<index>`` for multi-structure files,
     or dataset material ids) and the skipped files (None for a dataset)."""
@@ -93,13 +113,15 @@ def main(cfg, run):
     per_atom, steps = energy_per_atom(results), results.labels["steps"]
     max_force = np.linalg.norm(results.atom_labels["forces"], axis=-1).max(-1)
     max_stress = np.abs(results.labels["stress"]).max((-1, -2))
+    formation, floor = formation_and_floor(results, config.for_potential(potential))
     with open(run.path("relaxed.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "formula", "energy_eV", "energy_per_atom_eV", "steps", "status",
-                    "max_force_eV_A", "max_stress_eV_A3", "volume_A3"])
+                    "max_force_eV_A", "max_stress_eV_A3", "volume_A3", "formation_eV_atom", "floor_eV_atom"])
         for k, (i, formula) in enumerate(zip(ids, results.formulas())):
             w.writerow([k, i, formula, f"{energy[k]:.6f}", f"{per_atom[k]:.6f}", steps[k], names[k],
-                        f"{max_force[k]:.5f}", f"{max_stress[k]:.6f}", f"{results.volume[k]:.4f}"])
+                        f"{max_force[k]:.5f}", f"{max_stress[k]:.6f}", f"{results.volume[k]:.4f}",
+                        _number(formation[k]), _number(floor[k])])
     if cfg.write_cifs:  # user files keep their names (unique); dataset rows are numbered in order
         cif_names = list(ids) if cfg.structures else [f"{k:05d}_{i}" for k, i in enumerate(ids)]
         write_cifs(results, run.out_dir / "cif", names=cif_names)
