@@ -130,15 +130,14 @@ def below_energy_floor(structure, energy_per_atom) -> bool:
     elemental references, below ``FireConfig.min_formation_energy`` or its
     ``electronegativity_floor`` (a hole whose pairs stay above the collapse limits;
     ``jaxinv.potentials.references``)."""
-    from jaxinv.potentials.references import formation_energy, formation_floor, shipped_element_energies
+    from jaxinv.potentials.references import shipped_element_energies
     from jaxinv.relax.fire import FireConfig
 
     z = np.array([[site.specie.Z for site in structure]])
-    mask = np.ones(z.shape, bool)
     energy = np.array([float(energy_per_atom) * z.shape[1]])
-    formation = formation_energy(z, mask, energy, shipped_element_energies("7net-0"))[0]
-    floor = formation_floor(z, mask, FireConfig.min_formation_energy, FireConfig.electronegativity_floor)[0]
-    return bool(formation < floor)
+    config = FireConfig(element_energies=shipped_element_energies("7net-0"))
+    formation, floor = config.formation_and_floor(z, np.ones(z.shape, bool), energy)
+    return bool(formation[0] < floor[0])
 
 
 def untrustworthy(structure, energy_per_atom) -> bool:

@@ -200,7 +200,10 @@ def relaxed_rows() -> list[dict]:
 def main(argv=None):
     import argparse
 
-    from jaxinv.potentials.references import formation_energy, formation_floor, shipped_element_energies
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    from jaxinv.potentials.references import shipped_element_energies
     from jaxinv.relax import FireConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,16 +219,16 @@ def main(argv=None):
         for name, (structure, e) in records.items():
             rows.append(dict(set=set_name, name=name, status="recorded",
                              numbers=[site.specie.Z for site in structure], energy_per_atom=e))
-    mu = np.asarray(shipped_element_energies("7net-0"))
+    config = FireConfig(element_energies=shipped_element_energies("7net-0"))
     for r in rows:
         z = np.array([r["numbers"]])
         m = np.ones(z.shape, bool)
-        r["formation"] = float(formation_energy(z, m, np.array([r["energy_per_atom"] * z.shape[1]]), mu)[0])
-        r["floor"] = float(formation_floor(z, m, FireConfig.min_formation_energy, FireConfig.electronegativity_floor)[0])
+        formation, floor = config.formation_and_floor(z, m, np.array([r["energy_per_atom"] * z.shape[1]]))
+        r["formation"], r["floor"] = float(formation[0]), float(floor[0])
         r["margin"] = r["formation"] - r["floor"]
-        r["formula"] = "".join(f"{k}{v}" for k, v in _formula(r["numbers"]).items())
-    summary = {"floor": {"min_formation_energy": FireConfig.min_formation_energy,
-                         "electronegativity_floor": FireConfig.electronegativity_floor}, "sets": {}}
+        r["formula"] = Formula.from_list([chemical_symbols[n] for n in r["numbers"]]).format("reduce")
+    summary = {"floor": {"min_formation_energy": config.min_formation_energy,
+                         "electronegativity_floor": config.electronegativity_floor}, "sets": {}}
     for set_name in ("compounds", "elements", "perov_5", "carbon_24", "cspbench", "holes"):
         group = [r for r in rows if r["set"] == set_name]
         counted = [r for r in group if r["status"] in ("converged", "recorded")]
@@ -243,15 +246,6 @@ def main(argv=None):
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
     print(f"\nwritten {RESULT}")
-
-
-def _formula(numbers) -> dict:
-    from ase.data import chemical_symbols
-
-    counts: dict = {}
-    for z in numbers:
-        counts[chemical_symbols[z]] = counts.get(chemical_symbols[z], 0) + 1
-    return counts
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from jaxinv.config import (DataConfig, PotentialConfig, RunConfig, at_least, bet
 from jaxinv.data import load_from_config
 from jaxinv.data.perturb import perturb
 from jaxinv.io import read_structures_named, write_cifs, write_extxyz, write_skipped
-from jaxinv.potentials.references import formation_energy, formation_floor
 from jaxinv.relax import GPA, FireConfig, energy_per_atom, status_names
 from jaxinv.relax.queue import MAX_EDGES, PRECISIONS, RelaxQueue
 
@@ -67,19 +66,6 @@ class Config(RunConfig, RelaxSettings):
     write_cifs: bool = True
 
 
-def formation_and_floor(results, config: FireConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(B,) each relaxed structure's formation energy per atom against the potential's
-    elemental references and the floor below which it is ``failed_energy`` (eV/atom): what a
-    user needs to see why a structure failed, or how near it came. NaN without references."""
-    numbers, mask = np.asarray(results.numbers), np.asarray(results.mask)
-    nan = np.full(numbers.shape[0], np.nan)
-    if config.element_energies is None:
-        return nan, nan
-    formation = formation_energy(numbers, mask, np.asarray(results.labels["energy"]), config.element_energies)
-    floor = formation_floor(numbers, mask, config.min_formation_energy, config.electronegativity_floor)
-    return formation, floor
-
-
 def _number(x) -> str:
     return f"{x:.6f}" if np.isfinite(x) else ""
 
@@ -113,7 +99,9 @@ def main(cfg, run):
     per_atom, steps = energy_per_atom(results), results.labels["steps"]
     max_force = np.linalg.norm(results.atom_labels["forces"], axis=-1).max(-1)
     max_stress = np.abs(results.labels["stress"]).max((-1, -2))
-    formation, floor = formation_and_floor(results, config.for_potential(potential))
+    # what a user needs to see why a structure is failed_energy, or how near it came
+    formation, floor = config.for_potential(potential).formation_and_floor(
+        np.asarray(results.numbers), np.asarray(results.mask), np.asarray(results.labels["energy"]))
     with open(run.path("relaxed.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "formula", "energy_eV", "energy_per_atom_eV", "steps", "status",

@@ -171,6 +171,16 @@ class FireConfig:
             return float(self.skin)
         return 0.25 if cutoff <= 6.0 else float(cutoff) / 12.0
 
+    def formation_and_floor(self, numbers, mask, energy, xp=np):
+        """(B,) formation energy per atom of structures of total ``energy`` (eV) against
+        ``element_energies``, and the floor below which each is FAILED_ENERGY (eV/atom); NaN
+        without references. ``xp=jnp`` inside a jitted function."""
+        if self.element_energies is None:
+            nan = xp.full(numbers.shape[:-1], xp.nan)
+            return nan, nan
+        formation = formation_energy(numbers, mask, energy, np.asarray(self.element_energies), xp=xp)
+        return formation, formation_floor(numbers, mask, self.min_formation_energy, self.electronegativity_floor, xp=xp)
+
     def for_potential(self, potential) -> "FireConfig":
         """This config with the collapse guard in ``potential``'s length units (its
         ``bond_radii``, when it has its own and none are set here) and the energy floor at
@@ -428,11 +438,9 @@ def fire_relaxer(energy_fn: Callable, cutoff: float, config: FireConfig = FireCo
         eye = jnp.eye(3, dtype=deps.dtype)
         stress = deps / volume[:, None, None] - pressure[:, None, None] * eye  # d(PV)/d(eps) = P V 1
         f_cell = project_cell_force(-dlam, cfg.cell)
-        below_floor = jnp.zeros_like(e, bool)
-        if cfg.element_energies is not None:  # NaN (an element without a reference) compares False
-            formation = formation_energy(crystal.numbers, crystal.mask, e, np.asarray(cfg.element_energies), xp=jnp)
-            below_floor = formation < formation_floor(crystal.numbers, crystal.mask, cfg.min_formation_energy,
-                                                      cfg.electronegativity_floor, xp=jnp)
+        # NaN (no references, or an element without one) compares False
+        formation, floor = cfg.formation_and_floor(crystal.numbers, crystal.mask, e, xp=jnp)
+        below_floor = formation < floor
         return Evaluation(e, forces, stress, f_q, f_cell), volume, Checks(closest, isolated, below_floor)
 
     def trust_status(status, checks: Checks, accept, closest_start):
