@@ -466,6 +466,28 @@ def test_training_reduces_the_loss(perov_small, config):
     assert after.lattice < before.lattice and after.types < before.types and after.frac < before.frac
 
 
+def test_training_resumes_where_it_was_stopped(perov_small, tmp_path):
+    # a run stopped at step 6 and resumed to 10 from its checkpoint takes the uninterrupted
+    # run's steps: the same parameters, Adam moments and loss history
+    model = CrystalDiffusion.from_dataset(DiffusionConfig(mode="de_novo", n_steps=20, **TINY), perov_small)
+    arrays = model.arrays(perov_small)
+    whole, whole_history = fit(model, arrays, 10, batch_size=8, seed=3, log_every=2)
+    logged = []
+    fit(model, arrays, 6, batch_size=8, seed=3, log_every=2, checkpoint_dir=tmp_path)
+    resumed, history = fit(model, arrays, 10, batch_size=8, seed=3, log_every=2, checkpoint_dir=tmp_path,
+                           callback=logged.append)
+    assert [h["step"] for h in history] == [2, 4, 6, 8, 10]
+    assert logged == history  # the callback replays the restored records, then logs the new ones
+    for a, b in zip(whole_history, history):
+        assert a["step"] == b["step"] and a["total"] == pytest.approx(b["total"], rel=1e-5)
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(leaves(whole), leaves(resumed)))
+    # a finished run resumes to no more steps; another seed is another run and is refused
+    again, history = fit(model, arrays, 10, batch_size=8, seed=3, log_every=2, checkpoint_dir=tmp_path)
+    assert len(history) == 5 and all(np.array_equal(a, b) for a, b in zip(leaves(resumed), leaves(again)))
+    with pytest.raises(ValueError, match="different run"):
+        fit(model, arrays, 10, batch_size=8, seed=4, checkpoint_dir=tmp_path)
+
 @pytest.mark.parametrize("mode, config", [("csp", TINY), ("de_novo", TINY), ("csp", PERIODIC)],
                          ids=["csp", "de_novo", "csp-periodic"])
 def test_sampling_returns_valid_crystals(perov_small, mode, config, tmp_path):
@@ -574,6 +596,8 @@ def test_cli_periodic_denoiser(tmp_path):
 def test_cli_train_only(tmp_path):
     """n_samples=0 trains and saves without sampling (was a ZeroDivision/range error
     after training); sampling nothing from the library is a clear error."""
+    import json
+
     from jaxinv.cli import run_experiment
 
     run = tmp_path / "train"
@@ -582,6 +606,13 @@ def test_cli_train_only(tmp_path):
         "train.steps=1", "train.batch_size=4", "n_samples=0", "evaluate=false", "progress=false", f"out_dir={run}"])
     assert res["steps"] == 1 and "sampling" not in res
     assert not (run / "samples").exists()
+    # the same command with more steps resumes from train_state/ and logs only the new step
+    res = run_experiment("train_generative", [
+        "model=diffcsp", "diffusion.hidden=8", "diffusion.layers=1", "diffusion.n_steps=5", "data.limit=16",
+        "train.steps=2", "train.batch_size=4", "n_samples=0", "evaluate=false", "progress=false", f"out_dir={run}"])
+    assert res["steps"] == 2 and [h["step"] for h in res["history"]] == [1, 2]
+    logged = [json.loads(line)["step"] for line in (run / "train_losses.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
     model, params = CrystalDiffusion.load(run / "checkpoint")
     with pytest.raises(ValueError, match="zero structures|nothing to sample"):
         model.sample(params, jax.random.PRNGKey(0), compositions=[])

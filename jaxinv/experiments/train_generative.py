@@ -181,7 +181,9 @@ def train_diffusion(cfg, run):
     on the train split, save it to ``checkpoint/`` (``diffusion.json``, ``params.msgpack``),
     sample ``n_samples`` crystals (CSP: the compositions of test crystals; de novo: new ones)
     and score them: CSP match rate and RMSE at k=1 against those test crystals, or the
-    CDVAE generation metrics. No validation losses or resume yet (issue 26)."""
+    CDVAE generation metrics. Training checkpoints to ``train_state/`` every
+    ``train.checkpoint_every_s``; the same command with the same ``out_dir`` resumes it
+    (and only samples, if training had finished). No validation losses yet."""
     import json
 
     import jax
@@ -213,7 +215,8 @@ def train_diffusion(cfg, run):
         tcfg = cfg.train
         params, history = fit(model, arrays, tcfg.steps, tcfg.batch_size, cfg.seed,
                               log_every=max(1, min(100, tcfg.steps // 20)), callback=record,
-                              time_limit_min=tcfg.time_limit_min)
+                              time_limit_min=tcfg.time_limit_min, checkpoint_dir=run.out_dir / "train_state",
+                              checkpoint_every_s=tcfg.checkpoint_every_s, progress=cfg.progress and tcfg.progress)
     train_s = time.perf_counter() - t0
     model.save(run.out_dir / "checkpoint", params)
     results = {"model": model.to_dict(), "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),

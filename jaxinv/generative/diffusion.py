@@ -560,10 +560,18 @@ class CrystalDiffusion:
     def sampler(self, guided: bool = False):
         """The jitted reverse process (:func:`make_sampler`), built once per model and
         flag: unguided sampling makes one network call per step, guided sampling two."""
-        cache = self.__dict__.setdefault("_samplers", {})
+        cache = self.__dict__.setdefault("_compiled", {})
         if guided not in cache:
             cache[guided] = make_sampler(self, guided)
         return cache[guided]
+
+    def train_step(self):
+        """The jitted training step (:func:`make_train_step`), built once per model, so a
+        resumed or repeated :func:`fit` does not compile it again."""
+        cache = self.__dict__.setdefault("_compiled", {})
+        if "train" not in cache:
+            cache["train"] = make_train_step(self)
+        return cache["train"]
 
     def sample(self, params, key, compositions=None, n: int | None = None, seed: int = 0,
                batch_size: int = 256, target=None, guidance: float = 0.0) -> Crystal:
@@ -739,33 +747,81 @@ def make_sampler(model: CrystalDiffusion, guided: bool = False):
 
 
 def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64, seed: int = 0, params=None,
-        log_every: int = 100, callback=None, time_limit_min: float = 0.0) -> tuple[Any, list[dict]]:
+        log_every: int = 100, callback=None, time_limit_min: float = 0.0, checkpoint_dir=None,
+        checkpoint_every_s: float = 60.0, progress: bool = False) -> tuple[Any, list[dict]]:
     """Train for ``steps`` steps on host ``arrays``; batches are drawn by
-    ``default_rng((seed, step))`` (as :class:`jaxinv.generative.train.Batcher` does).
+    ``default_rng((seed, step))`` (as :class:`jaxinv.generative.train.Batcher` does)
+    and the step's key is ``fold_in(PRNGKey(seed), step)``.
     Returns the parameters and the means of the losses over blocks of ``log_every`` steps
-    (``callback`` gets each block's record); stops early after ``time_limit_min`` (0: none)."""
+    (``callback`` gets each block's record); stops early after ``time_limit_min`` (0: none).
+
+    With ``checkpoint_dir``, the parameters, the optimizer state and the history are saved
+    there every ``checkpoint_every_s`` and at the end, and a later call with the same model,
+    data and seed resumes from them: since the batches and keys depend only on the step,
+    a run killed and resumed takes the same steps as one that was not. Blocks end at
+    multiples of ``log_every`` and saves come only between blocks, so its history is the
+    same too (a run stopped by ``time_limit_min`` ends with a shorter block)."""
     import time
+
+    from flax import serialization
+    from tqdm import tqdm
 
     from jaxinv.generative.train import Batcher
 
     key = jax.random.PRNGKey(seed)
     params = model.init(jax.random.split(key)[1]) if params is None else params
     opt_state = make_optimizer(model.config).init(params)
-    step_fn = make_train_step(model)
+    history, start, ckpt = [], 0, None
+    if checkpoint_dir is not None:
+        from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
+
+        meta = np.frombuffer(json.dumps(model.to_dict(), sort_keys=True).encode(), np.uint8)
+        ckpt = Checkpointer(checkpoint_dir, fingerprint_arrays(meta, *(arrays[k] for k in sorted(arrays)),
+                                                               np.array([seed, batch_size])),
+                            every_seconds=checkpoint_every_s)
+        restored = ckpt.restore()
+        if restored is not None:  # the templates give the trees back their types (optax's NamedTuples)
+            start, tree = restored
+            params = serialization.from_state_dict(params, tree["params"])
+            opt_state = serialization.from_state_dict(opt_state, tree["opt_state"])
+            history = json.loads(bytes(np.asarray(tree["history"], np.uint8)).decode())
+            for rec in history if callback is not None else ():
+                callback(rec)
+
+    def snapshot():
+        return {"params": serialization.to_state_dict(params), "opt_state": serialization.to_state_dict(opt_state),
+                "history": np.frombuffer(json.dumps(history).encode(), np.uint8)}
+
+    step_fn = model.train_step()
     batcher = Batcher(arrays, batch_size, seed)
-    history, block = [], []
+    block = []
     t0 = time.monotonic()
-    for step in range(steps):
-        batch = {k: jnp.asarray(v) for k, v in batcher(step).items()}
-        params, opt_state, losses = step_fn(params, opt_state, batch, jax.random.fold_in(key, step))
-        block.append(losses)
-        out_of_time = bool(time_limit_min) and time.monotonic() - t0 > 60 * time_limit_min
-        if len(block) == log_every or step + 1 == steps or out_of_time:
-            means = {f.name: float(np.mean([getattr(l, f.name) for l in block])) for f in dataclasses.fields(losses)}
-            history.append({"step": step + 1, **means})
-            block = []
-            if callback is not None:
-                callback(history[-1])
-        if out_of_time:
-            break
+    bar = tqdm(total=steps, initial=start, desc="train diffusion", disable=not progress, dynamic_ncols=True)
+    done = start
+    try:
+        for step in range(start, steps):
+            batch = {k: jnp.asarray(v) for k, v in batcher(step).items()}
+            params, opt_state, losses = step_fn(params, opt_state, batch, jax.random.fold_in(key, step))
+            block.append(losses)
+            done = step + 1
+            bar.update(1)
+            out_of_time = bool(time_limit_min) and time.monotonic() - t0 > 60 * time_limit_min
+            if done % log_every == 0 or done == steps or out_of_time:
+                means = {f.name: float(np.mean([getattr(l, f.name) for l in block]))
+                         for f in dataclasses.fields(losses)}
+                history.append({"step": done, **means})
+                block = []
+                bar.set_postfix(loss=f"{means['total']:.3g}")
+                if callback is not None:
+                    callback(history[-1])
+            if ckpt is not None and not block:  # only between blocks, so a resumed history is whole
+                ckpt.maybe_save(done, snapshot)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+    if ckpt is not None:
+        if ckpt.latest_step != done:
+            ckpt.save(done, snapshot())
+        ckpt.close()
     return params, history
