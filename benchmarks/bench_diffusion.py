@@ -210,6 +210,13 @@ def cmd_denovo(args):
         from jaxinv.io import write_extxyz
 
         write_extxyz(samples, Path(args.out).with_suffix(".extxyz"))  # kept: scoring 10,000 can fail or be redone
+    relaxation = None
+    if args.relax:  # outside CDVAE's protocol, which scores samples as drawn: say so beside the numbers
+        from jaxinv.generative.evaluation import relax_crystals
+
+        samples, relaxation = relax_crystals(samples, args.relax, args.relax_pressure, args.relax_steps,
+                                             progress=False)
+        print(f"relaxed with {args.relax} at {args.relax_pressure:g} GPa: {relaxation['statuses']}", flush=True)
     t0 = time.perf_counter()
     reference = [s for split in args.reference.split("+") for s in ds.subset(split).structures()]
     if args.reference_limit:  # a seeded random subset: how the coverage depends on the reference's size
@@ -219,7 +226,7 @@ def cmd_denovo(args):
                                     n_jobs=args.n_jobs, progress=False)
     out = {"model": str(args.model), "n": args.n, "sample_s": dt, "crystals_per_s": args.n / dt,
            "reference": args.reference, "n_reference": len(reference), "metrics_s": time.perf_counter() - t0,
-           "metrics": metrics}
+           "relaxation": relaxation, "metrics": metrics}
     print(json.dumps(out, indent=1, default=float), flush=True)
     _save(args, out)
     return out
@@ -459,6 +466,9 @@ def main(argv=None):
             s.add_argument("--samples", default=None, help="score these saved samples (extxyz) instead of sampling")
             s.add_argument("--reference", default="test", help="the splits scored against, e.g. valid+test")
             s.add_argument("--reference-limit", type=int, default=0, help="a random subset of that many")
+            s.add_argument("--relax", default=None, help="a jaxinv potential (e.g. tersoff_c): relax before scoring")
+            s.add_argument("--relax-pressure", type=float, default=0.0, help="GPa, cell included")
+            s.add_argument("--relax-steps", type=int, default=300, help="FIRE steps at most")
         if name == "guidance":
             s.add_argument("--window", type=float, nargs=2, default=[1.5, 3.0])
             s.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
