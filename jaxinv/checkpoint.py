@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Checkpointer", "CheckpointError", "fingerprint_arrays"]
+__all__ = ["Checkpointer", "CheckpointError", "fingerprint_arrays", "json_leaf", "from_json_leaf"]
 
 log = logging.getLogger("jaxinv.checkpoint")
 
@@ -48,6 +48,17 @@ def fingerprint_arrays(*arrays) -> str:
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def json_leaf(obj) -> np.ndarray:
+    """``obj`` (a loss history, a model's settings) as JSON in a uint8 array: a leaf orbax
+    stores with the arrays, and a fingerprint can hash."""
+    return np.frombuffer(json.dumps(obj).encode(), np.uint8)
+
+
+def from_json_leaf(leaf):
+    """The object :func:`json_leaf` stored (orbax may hand the array back as another dtype)."""
+    return json.loads(bytes(np.asarray(leaf).astype(np.uint8)).decode())
 
 
 class Checkpointer:

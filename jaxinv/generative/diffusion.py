@@ -748,7 +748,7 @@ def make_sampler(model: CrystalDiffusion, guided: bool = False):
 
 def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64, seed: int = 0, params=None,
         log_every: int = 100, callback=None, time_limit_min: float = 0.0, checkpoint_dir=None,
-        checkpoint_every_s: float = 60.0, progress: bool = False) -> tuple[Any, list[dict]]:
+        checkpoint_every_s: float | None = None, progress: bool = False) -> tuple[Any, list[dict]]:
     """Train for ``steps`` steps on host ``arrays``; batches are drawn by
     ``default_rng((seed, step))`` (as :class:`jaxinv.generative.train.Batcher` does)
     and the step's key is ``fold_in(PRNGKey(seed), step)``.
@@ -756,7 +756,7 @@ def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64,
     (``callback`` gets each block's record); stops early after ``time_limit_min`` (0: none).
 
     With ``checkpoint_dir``, the parameters, the optimizer state and the history are saved
-    there every ``checkpoint_every_s`` and at the end, and a later call with the same model,
+    there every ``checkpoint_every_s`` (default: ``TrainConfig``'s) and at the end, and a later call with the same model,
     data and seed resumes from them: since the batches and keys depend only on the step,
     a run killed and resumed takes the same steps as one that was not. Blocks end at
     multiples of ``log_every`` and saves come only between blocks, so its history is the
@@ -766,31 +766,32 @@ def fit(model: CrystalDiffusion, arrays: dict, steps: int, batch_size: int = 64,
     from flax import serialization
     from tqdm import tqdm
 
-    from jaxinv.generative.train import Batcher
+    from jaxinv.generative.train import Batcher, TrainConfig
 
     key = jax.random.PRNGKey(seed)
     params = model.init(jax.random.split(key)[1]) if params is None else params
     opt_state = make_optimizer(model.config).init(params)
     history, start, ckpt = [], 0, None
     if checkpoint_dir is not None:
-        from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
+        from jaxinv.checkpoint import Checkpointer, fingerprint_arrays, from_json_leaf, json_leaf
 
-        meta = np.frombuffer(json.dumps(model.to_dict(), sort_keys=True).encode(), np.uint8)
-        ckpt = Checkpointer(checkpoint_dir, fingerprint_arrays(meta, *(arrays[k] for k in sorted(arrays)),
-                                                               np.array([seed, batch_size])),
-                            every_seconds=checkpoint_every_s)
+        inputs = fingerprint_arrays(json_leaf(model.to_dict()), *(arrays[k] for k in sorted(arrays)),
+                                    np.array([seed, batch_size]))
+        every = TrainConfig.checkpoint_every_s if checkpoint_every_s is None else checkpoint_every_s
+        ckpt = Checkpointer(checkpoint_dir, inputs, every_seconds=every)
         restored = ckpt.restore()
         if restored is not None:  # the templates give the trees back their types (optax's NamedTuples)
             start, tree = restored
             params = serialization.from_state_dict(params, tree["params"])
             opt_state = serialization.from_state_dict(opt_state, tree["opt_state"])
-            history = json.loads(bytes(np.asarray(tree["history"], np.uint8)).decode())
-            for rec in history if callback is not None else ():
-                callback(rec)
+            history = from_json_leaf(tree["history"])
+            if callback is not None:  # the caller's log restarts from the saved records
+                for rec in history:
+                    callback(rec)
 
     def snapshot():
         return {"params": serialization.to_state_dict(params), "opt_state": serialization.to_state_dict(opt_state),
-                "history": np.frombuffer(json.dumps(history).encode(), np.uint8)}
+                "history": json_leaf(history)}
 
     step_fn = model.train_step()
     batcher = Batcher(arrays, batch_size, seed)

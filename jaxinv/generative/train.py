@@ -22,6 +22,7 @@ from flax import serialization
 import jax
 import jax.numpy as jnp
 
+from jaxinv.checkpoint import fingerprint_arrays, from_json_leaf, json_leaf
 from jaxinv.generative.steps import TrainState, init_state, make_eval_step, make_train_step
 
 __all__ = ["TrainConfig", "Batcher", "train", "restore_state", "fingerprint"]
@@ -68,8 +69,6 @@ class Batcher:
 
 def fingerprint(model, arrays: dict, seed: int) -> str:
     """Identifies a training run's inputs (model settings, data, seed)."""
-    from jaxinv.checkpoint import fingerprint_arrays
-
     meta = json.dumps(model.to_dict(), sort_keys=True).encode()
     return fingerprint_arrays(np.frombuffer(meta, np.uint8), arrays["lattice"], arrays["species"], np.array([seed]))
 
@@ -127,7 +126,7 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
         if restored is not None:
             _, tree = restored
             state = restore_state(model, tree["state"])
-            history = json.loads(str(np.asarray(tree["history"]).tobytes(), "utf-8")) if "history" in tree else []
+            history = from_json_leaf(tree["history"]) if "history" in tree else []
             log.info("resumed at step %d", int(state.step))
         if metrics_file is not None:
             # a run killed after an evaluation but before its checkpoint evaluates that step again:
@@ -136,7 +135,7 @@ def train(model, train_arrays: dict, cfg: TrainConfig, seed: int = 0, valid_arra
 
     def snapshot():
         return {"state": serialization.to_state_dict(state),
-                "history": np.frombuffer(json.dumps(history).encode(), np.uint8)}
+                "history": json_leaf(history)}
 
     eval_batches = _eval_batches(valid_arrays, cfg.eval_size, cfg.batch_size) if valid_arrays is not None else []
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxinv.checkpoint import Checkpointer, fingerprint_arrays
+from jaxinv.checkpoint import Checkpointer, fingerprint_arrays, from_json_leaf, json_leaf
 from jaxinv.crystal import Crystal, group_by_bucket
 from jaxinv.distributed import replicate, shard_rows, to_host, training_mesh
 from jaxinv.graph import allocate, neighbor_graph
@@ -199,7 +199,7 @@ class Trainer:
         ckpt = None
         if checkpoint_dir:
             key = fingerprint_arrays(self.train.frac, self.train.labels["energy"],
-                                     np.frombuffer(json.dumps(self.model.to_dict()).encode(), np.uint8),
+                                     json_leaf(self.model.to_dict()),
                                      np.frombuffer(repr(self.cfg).encode(), np.uint8))
             ckpt = Checkpointer(checkpoint_dir, key, every_seconds=0.0)
             restored = ckpt.restore()
@@ -209,7 +209,7 @@ class Trainer:
                 saved = tree["opt_state"]
                 opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(opt_state),
                                                          [jnp.asarray(saved[str(i)]) for i in range(len(saved))])
-                self.history = json.loads(bytes(np.asarray(tree["history"]).astype(np.uint8)).decode() or "[]")
+                self.history = from_json_leaf(tree["history"])
                 start_epoch = step
                 log.info("resumed training at epoch %d", start_epoch)
         if self.mesh is not None:
@@ -232,7 +232,7 @@ class Trainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("valid_") or k == "loss"})
             log.info("epoch %s", json.dumps(record))
             if ckpt is not None:
-                history = np.frombuffer(json.dumps(self.history).encode(), np.uint8)
+                history = json_leaf(self.history)
                 leaves = jax.tree_util.tree_leaves(opt_state)
                 ckpt.save(epoch + 1, {"params": self.params, "opt_state": {str(i): x for i, x in enumerate(leaves)},
                                       "history": history})
